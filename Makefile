@@ -1,0 +1,59 @@
+# medprune — see README.md. Every target works from a fresh clone.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MEDPRUNE := $(VENV)/bin/medprune
+STAMP := $(VENV)/.installed
+export MEDPRUNE_DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
+export PYTHONUNBUFFERED := 1
+
+MODEL ?= vgg19
+TARGET ?= cpu
+DATA ?= pneumoniamnist
+CRITERION ?= lrp
+SAMPLING ?= clustering
+RATIO ?= auto
+GRANULARITY ?= group
+PRECISION ?= default
+OUT ?= dist
+
+.PHONY: install test lint deploy bench baselines importance removal export-bench paper clean
+
+install: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,dicom]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check toolchain export benchmarks devices tests
+
+deploy: install
+	$(MEDPRUNE) deploy --model $(MODEL) --target $(TARGET) --data $(DATA) --criterion $(CRITERION) \
+	  --sampling $(SAMPLING) --ratio $(RATIO) --granularity $(GRANULARITY) --precision $(PRECISION) --out $(OUT)
+
+bench: install
+	$(PY) -m benchmarks.harness_report
+
+baselines: install
+	$(PY) -m benchmarks.baselines
+
+importance: install
+	$(PY) -m benchmarks.importance
+
+removal: install
+	$(PY) -m benchmarks.removal
+
+export-bench: install
+	$(PY) -m benchmarks.export_quality
+
+paper: install
+	$(PY) -m benchmarks.paper_grid
+
+clean:
+	rm -rf $(VENV) .cache runs dist build *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

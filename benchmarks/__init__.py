@@ -1,0 +1,1 @@
+"""Benchmarks: latency/memory/accuracy harness, reports, paper-grid sweeps."""

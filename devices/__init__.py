@@ -1,0 +1,1 @@
+"""Devices: target profiles, on-device scripts, latency prediction, deploy."""

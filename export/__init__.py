@@ -1,0 +1,1 @@
+"""Export: ONNX, OpenVINO, quantization, parity verification, bedside packaging."""

@@ -1,0 +1,5 @@
+"""`medprune train` (placeholder until its issue lands)."""
+
+
+def register(app) -> None:
+    pass
