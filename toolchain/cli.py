@@ -14,6 +14,11 @@ from importlib.metadata import entry_points
 
 import typer
 
+try:  # typer >= 0.20 vendors its own click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click import ClickException
+
 from .errors import MedpruneError
 
 BUILTIN = ("train", "evaluate", "info", "prune")
@@ -27,6 +32,10 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
+    @app.callback()
+    def _root() -> None:
+        """Attribution-guided pruning of medical image classifiers for bedside devices."""
+
     for name in BUILTIN:
         module = importlib.import_module(f"toolchain.commands.{name}")
         module.register(app)
@@ -43,8 +52,16 @@ def _fail(message: str, code: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning expected failures into one-line errors."""
     try:
-        app = build_app()
-        app(args=argv, standalone_mode=True)
+        args = list(sys.argv[1:] if argv is None else argv) or ["--help"]
+        command = typer.main.get_command(build_app())
+        code = command.main(args=args, prog_name="medprune", standalone_mode=False)
+        raise SystemExit(code if isinstance(code, int) else 0)
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        _fail("interrupted; no partial artifacts were kept", 130)
+    except ClickException as exc:  # bad flags, missing arguments: one line, like every user error
+        _fail(exc.format_message().replace("\n", " "), exc.exit_code)
     except MedpruneError as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
     except KeyboardInterrupt:
