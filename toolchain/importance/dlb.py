@@ -1,0 +1,149 @@
+"""DL-Backtrace (arXiv 2411.12643), implemented natively from the paper.
+
+The ``dl-backtrace`` package is not used: it pins an old torch and pulls tensorflow under a
+source-available licence. Relevance starts at the explained class (1, or its logit) and is propagated
+backwards layer by layer with DL-Backtrace's rule: each weighted sum splits its relevance over its
+positive and negative contributions, the bias keeps its share, and an inactive ReLU unit gives its
+positive contributions nothing (the rule and its vectorised form: ``_dlb_rules``). Per layer type:
+
+* conv / linear: the rule above; a BatchNorm right after a conv is folded into it (so its unit is
+  the conv+BN channel); any other BatchNorm / LayerNorm is a per-channel / per-token affine with its
+  statistics held constant (``R·|ax|/(|ax|+|b|)``).
+* max-pool: to the argmax; average / adaptive pooling, mean: proportional to |input|.
+* residual additions: each branch gets ``R·|branch|/Σ|branches|`` (conserved); constant terms such
+  as position embeddings act as biases.
+* attention: softmax weights are constants; ``attn @ v`` splits relevance over source tokens in
+  proportion to ``|A_ts v_sd|``; q and k get none. GELU and other activations pass relevance through.
+
+Unit scores: |R| summed over positions at each unit layer's hook (``units.reduce_to_units``), summed
+over samples. The caller's model is never modified (the pass runs on a frozen deep copy).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, ModelError
+from ..units import UnitLayer, get_module, reduce_to_units
+from ._dlb_mode import DLBMode
+from .base import Criterion, register
+
+Start = Literal["one", "logit"]
+
+
+@dataclass
+class Backtrace:
+    logits: Tensor  # (N, K) model output
+    input_relevance: Tensor  # like the input
+    relevance: dict[str, Tensor]  # layer name -> relevance at the layer's hook tensor
+    output_relevance: Tensor  # the relevance the pass started from
+
+
+def prepare(model: nn.Module) -> nn.Module:
+    """A frozen eval-mode deep copy to run DL-Backtrace on."""
+    work = copy.deepcopy(model).eval()
+    for p in work.parameters():
+        p.requires_grad_(False)
+    return work
+
+
+def backtrace(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor | None = None,
+    *,
+    start: Start = "one",
+    output_relevance: Tensor | None = None,
+    capture: Sequence[UnitLayer] = (),
+) -> Backtrace:
+    """Propagate DL-Backtrace relevance from the output of ``model`` (already ``prepare``d) to its input.
+
+    The start is the explained class per sample (``targets``, else the predicted class) with
+    relevance 1 (``start="one"``) or its logit; ``output_relevance`` (shaped like the output)
+    overrides both. ``capture``: layers whose hook tensors' relevance is returned.
+    """
+    x = inputs.detach().clone().requires_grad_(True)
+    captured: dict[str, Tensor] = {}
+    handles = []
+    for layer in capture:
+        module = get_module(model, layer.hook)
+        if layer.port == "output":
+            handles.append(module.register_forward_hook(lambda m, i, o, n=layer.name: captured.__setitem__(n, o)))
+        else:
+            handles.append(module.register_forward_pre_hook(lambda m, i, n=layer.name: captured.__setitem__(n, i[0])))
+    try:
+        with torch.enable_grad(), DLBMode():
+            out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if not isinstance(out, Tensor) or not out.requires_grad:
+        raise ModelError("dlb: the model output does not depend on its input through supported ops")
+    if output_relevance is None:
+        if out.dim() != 2:
+            raise ModelError(f"dlb: expected logits (batch, classes), got shape {tuple(out.shape)}")
+        cls = out.detach().argmax(1) if targets is None else torch.as_tensor(targets).to(out.device).long()
+        value = out.detach().gather(1, cls[:, None]) if start == "logit" else torch.ones_like(out[:, :1])
+        output_relevance = torch.zeros_like(out).scatter_(1, cls[:, None], value)
+    missing = [layer.hook for layer in capture if layer.name not in captured]
+    if missing:
+        raise ModelError(f"dlb: unit layers not reached by the forward pass: {', '.join(missing)}")
+    wanted = [x] + [captured[layer.name] for layer in capture]
+    live = [t for t in wanted if t.requires_grad]
+    grads = iter(torch.autograd.grad(out, live, output_relevance.to(out), allow_unused=True))
+    rel = [next(grads) if t.requires_grad else None for t in wanted]
+    rel = [torch.zeros_like(t) if r is None else r for t, r in zip(wanted, rel, strict=True)]
+    return Backtrace(
+        logits=out.detach(),
+        input_relevance=rel[0],
+        relevance={layer.name: r for layer, r in zip(capture, rel[1:], strict=True)},
+        output_relevance=output_relevance,
+    )
+
+
+@register
+class DLBacktrace(Criterion):
+    """DL-Backtrace relevance per unit: |R| at the unit's hook, summed over positions and samples.
+
+    Options: ``start`` — relevance of the explained class, ``"one"`` (every sample weighs the
+    same) or ``"logit"``.
+    """
+
+    name = "dlb"
+
+    def __init__(self, batch_size: int = 16, start: str = "one", **options):
+        super().__init__(batch_size=batch_size, **options)
+        if start not in ("one", "logit"):
+            raise ConfigError(f"criterion 'dlb': start must be 'one' or 'logit', got {start!r}")
+        if batch_size < 1:
+            raise ConfigError(f"criterion 'dlb': batch_size must be >= 1, got {batch_size}")
+        self.start: Start = start  # type: ignore[assignment]
+
+    def attribute(
+        self,
+        model: nn.Module,
+        inputs: Tensor | None,
+        targets: Tensor | None,
+        layers: Sequence[UnitLayer],
+    ) -> dict[str, Tensor]:
+        if inputs is None or len(inputs) == 0:
+            raise ConfigError("criterion 'dlb' needs reference inputs")
+        work = prepare(model)
+        device = next(work.parameters()).device
+        scores = {layer.name: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
+        for lo in range(0, len(inputs), self.batch_size):
+            xb = inputs[lo : lo + self.batch_size].to(device)
+            tb = None if targets is None else targets[lo : lo + self.batch_size]
+            bt = backtrace(work, xb, tb, start=self.start, capture=layers)
+            for layer in layers:
+                scores[layer.name] += reduce_to_units(bt.relevance[layer.name].detach(), layer).sum(0).double().cpu()
+        return {name: s.float() for name, s in scores.items()}
+
+    def __repr__(self) -> str:
+        return f"DLBacktrace(start={self.start!r})"
