@@ -38,6 +38,7 @@ deploy: install
 
 bench: install
 	$(PY) -m benchmarks.harness_report
+	$(PY) -m devices.calibration
 
 baselines: install
 	$(PY) -m benchmarks.baselines

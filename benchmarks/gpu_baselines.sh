@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Baselines on a CUDA machine with the same code path as CPU (`--device auto` picks CUDA).
+# Used when a GPU is available: trains every run of benchmarks/baselines.py, then a 224 px
+# demonstration on the Kermany chest X-rays (ResNet50 and the real ViT-B/16 with 16 px patches).
+# Usage: MEDPRUNE_DATA=... bash benchmarks/gpu_baselines.sh OUTDIR
+set -uo pipefail
+OUT_DIR=${1:?output dir}
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 MEDPRUNE_CACHE=${MEDPRUNE_CACHE:-/tmp/medprune-gpu-cache}
+mkdir -p "$OUT_DIR"
+python3 -c 'import torch, timm; print("torch", torch.__version__, "timm", timm.__version__, torch.cuda.get_device_name())'
+timeout 330 python3 -m benchmarks.baselines --quiet 2>&1 | tail -40
+cp benchmarks/results/baselines.json "$OUT_DIR/baselines_cuda.json"
+cp benchmarks/results/baselines.md "$OUT_DIR/baselines_cuda.md"
+for model in resnet50 vit_b16; do
+  timeout 110 python3 -m toolchain.cli train --model $model --data chest_xray_224 --img-size 224 \
+    --epochs 5 --batch-size 64 --lr 3e-4 --build-arg patch_size=16 --device cuda 2>&1 | tail -15
+done
+python3 - "$OUT_DIR" <<'PY'
+import json, sys, glob, os
+out = sys.argv[1]
+rows = {}
+for side in glob.glob(os.environ["MEDPRUNE_CACHE"] + "/checkpoints/*chest*/model.json"):
+    m = json.load(open(side))
+    rows[os.path.basename(os.path.dirname(side))] = {"arch": m.get("arch"), "img_size": m.get("img_size"),
+        "metrics": m.get("metrics"), "train": m.get("train"), "train_config": m.get("train_config")}
+json.dump(rows, open(f"{out}/chest224_cuda.json", "w"), indent=1, default=str)
+PY

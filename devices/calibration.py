@@ -1,0 +1,164 @@
+"""Calibrate the roofline model on this machine.
+
+A small suite of CNNs and ViTs (random weights: latency does not depend on them) spanning two orders
+of magnitude in MACs is exported to ONNX, measured with the benchmark harness on ONNX Runtime at batch 1,
+and the roofline's efficiency factors are fitted to those measurements against this machine's measured
+peaks. The result is cached per machine (CPU model, threads, ORT version) under the medprune cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks.harness import BenchConfig, benchmark, machine_info
+from benchmarks.report import write_report
+from toolchain.settings import cache_dir
+
+from .roofline import (
+    Calibration,
+    calibrate,
+    load_calibration,
+    measure_peaks,
+    onnx_layer_costs,
+    save_calibration,
+)
+
+
+def _plain_cnn(width: int, size: int):
+    from torch import nn
+
+    layers, c = [], 1
+    for w in (width, width * 2, width * 4):
+        layers += [nn.Conv2d(c, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        c = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 2)]
+    return nn.Sequential(*layers).eval(), (1, size, size)
+
+
+def _resnet(width: int, size: int):
+    from timm.models.resnet import Bottleneck, ResNet
+
+    return ResNet(Bottleneck, [1, 1, 1, 1], num_classes=2, in_chans=1, stem_width=width,
+                  channels=(width, width * 2, width * 4, width * 8)).eval(), (1, size, size)
+
+
+def _vit(dim: int, size: int):
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=size, patch_size=8, in_chans=1, num_classes=2, embed_dim=dim, depth=4,
+                             num_heads=max(dim // 32, 1), mlp_ratio=4.0).eval(), (1, size, size)
+
+
+SUITE: dict[str, Callable] = {
+    "cnn-w8-32": lambda: _plain_cnn(8, 32),
+    "cnn-w16-64": lambda: _plain_cnn(16, 64),
+    "cnn-w32-64": lambda: _plain_cnn(32, 64),
+    "cnn-w32-128": lambda: _plain_cnn(32, 128),
+    "resnet-w8-32": lambda: _resnet(8, 32),
+    "resnet-w16-64": lambda: _resnet(16, 64),
+    "resnet-w32-64": lambda: _resnet(32, 64),
+    "vit-d64-32": lambda: _vit(64, 32),
+    "vit-d128-64": lambda: _vit(128, 64),
+}
+
+
+def export_onnx(model, chw: tuple[int, int, int], path: Path) -> Path:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, torch.zeros(1, *chw), str(path), input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}}, dynamo=False)
+    return path
+
+
+def cache_key(threads: int) -> str:
+    info = machine_info()
+    body = json.dumps([info["cpu_model"], info["isa"], threads, info["versions"].get("onnxruntime"), sorted(SUITE)])
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def run_calibration(threads: int, runs: int = 30, extra: list[tuple[str, Path]] | None = None,
+                    progress=None) -> Calibration:
+    """Measure the suite (plus ``extra`` ONNX files) with ORT at batch 1 (min of ``runs``) and fit the roofline."""
+    say = progress or (lambda _m: None)
+    say(f"measuring this machine's peaks at {threads} threads")
+    peaks = measure_peaks(threads)
+    samples = []
+    config = BenchConfig(runs=runs, warmup=5, threads=threads, rss=False, throughput_runs=1, throughput_batch=1)
+    with tempfile.TemporaryDirectory(prefix="medprune-calib-") as tmp:
+        files = []
+        for name, build in SUITE.items():
+            model, chw = build()
+            files.append((name, export_onnx(model, chw, Path(tmp) / f"{name}.onnx")))
+        for name, path in files + list(extra or []):
+            say(f"calibration run: {name}")
+            # the minimum: contention from other processes only ever adds time, and the roofline models
+            # the machine, not its neighbours (the harness reports p50 for the models themselves)
+            measured = benchmark(path, "onnxruntime", config)["latency_ms"]["min"]
+            samples.append((name, onnx_layer_costs(path, 1), measured))
+    return calibrate(samples, peaks)
+
+
+def cached_calibration(threads: int, refresh: bool = False, progress=None) -> Calibration:
+    """This machine's calibration, measured once and cached under ``$MEDPRUNE_CACHE/roofline``."""
+    path = cache_dir() / "roofline" / f"calibration-{cache_key(threads)}.json"
+    if not refresh:
+        cal = load_calibration(path)
+        if cal is not None:
+            return cal
+    cal = run_calibration(threads, progress=progress)
+    save_calibration(cal, path)
+    return cal
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Calibrate on the suite plus ``--models`` ONNX files and predict their latency on the Jetsons."""
+    from .profiles import load_profile
+    from .roofline import predict_for_profile
+
+    p = argparse.ArgumentParser(description="Calibrate the roofline on this machine; predict Jetson latency.")
+    p.add_argument("--models", type=Path, nargs="*", default=None,
+                   help="ONNX files or folders (default: $MEDPRUNE_CACHE/bench_models from make bench)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--targets", default="jetson-orin-nano,jetson-agx-orin")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "benchmarks" / "results")
+    p.add_argument("--stem", default="roofline")
+    a = p.parse_args(argv)
+    command = "python -m devices.calibration " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+    sources = a.models if a.models is not None else [cache_dir() / "bench_models"]
+    files = []
+    for src in sources:
+        files += sorted(src.glob("*.onnx")) if src.is_dir() else [src]
+    extra = [(f.stem, f) for f in files]
+    cal = run_calibration(a.threads, runs=a.runs, extra=extra, progress=print)
+    predictions = []
+    for target in a.targets.split(","):
+        profile = load_profile(target)
+        for name, path in extra:
+            pred = predict_for_profile(onnx_layer_costs(path), profile, cal)
+            pred.update({"model": name, "batch": 1})
+            predictions.append(pred)
+    notes = [f"fit on {len(cal.points)} models measured here with ONNX Runtime at batch 1, {a.threads} threads "
+             f"(minimum of {a.runs} runs, since contention on this shared machine only adds time): "
+             f"MAPE {cal.mape:.1f}%, leave-one-out MAPE {cal.loo_mape if cal.loo_mape is None else round(cal.loo_mape, 1)}%",
+             "Jetson latencies are PREDICTED from published peaks and these efficiency factors, never measured here"]
+    report = {"title": "medprune roofline calibration and predicted Jetson latency", "command": command,
+              "machine": machine_info(), "target": None, "models": [], "comparisons": [],
+              "calibration": cal.to_dict(), "predictions": predictions, "device_commands": {}, "notes": notes}
+    paths = write_report(report, a.out, stem=a.stem)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+if __name__ == "__main__":
+    main()
