@@ -83,3 +83,6 @@ def bench(
 def register(app) -> None:
     app.command("devices")(devices)
     app.command("bench")(bench)
+    from .deploy_cli import register as register_deploy
+
+    register_deploy(app)

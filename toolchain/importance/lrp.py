@@ -1,0 +1,230 @@
+"""Layer-wise Relevance Propagation scores per unit ("Pruning by Explaining Revisited", Hatefi et al. 2024).
+
+Relevance starts at the target class logit (the predicted class when no target is given) and is
+propagated to every unit; a unit's score is its |relevance| summed over positions (spatial or
+tokens) and over the unit's channels, then over the reference samples.
+
+* CNNs (VGG, ResNet, other timm CNNs): zennit composites on a canonized copy (BatchNorms merged into
+  their convs, explicit residual sums, see ``_lrp_canonizers``). With the BatchNorm merged, a
+  conv's output *is* the BatchNorm's output, so relevance is read at the conv output.
+* ViTs (timm VisionTransformer): AttnLRP/CP-LRP by patched forwards (``_lrp_vit``); relevance at a
+  tensor is activation x gradient. MLP units are read at ``fc1``'s output, heads at ``proj``'s
+  input. The ``composite`` option does not apply to ViTs (linear layers use the z-rule).
+
+All modifications happen on a deep copy: the caller's model is never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, ModelError
+from ..units import UnitLayer, get_module, reduce_to_units
+from ._hooks import batches, model_device
+from ._lrp_canonizers import COMPOSITES, canonizers_for, find_conv_bn_pairs, make_composite
+from ._lrp_vit import has_attention, patch_transformer
+from .base import Criterion, register
+
+
+class LRPExplainer:
+    """A deep copy of ``model`` prepared for LRP; use as a context manager (``with LRPExplainer(...)``).
+
+    ``example`` (one or a few inputs) is used to trace which BatchNorm reads which conv, and to
+    check (at the first ``relevance`` call) that canonizing left the logits unchanged. ``low``/``high`` bound the input values for the
+    ZBox rule of ``epsilon_gamma_box``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        *,
+        composite: str = "epsilon_plus_flat",
+        epsilon: float = 1e-6,
+        gamma: float = 0.25,
+        stabilizer: float = 1e-6,
+        low: float | torch.Tensor | None = None,
+        high: float | torch.Tensor | None = None,
+    ):
+        if composite not in COMPOSITES:
+            raise ConfigError(f"lrp: unknown composite {composite!r}; choose from {', '.join(COMPOSITES)}")
+        self.device = model_device(model)
+        example = example.to(self.device)
+        net = copy.deepcopy(model).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        for m in net.modules():
+            # zennit's hooks and tensor hooks need the tensors the forward produced, not overwritten ones
+            if getattr(m, "inplace", False) is True:
+                m.inplace = False
+        self.transformer = has_attention(net)
+        self.composite = None
+        if self.transformer:
+            with torch.no_grad():
+                reference = net(example)
+            patch_transformer(net)
+        else:
+            pairs, reference = find_conv_bn_pairs(net, example)
+            for canonizer in canonizers_for(pairs):
+                canonizer.apply(net)  # permanent: the copy is ours
+            self.composite = make_composite(
+                composite,
+                epsilon=epsilon,
+                gamma=gamma,
+                stabilizer=stabilizer,
+                low=example.min().detach() if low is None else torch.as_tensor(low),
+                high=example.max().detach() if high is None else torch.as_tensor(high),
+            )
+            self.composite.register(net)
+        self.model = net
+        # checked against the first batch that starts with ``example`` (no extra forward pass),
+        # else by a forward pass of its own in the first ``relevance`` call
+        self._unchecked: tuple[torch.Tensor, torch.Tensor] | None = (example, reference)
+        self._model_name = type(model).__name__
+
+    def _check_logits(self, x: torch.Tensor, logits: torch.Tensor) -> None:
+        example, reference = self._unchecked
+        self._unchecked = None
+        n = len(example)
+        if len(x) >= n and torch.equal(x[:n], example):
+            canonical = logits[:n].detach()
+        else:
+            with torch.no_grad():
+                canonical = self.model(example)
+        diff = (canonical - reference).abs().max().item()
+        if not diff <= 1e-3 * max(1.0, reference.abs().max().item()):
+            raise ModelError(
+                f"lrp: canonizing {self._model_name} for LRP changed its logits (max diff {diff:.3g}); "
+                "a BatchNorm-merged conv output probably feeds another layer too"
+            )
+
+    def close(self) -> None:
+        if self.composite is not None:
+            self.composite.remove()
+            self.composite = None
+
+    def __enter__(self) -> LRPExplainer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def relevance(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        layers: Sequence[UnitLayer] = (),
+        *,
+        absolute: bool = True,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """One batch: ``(unit relevance {layer: (N, size)}, input relevance (N, C, H, W), logits)``.
+
+        The output relevance of sample ``i`` is its target logit, so with conservative rules each
+        layer's signed relevance (``absolute=False``) sums to about that logit.
+        """
+        x = x.to(self.device).detach().requires_grad_(True)
+        units: dict[str, torch.Tensor] = {}
+        handles = [self._capture(layer, units, absolute) for layer in layers]
+        try:
+            with torch.enable_grad():
+                logits = self.model(x)
+                if self._unchecked is not None:
+                    self._check_logits(x.detach(), logits)
+                if targets is None:
+                    tgt = logits.argmax(1)
+                else:
+                    tgt = torch.as_tensor(targets, dtype=torch.long, device=logits.device).reshape(-1)
+                onehot = torch.zeros_like(logits).scatter_(1, tgt.unsqueeze(1), 1.0)
+                # zennit propagates relevance itself; the patched ViT propagates a gradient (R = a * g)
+                seed = onehot if self.transformer else onehot * logits.detach()
+                (grad,) = torch.autograd.grad(logits, x, grad_outputs=seed)
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [layer.name for layer in layers if layer.name not in units]
+        if missing:
+            raise ModelError(f"lrp: no relevance reached {', '.join(missing[:3])}")
+        input_rel = grad * x.detach() if self.transformer else grad
+        units = {layer.name: units[layer.name] for layer in layers}  # hooks fire in backward order
+        return units, input_rel.detach(), logits.detach()
+
+    def _capture(self, layer: UnitLayer, sink: dict[str, torch.Tensor], absolute: bool):
+        module = get_module(self.model, layer.hook)
+
+        def on_tensor(t: torch.Tensor) -> None:
+            if not isinstance(t, torch.Tensor) or not t.requires_grad:
+                return
+            act = t.detach() if self.transformer else None
+
+            def on_grad(g: torch.Tensor) -> None:
+                rel = g * act if act is not None else g
+                per_sample = reduce_to_units(rel.detach(), layer, absolute=absolute)
+                sink[layer.name] = sink[layer.name] + per_sample if layer.name in sink else per_sample
+
+            t.register_hook(on_grad)
+
+        # prepended, so an input port sees the tensor before zennit wraps it: its gradient is then
+        # the relevance that zennit's rule for this module hands down
+        if layer.port == "output":
+            return module.register_forward_hook(lambda _m, _i, out: on_tensor(out), prepend=True)
+        return module.register_forward_pre_hook(lambda _m, inp: on_tensor(inp[0]), prepend=True)
+
+
+@register
+class LRP(Criterion):
+    name = "lrp"
+
+    def __init__(
+        self,
+        composite: str = "epsilon_plus_flat",
+        epsilon: float = 1e-6,
+        gamma: float = 0.25,
+        stabilizer: float = 1e-6,
+        **options,
+    ):
+        super().__init__(**options)
+        if self.batch_size < 1:
+            raise ConfigError(f"criterion 'lrp': batch_size must be >= 1, got {self.batch_size}")
+        if composite not in COMPOSITES:
+            raise ConfigError(f"criterion 'lrp': unknown composite {composite!r}; choose from {', '.join(COMPOSITES)}")
+        for key, value in (("epsilon", epsilon), ("gamma", gamma), ("stabilizer", stabilizer)):
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"criterion 'lrp': {key} must be a number >= 0, got {value!r}")
+        self.composite = composite
+        self.epsilon = float(epsilon)
+        self.gamma = float(gamma)
+        self.stabilizer = float(stabilizer)
+
+    def explainer(self, model: nn.Module, inputs: torch.Tensor) -> LRPExplainer:
+        return LRPExplainer(
+            model,
+            inputs[:1],
+            composite=self.composite,
+            epsilon=self.epsilon,
+            gamma=self.gamma,
+            stabilizer=self.stabilizer,
+            low=inputs.min().detach(),
+            high=inputs.max().detach(),
+        )
+
+    def attribute(
+        self, model: nn.Module, inputs: torch.Tensor | None, targets, layers: Sequence[UnitLayer]
+    ) -> dict[str, torch.Tensor]:
+        if inputs is None or len(inputs) == 0:
+            raise ConfigError("criterion 'lrp' needs reference images")
+        totals = {layer.name: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
+        if targets is not None:
+            targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+        with self.explainer(model, inputs) as ex:
+            for sl in batches(len(inputs), self.batch_size):
+                units, _, _ = ex.relevance(inputs[sl], None if targets is None else targets[sl], layers)
+                for name, per_sample in units.items():
+                    totals[name] += per_sample.sum(0).double().cpu()
+        return {name: t.float() for name, t in totals.items()}
+
+    def __repr__(self) -> str:
+        return f"LRP(composite={self.composite!r}, epsilon={self.epsilon}, gamma={self.gamma})"
