@@ -1,5 +1,60 @@
-"""`medprune train` (placeholder until its issue lands)."""
+"""`medprune train`: train a model from scratch (cached by config + data fingerprint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
 
 
-def register(app) -> None:
-    pass
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train_cmd(
+        model: str = typer.Option("vgg19", "--model", "-m", help="vgg19, resnet50, vit_b16 or any timm model name"),
+        data: str = typer.Option("pneumoniamnist", "--data", "-d", help="MedMNIST name, .npz path or image folder"),
+        img_size: int = typer.Option(32, "--img-size", help="model input side in pixels"),
+        in_chans: int = typer.Option(0, "--in-chans", help="model input channels (0: the dataset's)"),
+        epochs: int = typer.Option(20, "--epochs"),
+        batch_size: int = typer.Option(64, "--batch-size"),
+        lr: float = typer.Option(1e-3, "--lr"),
+        weight_decay: float = typer.Option(0.05, "--weight-decay"),
+        optimizer: str = typer.Option("adamw", "--optimizer", help="adamw or sgd"),
+        warmup_epochs: float = typer.Option(1.0, "--warmup-epochs"),
+        patience: int = typer.Option(5, "--patience", help="early-stop patience in epochs (0: off)"),
+        select: str = typer.Option("balanced_accuracy", "--select",
+                                   help="val metric choosing the best epoch: balanced_accuracy, auc, accuracy"),
+        class_weights: bool = typer.Option(True, "--class-weights/--no-class-weights"),
+        augment: bool = typer.Option(True, "--augment/--no-augment"),
+        label_smoothing: float = typer.Option(0.0, "--label-smoothing"),
+        train_subset: int = typer.Option(0, "--train-subset", help="train on a stratified subset of N images"),
+        load_size: int = typer.Option(0, "--load-size", help="resize images to this side while loading (0: off)"),
+        seed: int = typer.Option(0, "--seed"),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+        build_arg: list[str] = typer.Option(None, "--build-arg", help="architecture override key=value (repeatable)"),
+        data_dir: str = typer.Option(None, "--data-dir", help="data root (default: MEDPRUNE_DATA)"),
+        out: Path = typer.Option(None, "--out", help="also copy the checkpoint here (.safetensors or a folder)"),
+        force: bool = typer.Option(False, "--force", help="retrain even if a cached checkpoint exists"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
+    ) -> None:
+        """Train a model from scratch; prints val/test metrics and the checkpoint path."""
+        from rich.console import Console
+
+        from ..metrics import metrics_table
+        from ..models import checkpoint_meta, parse_build_args
+        from ..train import TrainConfig, copy_checkpoint, train
+
+        cfg = TrainConfig(
+            model=model, data=data, img_size=img_size, in_chans=in_chans or None, epochs=epochs,
+            batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer.lower(),
+            warmup_epochs=warmup_epochs, patience=patience, select_metric=select, class_weighting=class_weights,
+            augment=augment, label_smoothing=label_smoothing, train_subset=train_subset or None,
+            load_size=load_size or None, seed=seed, device=device, build_args=parse_build_args(build_arg),
+            data_dir=data_dir, quiet=quiet,
+        )
+        weights = train(cfg, force=force)
+        meta = checkpoint_meta(weights)
+        console = Console()
+        console.print(metrics_table(meta.get("metrics") or {}))
+        if out is not None:
+            weights = copy_checkpoint(weights, out)
+        print(f"checkpoint: {weights}")  # plain print: one unwrapped line scripts can parse

@@ -1,0 +1,304 @@
+"""Baselines: VGG19, ResNet50 and ViT-B/16 trained from scratch on PneumoniaMNIST and BreastMNIST.
+
+    python -m benchmarks.baselines                    # train (or reuse cached) all runs, write the report
+    python -m benchmarks.baselines --only vgg19:pneumoniamnist
+    python -m benchmarks.baselines --report-only      # rewrite the report from cached checkpoints
+
+Writes ``benchmarks/results/baselines.{json,md}``: every metric on the official test split (and val),
+wall time per epoch, parameters, MACs, the exact command and the checkpoint path of each run. Other
+stages find the trained checkpoints through ``baselines.json`` (``runs[*].checkpoint``). The report is
+rewritten after every run, so finished checkpoints are usable while later runs still train.
+
+CPU-friendly settings: 32 px inputs; ViT-B/16 keeps its width/depth/heads but uses 16 px patches at
+32 px (a 2x2 grid + CLS token) so it trains in minutes on 2 cores; BreastMNIST is read at 64 px
+(``breastmnist_64``) and downsampled (antialiased) to 32 px.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# Per-run overrides of TrainConfig defaults; chosen with a couple of short trials (see report notes).
+RUNS: dict[str, dict[str, Any]] = {
+    "vgg19:pneumoniamnist": dict(model="vgg19", data="pneumoniamnist", epochs=10, lr=1e-4, patience=4),
+    "resnet50:pneumoniamnist": dict(model="resnet50", data="pneumoniamnist", epochs=12, lr=1e-3, patience=4),
+    "vit_b16:pneumoniamnist": dict(model="vit_b16", data="pneumoniamnist", epochs=10, lr=3e-4,
+                                   warmup_epochs=2.0, patience=4, build_args={"patch_size": 16}),
+    "vgg19:breastmnist": dict(model="vgg19", data="breastmnist_64", epochs=40, lr=1e-4, patience=10),
+    "resnet50:breastmnist": dict(model="resnet50", data="breastmnist_64", epochs=40, lr=1e-3, patience=10),
+    "vit_b16:breastmnist": dict(model="vit_b16", data="breastmnist_64", epochs=40, lr=3e-4, warmup_epochs=3.0,
+                                patience=10, build_args={"patch_size": 16}),
+}
+
+_CLI_FLAGS = {
+    "model": "--model", "data": "--data", "img_size": "--img-size", "epochs": "--epochs",
+    "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay", "optimizer": "--optimizer",
+    "warmup_epochs": "--warmup-epochs", "patience": "--patience", "select_metric": "--select",
+    "label_smoothing": "--label-smoothing", "seed": "--seed",
+}
+
+
+def make_config(key: str):
+    from toolchain.train import TrainConfig
+
+    spec = dict(RUNS[key])
+    return TrainConfig(**spec, device="auto")
+
+
+def cli_command(cfg) -> str:
+    """The ``medprune train`` command that reproduces ``cfg`` (and hits the same cache entry)."""
+    from toolchain.train import TrainConfig
+
+    default = TrainConfig()
+    parts = ["medprune", "train"]
+    for field, flag in _CLI_FLAGS.items():
+        value = getattr(cfg, field)
+        if field in ("model", "data") or value != getattr(default, field):
+            parts += [flag, str(value)]
+    if not cfg.class_weighting:
+        parts.append("--no-class-weights")
+    if not cfg.augment:
+        parts.append("--no-augment")
+    for k, v in cfg.build_args.items():
+        parts += ["--build-arg", f"{k}={json.dumps(v)}"]
+    return shlex.join(parts)
+
+
+def summarize(key: str, weights: Path) -> dict[str, Any]:
+    import torch
+
+    from toolchain.models import checkpoint_meta, count_macs, count_params, load_checkpoint
+
+    meta = checkpoint_meta(weights)
+    model, _ = load_checkpoint(weights)
+    example = torch.zeros(1, meta["in_chans"], meta["img_size"], meta["img_size"])
+    cfg = make_config(key)
+    train = meta.get("train") or {}
+    return {
+        "key": key,
+        "model": cfg.model,
+        "arch": meta["arch"],
+        "build_args": meta["build_args"],
+        "data": cfg.data,
+        "dataset_fingerprint": (meta.get("dataset") or {}).get("fingerprint"),
+        "img_size": meta["img_size"],
+        "in_chans": meta["in_chans"],
+        "params": count_params(model),
+        "macs": count_macs(model, example),
+        "checkpoint": str(weights),
+        "disk_bytes": weights.stat().st_size,
+        "command": cli_command(cfg),
+        "train_config": meta.get("train_config"),
+        "epochs_run": train.get("epochs_run"),
+        "best_epoch": train.get("best_epoch"),
+        "sec_per_epoch": train.get("sec_per_epoch"),
+        "train_wall_s": train.get("wall_s"),
+        "train_threads": train.get("threads"),
+        "train_device": train.get("device"),
+        "test": (meta.get("metrics") or {}).get("test"),
+        "val": (meta.get("metrics") or {}).get("val"),
+        "history": meta.get("train_history"),
+    }
+
+
+def cpu_epoch_timing(model: str, data: str = "pneumoniamnist", img_size: int = 32, batch_size: int = 64,
+                     steps: int = 3, build_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Seconds per training epoch on this CPU, from timed AdamW steps on real train images.
+
+    Measures ``steps`` full steps (preprocess + augment + forward + backward + update) after one warmup
+    step and scales by the number of batches of an epoch; the 1-min load average is recorded because
+    the CPU is shared.
+    """
+    import os
+
+    import numpy as np
+    import torch
+
+    from toolchain.data import Preprocess, load_dataset, make_loader
+    from toolchain.models import build_model
+    from toolchain.train import TrainConfig, configure_threads, make_optimizer
+
+    threads = configure_threads()
+    ds = load_dataset(data)
+    pre = Preprocess.for_dataset(ds, img_size, ds.channels)
+    net = build_model(model, ds.num_classes, ds.channels, img_size, **(build_args or {})).train()
+    opt = make_optimizer(TrainConfig(), net)
+    loader = make_loader(ds, "train", pre, batch_size, train=True)
+    times = []
+    it = iter(loader)
+    load_before = os.getloadavg()[0]
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        x, y = next(it)
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i:
+            times.append(time.perf_counter() - t0)
+    step = float(np.mean(times))
+    return {"model": model, "data": data, "img_size": img_size, "batch_size": batch_size, "threads": threads,
+            "sec_per_step": round(step, 3), "batches_per_epoch": len(loader),
+            "sec_per_epoch": round(step * len(loader), 1), "load_avg_1min": round(load_before, 2),
+            "cpu_cores": len(os.sched_getaffinity(0))}
+
+
+def targets(runs: list[dict[str, Any]], cpu_timing: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def best(data: str, metric: str) -> float | None:
+        vals = [r["test"][metric] for r in runs if r["data"].startswith(data) and r.get("test")
+                and r["test"].get(metric) is not None]
+        return max(vals) if vals else None
+
+    pneu = [r for r in runs if r["data"].startswith("pneumoniamnist") and r.get("test")]
+    both = any((r["test"].get("accuracy") or 0) >= 0.88 and (r["test"].get("auc") or 0) >= 0.95 for r in pneu)
+    resnet = [t for t in (cpu_timing or []) if t["model"] == "resnet50" and t["img_size"] == 32]
+    return {
+        "pneumoniamnist_acc>=0.88_and_auc>=0.95_one_model": both,
+        "pneumoniamnist_best_test_acc": best("pneumoniamnist", "accuracy"),
+        "pneumoniamnist_best_test_auc": best("pneumoniamnist", "auc"),
+        "breastmnist_acc>=0.85": (best("breastmnist", "accuracy") or 0) >= 0.85,
+        "breastmnist_best_test_acc": best("breastmnist", "accuracy"),
+        "resnet50_32px_cpu_sec_per_epoch": resnet[0]["sec_per_epoch"] if resnet else None,
+        "resnet50_32px_cpu_<=120s_per_epoch": (resnet[0]["sec_per_epoch"] <= 120) if resnet else None,
+    }
+
+
+def _f(v: Any, nd: int = 4) -> str:
+    return "-" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    lines = ["# Baselines (trained from scratch, official test split)", "",
+             f"Command: `{report['command']}`  ", f"Generated: {report['generated']} on {report['host']}", ""]
+    lines += ["| run | params | MACs/img | test ACC | test bal. ACC | test AUC | test ECE | sens. per class |"
+              " val bal. ACC | epochs (best) | s/epoch | trained on |",
+              "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for r in report["runs"]:
+        t, v = r.get("test") or {}, r.get("val") or {}
+        sens = ", ".join(f"{k} {_f(c.get('sensitivity'), 3)}" for k, c in (t.get("per_class") or {}).items())
+        lines.append(
+            f"| {r['key']} | {r['params'] / 1e6:.1f}M | {r['macs'] / 1e6:.0f}M | {_f(t.get('accuracy'))} | "
+            f"{_f(t.get('balanced_accuracy'))} | {_f(t.get('auc'))} | {_f(t.get('ece'))} | {sens} | "
+            f"{_f(v.get('balanced_accuracy'))} | {r['epochs_run']} ({r['best_epoch']}) | "
+            f"{_f(r['sec_per_epoch'], 1)} | {r.get('train_device')} ({r.get('train_threads')} threads) |")
+    if report.get("cpu_timing"):
+        lines += ["", "## CPU training speed (measured, 32 px, batch 64)", "",
+                  "| model | threads | s/step | batches/epoch | s/epoch | 1-min load at start | cores |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {t['model']} | {t['threads']} | {t['sec_per_step']} | {t['batches_per_epoch']} | "
+                  f"{t['sec_per_epoch']} | {t['load_avg_1min']} | {t['cpu_cores']} |" for t in report["cpu_timing"]]
+    lines += ["", "## Targets", ""]
+    lines += [f"- {k}: {_f(v)}" for k, v in report["targets"].items()]
+    if report.get("missing"):
+        lines += ["", "Not trained yet: " + ", ".join(report["missing"])]
+    lines += ["", "## Reproduce each run", ""]
+    lines += [f"- {r['key']}: `{r['command']}` → `{r['checkpoint']}`" for r in report["runs"]]
+    lines += ["", "## Notes", "", *[f"- {n}" for n in report["notes"]], ""]
+    return "\n".join(lines)
+
+
+NOTES = [
+    "`s/epoch` in the main table is the wall-clock training time per epoch on the device each run was "
+    "trained on (`trained on`, recorded in the checkpoint). CPU speed is measured separately (CPU table) on "
+    "this machine's CPU, which is shared with other jobs: the load average shows how contended it was; the "
+    "thread count is what toolchain.train.configure_threads picked (1 when already oversubscribed).",
+    "Best epoch chosen on validation balanced accuracy (ties: val AUC); class-weighted cross-entropy; AdamW "
+    "with warmup + cosine; light geometric augmentation (no flips).",
+    "ViT-B/16 keeps ViT-B width/depth/heads; at 32 px it uses 16 px patches (2x2 grid + CLS) for CPU time.",
+]
+
+
+def write_report(runs: list[dict[str, Any]], missing: list[str], command: str,
+                 cpu_timing: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    from toolchain.atomic import atomic_file
+
+    if cpu_timing is None and (RESULTS / "baselines.json").exists():
+        try:  # keep the last measured CPU timing when only the run table is refreshed
+            cpu_timing = json.loads((RESULTS / "baselines.json").read_text()).get("cpu_timing")
+        except (OSError, json.JSONDecodeError):
+            cpu_timing = None
+
+    report = {
+        "command": command,
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": f"{platform.node()} {platform.machine()} ({platform.processor() or 'cpu'})",
+        "runs": runs,
+        "missing": missing,
+        "cpu_timing": cpu_timing,
+        "targets": targets(runs, cpu_timing),
+        "notes": NOTES,
+    }
+    with atomic_file(RESULTS / "baselines.json", "w") as fh:
+        json.dump(report, fh, indent=1, default=str)
+    with atomic_file(RESULTS / "baselines.md", "w") as fh:
+        fh.write(to_markdown(report))
+    return report
+
+
+def cached_weights(key: str) -> Path | None:
+    """The cached checkpoint of ``key`` if it has been trained (never trains)."""
+    from toolchain.data import load_dataset
+    from toolchain.train import checkpoint_dir
+
+    cfg = make_config(key)
+    ds = load_dataset(cfg.data, load_size=cfg.load_size, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    weights = checkpoint_dir(cfg, ds.name, ds.fingerprint) / "model.safetensors"
+    return weights if weights.exists() else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", default=None, help=f"subset of: {', '.join(RUNS)}")
+    parser.add_argument("--report-only", action="store_true", help="do not train; report cached runs")
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--cpu-timing", action=argparse.BooleanOptionalAction, default=None,
+                        help="measure CPU s/epoch of each model (default: on unless --report-only)")
+    args = parser.parse_args(argv)
+    keys = args.only or list(RUNS)
+    unknown = [k for k in keys if k not in RUNS]
+    if unknown:
+        parser.error(f"unknown run(s) {unknown}; choose from {list(RUNS)}")
+    command = "python -m benchmarks.baselines " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+
+    from toolchain.train import train
+
+    timing: list[dict[str, Any]] | None = None
+
+    def report() -> None:
+        runs, missing = [], []
+        for key in RUNS:
+            weights = cached_weights(key)
+            (runs.append(summarize(key, weights)) if weights else missing.append(key))
+        write_report(runs, missing, command.strip(), timing)
+
+    for key in keys:
+        if args.report_only:
+            break
+        cfg = make_config(key)
+        cfg.quiet = args.quiet
+        print(f"== {key}: {cli_command(cfg)}", flush=True)
+        weights = train(cfg)
+        print(f"== {key}: {weights}", flush=True)
+        report()
+    if args.cpu_timing or (args.cpu_timing is None and not args.report_only):
+        timing = []
+        for model in ("resnet50", "vgg19", "vit_b16"):
+            extra = make_config(f"{model}:pneumoniamnist").build_args
+            timing.append(cpu_epoch_timing(model, build_args=extra))
+            print(f"== CPU timing {timing[-1]}", flush=True)
+    report()
+    print(f"wrote {RESULTS / 'baselines.json'} and {RESULTS / 'baselines.md'}")
+
+
+if __name__ == "__main__":
+    main()

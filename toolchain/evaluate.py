@@ -1,0 +1,65 @@
+"""Inference over a dataset split and the clinical metrics of the result."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import DataError
+
+
+@torch.no_grad()
+def predict(model: nn.Module, ds, split: str, preprocess, batch_size: int = 128, device: str = "cpu",
+            indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities ``(N, K)`` and labels ``(N,)`` of ``split`` (in order, or of ``indices``)."""
+    from .data import make_loader
+
+    was_training = model.training
+    model.eval()
+    probs, labels = [], []
+    try:
+        for x, y in make_loader(ds, split, preprocess, batch_size, train=False, indices=indices):
+            logits = model(x.to(device))
+            probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+            labels.append(y.numpy())
+    finally:
+        model.train(was_training)
+    if not probs:
+        k = len(ds.class_names)
+        return np.zeros((0, k), dtype=np.float32), np.zeros((0,), dtype=np.int64)
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def evaluate(model: nn.Module, ds, split: str, preprocess, batch_size: int = 128, device: str = "cpu",
+             indices: np.ndarray | None = None) -> dict[str, Any]:
+    """``compute_metrics`` of ``model`` on ``split`` (accuracy, balanced accuracy, AUC, ECE, per class)."""
+    from .metrics import compute_metrics
+
+    probs, labels = predict(model, ds, split, preprocess, batch_size, device, indices)
+    return compute_metrics(labels, probs, list(ds.class_names))
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None, split: str = "test", *,
+                        data_dir: str | None = None, batch_size: int = 128,
+                        device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(metrics, meta)`` of a saved checkpoint on ``data`` (default: the dataset it was trained on)."""
+    from .data import Preprocess, load_dataset
+    from .models import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint, device=device)
+    cfg = meta.get("train_config") or {}
+    spec = data or cfg.get("data") or (meta.get("dataset") or {}).get("name")
+    if not spec:
+        raise DataError("checkpoint does not record its dataset: pass --data")
+    ds = load_dataset(spec, data_dir, load_size=cfg.get("load_size"), val_fraction=cfg.get("val_fraction", 0.1),
+                      seed=cfg.get("seed", 0))
+    if ds.num_classes != int(meta["num_classes"]):
+        raise DataError(f"dataset {ds.name} has {ds.num_classes} classes but the checkpoint predicts "
+                        f"{meta['num_classes']}")
+    preprocess = Preprocess.from_dict(meta["preprocess"]) if meta.get("preprocess") else \
+        Preprocess.for_dataset(ds, int(meta["img_size"]), int(meta["in_chans"]))
+    return evaluate(model, ds, split, preprocess, batch_size, device), meta

@@ -1,0 +1,347 @@
+"""Training from scratch, cached by (config, dataset fingerprint).
+
+Choices (documented here because every later stage inherits these checkpoints):
+
+* Loss: cross-entropy with inverse-frequency class weights (``class_weighting``, default on) so an
+  imbalanced set (PneumoniaMNIST is ~3:1 pneumonia:normal) does not buy accuracy with specificity.
+* Optimiser: AdamW (default; no weight decay on biases/norm/embedding vectors) or SGD+Nesterov,
+  linear warmup then cosine decay per step, gradient-norm clipping (VGG19 has no BatchNorm).
+* Model selection: the epoch with the best *validation balanced accuracy* (ties broken by val AUC).
+  Balanced accuracy judges the thresholded decision a device will make, weighting both classes
+  equally; AUC alone can pick a model whose default threshold is badly placed. ``select_metric="auc"``
+  switches. Early stopping after ``patience`` epochs without improvement (0 disables it).
+* Cache: ``cache_dir()/checkpoints/<model>-<data>-<hash>/model.safetensors`` where the hash covers
+  every config field that changes the result plus the dataset fingerprint; ``device``/``data_dir``
+  are excluded (same code path on CPU and CUDA, and the fingerprint already identifies the data).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import settings
+from .atomic import atomic_dir
+from .errors import ConfigError
+
+_NOT_HASHED = ("device", "data_dir", "quiet")
+SELECT_METRICS = ("balanced_accuracy", "auc", "accuracy")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "vgg19"
+    data: str = "pneumoniamnist"
+    img_size: int = 32
+    in_chans: int | None = None  # None: the dataset's channels
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    optimizer: str = "adamw"  # adamw | sgd
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 1.0  # max grad norm; 0 disables
+    label_smoothing: float = 0.0
+    class_weighting: bool = True
+    augment: bool = True
+    patience: int = 5
+    select_metric: str = "balanced_accuracy"
+    seed: int = 0
+    val_fraction: float = 0.1  # only used by datasets without an official val split
+    load_size: int | None = None
+    train_subset: int | None = None  # stratified subset of the train split (quick trials, tests)
+    build_args: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    data_dir: str | None = None
+    quiet: bool = False
+
+    def validate(self) -> None:
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}: use adamw or sgd")
+        if self.select_metric not in SELECT_METRICS:
+            raise ConfigError(f"unknown select metric {self.select_metric!r}: use {', '.join(SELECT_METRICS)}")
+        for name in ("epochs", "batch_size", "img_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.patience < 0:
+            raise ConfigError(f"patience must be >= 0, got {self.patience}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def cache_key(self, fingerprint: str) -> str:
+        payload = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED}
+        payload["dataset_fingerprint"] = fingerprint
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def configure_threads() -> int:
+    """Threads for torch: the cores this process may use, or ``MEDPRUNE_THREADS``.
+
+    When the machine is already oversubscribed (1-min load >= usable cores) a single thread is used:
+    OpenMP workers that keep getting descheduled spin at barriers, which measured ~5x slower per step
+    than one thread on a loaded 2-core box.
+    """
+    env = os.environ.get("MEDPRUNE_THREADS", "").strip()
+    if env:
+        n = int(env)
+    else:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except AttributeError:
+            n = os.cpu_count() or 1
+        try:
+            if n > 1 and os.getloadavg()[0] >= n:
+                n = 1
+        except OSError:
+            pass
+    n = max(1, n)
+    torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_")[:40] or "data"
+
+
+def checkpoint_dir(cfg: TrainConfig, ds_name: str, fingerprint: str) -> Path:
+    return settings.cache_dir() / "checkpoints" / f"{_slug(cfg.model)}-{_slug(ds_name)}-{cfg.cache_key(fingerprint)}"
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for _name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    groups = _param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
+                  min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = counts.sum() / (num_classes * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` indices with the class proportions of ``labels`` (at least one per class)."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    picked = []
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        k = max(1, int(round(n * len(idx) / len(labels))))
+        picked.append(rng.permutation(idx)[:k])
+    return np.sort(np.concatenate(picked))
+
+
+def _score(metrics: dict[str, Any], key: str) -> tuple[float, float]:
+    def num(v: Any) -> float:
+        return float(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else -1.0
+
+    return num(metrics.get(key)), num(metrics.get("auc"))
+
+
+def _console(quiet: bool):
+    from rich.console import Console
+
+    return Console(stderr=True, quiet=quiet, log_path=False)
+
+
+def train(cfg: TrainConfig, force: bool = False) -> Path:
+    """Train (or reuse the cached run of) ``cfg``; returns the checkpoint's ``model.safetensors`` path."""
+    from .data import Preprocess, load_dataset
+    from .models import build_model, read_sidecar
+
+    cfg.validate()
+    console = _console(cfg.quiet)
+    ds = load_dataset(cfg.data, cfg.data_dir, load_size=cfg.load_size, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    out_dir = checkpoint_dir(cfg, ds.name, ds.fingerprint)
+    weights = out_dir / "model.safetensors"
+    if weights.exists() and not force:
+        try:
+            read_sidecar(weights)
+            console.print(f"[dim]cached checkpoint (same config and data): {weights}[/dim]")
+            return weights
+        except Exception as exc:  # a damaged cache entry is retrained, not trusted
+            console.print(f"[yellow]cached checkpoint unusable ({exc}); retraining[/yellow]")
+
+    device = settings.resolve_device(cfg.device)
+    threads = configure_threads()
+    seed_everything(cfg.seed)
+    in_chans = cfg.in_chans or ds.channels
+    model = build_model(cfg.model, ds.num_classes, in_chans, cfg.img_size, **cfg.build_args).to(device)
+    preprocess = Preprocess.for_dataset(ds, cfg.img_size, in_chans)
+
+    result = fit(model, ds, preprocess, cfg, device=device, console=console)
+    meta = {
+        "class_names": list(ds.class_names),
+        "preprocess": preprocess.to_dict(),
+        "dataset": {"name": ds.name, "fingerprint": ds.fingerprint, "source": str(ds.source)},
+        "metrics": result["metrics"],
+        "train_config": {k: v for k, v in cfg.to_dict().items() if k not in ("quiet",)},
+        "train": {**result["summary"], "device": device, "threads": threads},
+        "train_history": result["history"],
+    }
+    from .models import save_checkpoint
+
+    with atomic_dir(out_dir) as tmp:
+        save_checkpoint(tmp / "model.safetensors", model, meta)
+    return weights
+
+
+def fit(model: nn.Module, ds, preprocess, cfg: TrainConfig, *, device: str = "cpu", console=None) -> dict[str, Any]:
+    """Train ``model`` in place (ending on the best-validation weights); returns metrics/history/summary."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .data import make_loader
+    from .evaluate import evaluate
+
+    console = console or _console(cfg.quiet)
+    train_split = ds.split("train")
+    indices = None
+    if cfg.train_subset and cfg.train_subset < len(train_split):
+        indices = stratified_subset(train_split.labels, cfg.train_subset, cfg.seed)
+    labels = train_split.labels if indices is None else train_split.labels[indices]
+    loader = make_loader(ds, "train", preprocess, cfg.batch_size, train=True, seed=cfg.seed, indices=indices,
+                         augment=cfg.augment)
+    if len(loader) == 0:
+        raise ConfigError(f"no training batches: {loader.n} images with batch size {cfg.batch_size}")
+    weight = class_weights(labels, ds.num_classes).to(device) if cfg.class_weighting else None
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    optimizer = make_optimizer(cfg, model)
+    total = cfg.epochs * len(loader)
+    schedule = make_schedule(optimizer, total, int(round(cfg.warmup_epochs * len(loader))), cfg.min_lr_ratio)
+    val_split = "val" if "val" in ds.splits else "test"
+
+    history: list[dict[str, Any]] = []
+    best: tuple[float, float] | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch = -1
+    stale = 0
+    start = time.perf_counter()
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[status]}")]
+    with Progress(*columns, console=console, transient=False, disable=cfg.quiet) as progress:
+        task = progress.add_task(f"{cfg.model} epoch 1/{cfg.epochs}", total=total, status="")
+        for epoch in range(cfg.epochs):
+            t0 = time.perf_counter()
+            model.train()
+            loader.set_epoch(epoch)
+            running, seen = 0.0, 0
+            for x, y in loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                logits = model(x)
+                loss = criterion(logits, y)
+                if not torch.isfinite(loss):
+                    raise ConfigError(
+                        f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower --lr (now {cfg.lr})"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                schedule.step()
+                running += loss.item() * len(y)
+                seen += len(y)
+                progress.update(task, advance=1, status=f"loss {running / seen:.4f}")
+            train_time = time.perf_counter() - t0
+            val = evaluate(model, ds, val_split, preprocess, device=device)
+            score = _score(val, cfg.select_metric)
+            improved = best is None or score > best
+            row = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), "lr": schedule.get_last_lr()[0],
+                   "val_accuracy": val.get("accuracy"), "val_balanced_accuracy": val.get("balanced_accuracy"),
+                   "val_auc": val.get("auc"), "epoch_s": round(train_time, 2),
+                   "eval_s": round(time.perf_counter() - t0 - train_time, 2)}
+            history.append(row)
+            if improved:
+                best, best_epoch, stale = score, epoch + 1, 0
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+            status = (f"loss {row['train_loss']:.4f} val acc {_fmt(row['val_accuracy'])} "
+                      f"bal {_fmt(row['val_balanced_accuracy'])} auc {_fmt(row['val_auc'])}")
+            progress.update(task, description=f"{cfg.model} epoch {min(epoch + 2, cfg.epochs)}/{cfg.epochs}",
+                            status=status)
+            console.log(f"epoch {epoch + 1}/{cfg.epochs} {status} ({train_time:.0f}s)"
+                        + (" *" if improved else ""))
+            if cfg.patience and stale >= cfg.patience:
+                console.log(f"early stop: no val {cfg.select_metric} gain for {cfg.patience} epochs")
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    metrics = {"val": evaluate(model, ds, val_split, preprocess, device=device)}
+    if "test" in ds.splits and val_split != "test":
+        metrics["test"] = evaluate(model, ds, "test", preprocess, device=device)
+    epochs_run = len(history)
+    summary = {
+        "best_epoch": best_epoch,
+        "epochs_run": epochs_run,
+        "select_metric": cfg.select_metric,
+        "wall_s": round(time.perf_counter() - start, 1),
+        "sec_per_epoch": round(sum(h["epoch_s"] for h in history) / max(epochs_run, 1), 2),
+        "train_images": int(len(labels)),
+    }
+    return {"metrics": metrics, "history": history, "summary": summary}
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.3f}"
+
+
+def copy_checkpoint(weights: Path, out: str | os.PathLike) -> Path:
+    """Copy a checkpoint pair to ``out`` (a .safetensors path or a directory), atomically."""
+    from .atomic import atomic_path
+
+    target = Path(out)
+    if target.suffix != ".safetensors":
+        target = target / "model.safetensors"
+    for src, dst in ((weights, target), (weights.with_suffix(".json"), target.with_suffix(".json"))):
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+    return target
