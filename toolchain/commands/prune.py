@@ -1,5 +1,178 @@
-"""`medprune prune` (placeholder until its issue lands)."""
+"""`medprune prune`: score units on reference images, mask at several ratios, compare with the dense model."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+import typer
 
 
-def register(app) -> None:
-    pass
+def parse_ratios(text: str) -> list[float]:
+    from ..errors import ConfigError
+    from ..masking import check_ratio
+
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise ConfigError("--ratios needs at least one ratio, e.g. 0.15,0.3,0.5")
+    ratios = [check_ratio(p) for p in parts]
+    return sorted(set(ratios))
+
+
+def parse_options(pairs: list[str] | None) -> dict:
+    """``["n_steps=16", "baseline=mean"]`` → ``{"n_steps": 16, "baseline": "mean"}`` (JSON values where valid)."""
+    from ..errors import ConfigError
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--criterion-opt expects key=value, got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("prune")
+    def prune_cmd(
+        checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="model .safetensors (with its .json)"),
+        data: str = typer.Option(None, "--data", "-d", help="dataset (default: the one it was trained on)"),
+        criterion: str = typer.Option("lrp", "--criterion", help="importance criterion (see medprune info)"),
+        criterion_opt: list[str] = typer.Option(None, "--criterion-opt", help="criterion option key=value (repeatable)"),
+        sampling: str = typer.Option("clustering", "--sampling", help="confidence, random or clustering"),
+        n_per_class: int = typer.Option(10, "--n-per-class", help="reference images per class"),
+        pool_per_class: int = typer.Option(0, "--pool-per-class",
+                                           help="score at most this many train images per class when sampling (0: all)"),
+        seed: int = typer.Option(0, "--seed"),
+        targets: str = typer.Option("label", "--targets", help="explain the true 'label' or the 'predicted' class"),
+        ratios: str = typer.Option("0.15,0.3,0.5,0.7", "--ratios", help="comma-separated fractions of units to prune"),
+        scope: str = typer.Option("global", "--scope", help="global (rank all units) or layer (ratio per layer)"),
+        normalize: str = typer.Option("none", "--normalize", help="none or l1 (per-layer, before global ranking)"),
+        find_lossless: bool = typer.Option(False, "--find-lossless", help="search the largest lossless ratio"),
+        tolerance: float = typer.Option(1.0, "--tolerance", help="lossless: max accuracy drop in points"),
+        sens_tolerance: float = typer.Option(2.0, "--sens-tolerance", help="lossless: max per-class sensitivity drop (pts)"),
+        search_split: str = typer.Option("val", "--search-split", help="split the lossless search runs on"),
+        split: str = typer.Option("test", "--split", help="split the table reports (test or val)"),
+        save_masks: Path = typer.Option(None, "--save-masks", help="folder for masks (one per ratio) and scores"),
+        json_out: Path = typer.Option(None, "--json", help="also write everything as JSON here"),
+        batch_size: int = typer.Option(128, "--batch-size", help="evaluation batch size"),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+        data_dir: str = typer.Option(None, "--data-dir", help="data root (default: MEDPRUNE_DATA)"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
+    ) -> None:
+        """Prune by importance: dense vs masked metrics per ratio (+ the largest lossless ratio)."""
+        from rich.console import Console
+
+        from ..atomic import atomic_dir, atomic_file
+        from ..errors import ConfigError
+        from ..importance import get_criterion
+        from ..masking import SCOPES, normalize_option
+        from ..metrics import metrics_table
+        from ..prune_eval import (
+            RatioEvaluator,
+            evaluate_ratios,
+            load_context,
+            reference_inputs,
+            save_scores,
+            score_units,
+        )
+        from ..prune_eval import find_lossless as search_lossless
+        from ..sampling import STRATEGIES
+        from ..settings import resolve_device
+        from ..units import find_unit_layers
+
+        console = Console(stderr=True, quiet=quiet)
+        out = Console()
+
+        def say(msg: str) -> None:
+            console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}", highlight=False)
+
+        # every user input is checked before the (slow) checkpoint and data loading
+        ratio_list = parse_ratios(ratios)
+        crit = get_criterion(criterion, **parse_options(criterion_opt))
+        if sampling not in STRATEGIES:
+            raise ConfigError(f"unknown sampling strategy {sampling!r}; choose from {', '.join(STRATEGIES)}")
+        if scope not in SCOPES:
+            raise ConfigError(f"unknown pruning scope {scope!r}; choose global or layer")
+        norm = normalize_option(normalize)
+        if targets not in ("label", "predicted"):
+            raise ConfigError(f"--targets must be label or predicted, got {targets!r}")
+        for name, value in (("--split", split), ("--search-split", search_split)):
+            if value not in ("train", "val", "test"):
+                raise ConfigError(f"{name} must be train, val or test, got {value!r}")
+        if n_per_class < 1:
+            raise ConfigError(f"--n-per-class must be a positive integer, got {n_per_class}")
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            say(f"loading {checkpoint}")
+            ctx = load_context(checkpoint, data, data_dir=data_dir, device=resolve_device(device))
+            layers = find_unit_layers(ctx.model)
+            x = y = idx = None
+            if crit.needs_data:
+                say(f"selecting {n_per_class} references per class ({sampling})")
+                x, y, idx = reference_inputs(ctx, n_per_class, sampling, seed,
+                                             pool_per_class=pool_per_class or None)
+            say(f"scoring {sum(ly.size for ly in layers)} units in {len(layers)} layers with {crit!r}")
+            scores, seconds = score_units(ctx.model, crit, x, y if targets == "label" else None, layers)
+            say(f"scored in {seconds:.1f}s")
+        for w in caught:
+            console.print(f"[yellow]warning:[/] {w.message}")
+
+        meta = {
+            "checkpoint": ctx.checkpoint, "checkpoint_sha256": ctx.sha256, "arch": ctx.meta.get("arch"),
+            "dataset": ctx.ds.name, "dataset_fingerprint": ctx.ds.fingerprint, "criterion": crit.name,
+            "criterion_repr": repr(crit), "sampling": sampling if crit.needs_data else None,
+            "n_per_class": n_per_class if crit.needs_data else None, "seed": seed, "targets": targets,
+            "reference_indices": idx.tolist() if idx is not None else None,
+        }
+        ev = RatioEvaluator(ctx, scores, layers, scope, norm, batch_size, meta=meta,
+                            log=None if quiet else say)
+        columns = evaluate_ratios(ev, ratio_list, split)
+        lossless = None
+        if find_lossless:
+            say(f"searching the lossless ratio on {search_split} "
+                        f"(accuracy drop <= {tolerance} pts, sensitivity drop <= {sens_tolerance} pts)")
+            lossless = search_lossless(ev, tolerance, sens_tolerance, search_split=search_split)
+            lossless["metrics"] = ev.metrics(lossless["ratio"], split)
+            columns[f"lossless {lossless['ratio']:.2f}"] = lossless["metrics"]
+
+        all_ratios = ratio_list + ([lossless["ratio"]] if lossless else [])
+        reports = {f"{r:.2f}": ev.report(r) for r in all_ratios}
+        out.print(metrics_table(columns, reference="dense",
+                                title=f"{meta['arch']} · {crit.name} · {meta['sampling'] or 'no data'} · {split}"))
+        for key, rep in reports.items():
+            out.print(f"ratio {key}: {rep['units_pruned']}/{rep['units_total']} units pruned "
+                      f"({rep['units_pruned_pct']:.1f}%), {rep['params_zeroed_pct']:.1f}% of parameters zeroed")
+        if lossless:
+            if lossless["ratio"] > 0:
+                out.print(f"lossless ratio: {lossless['ratio']:.2f} (searched on {search_split}; "
+                          f"{len(lossless['trace'])} evaluations"
+                          f"{'' if lossless['monotone_on_trace'] else '; pass/fail was NOT monotone on the trace'})")
+            else:
+                out.print(f"no ratio >= 0.01 stays within the tolerances on {search_split}")
+
+        if save_masks is not None:
+            with atomic_dir(save_masks) as tmp:
+                for r in all_ratios:
+                    ev.masks(r).save(tmp / f"masks_r{r:.2f}")
+                save_scores(tmp / "scores", scores, {**meta, "layers": [ly.to_dict() for ly in layers]})
+            out.print(f"masks: {save_masks}")
+        if json_out is not None:
+            payload = {
+                "command": "medprune prune", "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta,
+                "split": split, "scope": scope, "normalize": norm or "none", "scoring_seconds": seconds,
+                "ratios": {k: {"metrics": v, "mask_report": {kk: vv for kk, vv in reports.get(k, {}).items()
+                                                             if kk != "per_layer"}}
+                           for k, v in columns.items() if not k.startswith("lossless")},
+                "lossless": lossless,
+            }
+            with atomic_file(json_out, "w") as fh:
+                json.dump(payload, fh, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+            out.print(f"json: {json_out}")

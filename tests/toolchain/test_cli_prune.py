@@ -1,0 +1,133 @@
+"""`medprune prune` end to end on a tiny trained checkpoint, the library behind it, and its error paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import write_tiny_npz
+from toolchain.cli import main
+from toolchain.masking import MaskSet, apply_masks
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A test_resnet trained for two epochs on the tiny brightness dataset (16 px, 1 channel)."""
+    from toolchain.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("prune_cli")
+    npz = write_tiny_npz(root / "tinymnist.npz", n=(32, 16, 16))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDPRUNE_CACHE", str(root / "cache"))
+        weights = train(TrainConfig(model="test_resnet", data=str(npz), img_size=16, epochs=2, batch_size=16,
+                                    lr=3e-3, augment=False, patience=0, device="cpu", quiet=True))
+    return weights, npz
+
+
+def _run(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def _one_error_line(err: str) -> bool:
+    errors = [line for line in err.splitlines() if line.startswith("medprune: error:")]
+    return len(errors) == 1 and "Traceback" not in err
+
+
+def test_prune_end_to_end(ckpt, tmp_path, capsys):
+    weights, npz = ckpt
+    masks_dir, js = tmp_path / "masks", tmp_path / "out.json"
+    code, out, err = _run(["prune", "-c", str(weights), "--data", str(npz), "--criterion", "taylor",
+                           "--sampling", "random", "--n-per-class", "3", "--ratios", "0.3,0.15",
+                           "--find-lossless", "--tolerance", "5", "--sens-tolerance", "10",
+                           "--save-masks", str(masks_dir), "--json", str(js), "-q"], capsys)
+    assert code == 0, err
+    assert "dense" in out and "0.15" in out and "0.30" in out and "lossless" in out
+    doc = json.loads(js.read_text())
+    assert set(doc["ratios"]) >= {"dense", "0.15", "0.30"}
+    assert doc["criterion"] == "taylor" and len(doc["reference_indices"]) == 6
+    lossless = doc["lossless"]
+    assert 0 <= lossless["ratio"] < 1 and lossless["trace"]
+    for r in lossless["trace"]:
+        assert r["passes"] == (r["accuracy_drop_pts"] <= 5 + 1e-9 and r["worst_sensitivity_drop_pts"] <= 10 + 1e-9)
+    assert doc["ratios"]["0.30"]["mask_report"]["units_pruned_pct"] == pytest.approx(30, abs=0.5)
+
+    # the saved masks fit the model, and physical removal computes what masking does
+    from toolchain.models import load_checkpoint
+
+    model, _ = load_checkpoint(weights)
+    masks = MaskSet.load(masks_dir / "masks_r0.30", model=model)
+    assert masks.meta["criterion"] == "taylor" and (masks_dir / "scores.safetensors").exists()
+    x = torch.randn(2, 1, 16, 16)
+    removal = pytest.importorskip("toolchain.removal")
+    pruned, _ = removal.remove_units(model, masks, x, granularity="neuron")
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), apply_masks(model, masks)(x), rtol=1e-4, atol=1e-5)
+
+
+def test_data_free_criterion_skips_sampling(ckpt, tmp_path, capsys):
+    weights, npz = ckpt
+    code, out, err = _run(["prune", "-c", str(weights), "--data", str(npz), "--criterion", "magnitude",
+                           "--ratios", "0.5", "--scope", "layer", "--normalize", "l1",
+                           "--json", str(tmp_path / "m.json")], capsys)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["sampling"] is None and doc["reference_indices"] is None and doc["scope"] == "layer"
+
+
+def test_lossless_search_library(ckpt):
+    """Bisection with a fake pass/fail curve: finds the boundary on a 1 % grid and records the trace."""
+    from toolchain.prune_eval import find_lossless
+
+    class Fake:
+        def __init__(self, boundary):
+            self.boundary, self.calls = boundary, []
+
+        def passes(self, ratio, split, tol, sens):
+            self.calls.append(ratio)
+            ok = ratio <= self.boundary
+            return {"ratio": ratio, "accuracy": 1.0, "accuracy_drop_pts": 0.0 if ok else 5.0,
+                    "worst_sensitivity_drop_pts": 0.0, "passes": ok}
+
+    for boundary in (0.0, 0.07, 0.43, 0.5, 0.99):
+        fake = Fake(boundary)
+        res = find_lossless(fake, 1.0, 2.0)
+        assert res["ratio"] == pytest.approx(boundary)
+        assert len(fake.calls) <= 10 + 4 and res["monotone_on_trace"]
+        assert find_lossless(Fake(boundary), coarse_step=None)["ratio"] == pytest.approx(boundary)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--ratios", "0.3,1.0"], "[0, 1)"),
+        (["--ratios", "-0.2"], "-0.2"),
+        (["--criterion", "nope"], "unknown criterion"),
+        (["--sampling", "kmeans"], "unknown sampling"),
+        (["--n-per-class", "1000"], "larger than every class"),
+        (["--scope", "block"], "scope"),
+        (["--criterion-opt", "n_steps"], "key=value"),
+    ],
+)
+def test_errors_are_one_line(ckpt, capsys, extra, message):
+    weights, npz = ckpt
+    argv = ["prune", "-c", str(weights), "--data", str(npz), "--criterion", "taylor", "--sampling", "random",
+            *extra]
+    code, _, err = _run(argv, capsys)
+    assert code != 0
+    assert message in err and _one_error_line(err)
+
+
+def test_checkpoint_dataset_mismatch(ckpt, tmp_path, capsys):
+    weights, _ = ckpt
+    three = write_tiny_npz(tmp_path / "threemnist.npz", classes=3)
+    code, _, err = _run(["prune", "-c", str(weights), "--data", str(three), "--criterion", "magnitude"], capsys)
+    assert code != 0 and "classes" in err and _one_error_line(err)
+    code, _, err = _run(["prune", "-c", str(tmp_path / "missing.safetensors"), "--data", str(three)], capsys)
+    assert code != 0 and _one_error_line(err)
