@@ -9,40 +9,60 @@ import typer
 
 
 def deploy_cmd(
-    model: str = typer.Option("vgg19", help="vgg19, resnet50, vit_b16 or any timm name"),
+    model: str = typer.Option(None, help="vgg19, resnet50, vit_b16 or any timm name [default: the checkpoint's, "
+                                         "else vgg19]"),
     target: str = typer.Option("cpu", help="cpu, x86-edge, jetson (= jetson-orin-nano), jetson-agx-orin"),
-    data: str = typer.Option("pneumoniamnist", help="MedMNIST name, .npz path or image folder"),
+    data: str = typer.Option(None, help="MedMNIST name, .npz path or image folder [default: the checkpoint's, "
+                                        "else pneumoniamnist]"),
     criterion: str = typer.Option("lrp", help="lrp, dlb, ig, taylor, magnitude, random"),
     sampling: str = typer.Option("clustering", help="confidence, random, clustering"),
     n_per_class: int = typer.Option(10, help="reference images per class"),
-    ratio: str = typer.Option("auto", help="'auto' (largest lossless on val) or a float in [0, 1)"),
+    pool_per_class: int = typer.Option(256, help="train images per class the sampler scores (0: all)"),
+    ratio: str = typer.Option("auto", help="'auto' (largest lossless on val, confirmed on test) or a float in "
+                                           "[0, 1)"),
     granularity: str = typer.Option("group", help="group (Torch-Pruning groups) or neuron"),
     precision: str = typer.Option("default", help="default (the target's), fp32, fp16, int8"),
     out: str = typer.Option("dist", help="package folder root"),
-    img_size: int = typer.Option(32, help="model input side (pixels)"),
+    img_size: int = typer.Option(None, help="model input side in pixels [default: the checkpoint's, else 32]"),
     epochs: int = typer.Option(3, help="training epochs when no cached checkpoint exists"),
     seed: int = typer.Option(0),
-    tolerance: float = typer.Option(1.0, help="max accuracy drop (points) allowed by the gate"),
-    sens_tolerance: float = typer.Option(2.0, help="max per-class sensitivity drop (points) allowed"),
+    tolerance: float = typer.Option(1.0, help="clinical gate: max accuracy drop (points) on the test split"),
+    sens_tolerance: float = typer.Option(2.0, help="clinical gate: max sensitivity drop (points) of any class"),
+    max_ratio: float = typer.Option(0.9, help="largest ratio the auto search tries"),
     round_to: int = typer.Option(-1, help="channel multiple (-1: the target's, 0: none)"),
+    fidelity_images: int = typer.Option(16, help="test images for explanation fidelity (0: skip)"),
+    bench_runs: int = typer.Option(50, help="timed runs of the benchmark"),
+    bench_cache: bool = typer.Option(True, "--bench-cache/--no-bench-cache",
+                                     help="reuse a cached benchmark (off: measure again)"),
+    samples: int = typer.Option(4, help="sample images carried in the package for its smoke test"),
     device: str = typer.Option("auto", help="training device: auto, cpu, cuda"),
     data_dir: str = typer.Option(None, help="data root (default: MEDPRUNE_DATA)"),
     name: str = typer.Option(None, help="package name (default: derived from the recipe)"),
-    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+    checkpoint: str = typer.Option(None, help="deploy this trained dense checkpoint (skips training)"),
+    cache: str = typer.Option(None, help="stage cache folder (default: $MEDPRUNE_CACHE/deploy)"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
 ) -> None:
-    """Train (cached) → score → prune → remove → gate → export → verify → benchmark → package."""
-    from .deploy import DeployConfig, deploy
+    """Train (cached) → sample → score → ratio → remove → gate → export → verify → benchmark → package."""
+    from .deploy import DeployConfig, DeployInterrupted, deploy
 
     cfg = DeployConfig(model=model, target=target, data=data, criterion=criterion, sampling=sampling,
-                       n_per_class=n_per_class, ratio=ratio, granularity=granularity, precision=precision,
-                       out=out, img_size=img_size, epochs=epochs, seed=seed, tolerance=tolerance,
-                       sens_tolerance=sens_tolerance, round_to=None if round_to < 0 else round_to,
-                       device=device, data_dir=data_dir, name=name)
-    summary = deploy(cfg)
+                       n_per_class=n_per_class, pool_per_class=pool_per_class or None, ratio=ratio,
+                       granularity=granularity, precision=precision, out=out, img_size=img_size, epochs=epochs,
+                       seed=seed, tolerance=tolerance, sens_tolerance=sens_tolerance, max_ratio=max_ratio,
+                       round_to=None if round_to < 0 else round_to, fidelity_images=fidelity_images,
+                       bench_runs=bench_runs, cache_bench=bench_cache, samples=samples, device=device,
+                       data_dir=data_dir, name=name, checkpoint=checkpoint, cache=cache)
+    try:
+        summary = deploy(cfg)
+    except KeyboardInterrupt:
+        # typer turns Ctrl-C into a silent exit 130; say what was kept instead
+        raise DeployInterrupted("interrupted; finished stages stay cached (a rerun resumes), no partial stage "
+                                "or package was kept") from None
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
         return
     from rich.console import Console
+    from rich.table import Table
 
     from toolchain.metrics import metrics_table
 
@@ -50,7 +70,22 @@ def deploy_cmd(
     console.print(metrics_table({"dense": summary["dense"], f"pruned {summary['ratio']:.0%}": summary["pruned"]}))
     cmp = summary.get("compare") or {}
     if cmp:
-        console.print(f"params {cmp.get('dense', {}).get('params')} → {cmp.get('pruned', {}).get('params')}")
+        params, macs = cmp.get("params", {}), cmp.get("macs", {})
+        console.print(f"params {params.get('dense')} → {params.get('pruned')} (÷{params.get('ratio', 0):.2f}), "
+                      f"MACs {macs.get('dense')} → {macs.get('pruned')} (÷{macs.get('ratio', 0):.2f})")
+    for m in (summary.get("bench") or {}).get("measured") or []:
+        lat = m.get("latency_ms") or {}
+        console.print(f"latency (measured here, {m.get('runtime')}): p50 {lat.get('p50', float('nan')):.2f} ms")
+    for p in (summary.get("bench") or {}).get("predicted") or []:
+        if isinstance(p.get("latency_ms"), (int, float)):
+            console.print(f"latency (roofline prediction for {p.get('target')}, batch {p.get('batch')}, "
+                          f"{p.get('precision')}): {p['latency_ms']:.2f} ms")
+    table = Table(title="stages", show_header=True)
+    for col in ("stage", "cached", "seconds"):
+        table.add_column(col)
+    for stage, info in summary["stages"].items():
+        table.add_row(stage, str(info.get("cached", info.get("source", ""))), f"{info.get('seconds', 0):.1f}")
+    console.print(table)
     console.print(f"[green]package[/] {summary['package']}\n[green]tarball[/] {summary['tarball']}\n"
                   f"total {summary['seconds']:.0f} s")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolchain.atomic import atomic_dir, atomic_file
+from toolchain.atomic import atomic_file
 from toolchain.errors import GateError, MedpruneError
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -82,6 +82,29 @@ def _write_samples(root: Path, samples: list[Sample]) -> list[dict]:
     return out
 
 
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+
+
+def refuse_pickle(path: Path) -> None:
+    """Packages carry no pickle (loading one runs arbitrary code): by suffix, pickle magic or torch zip."""
+    import zipfile
+
+    name = path.name.lower()
+    if name.endswith(PICKLE_SUFFIXES):
+        raise PackageError(f"refusing pickle-based file in package: {path.name}")
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+        fh.seek(max(path.stat().st_size - 1, 0))
+        tail = fh.read(1)
+    # a pickle (protocol 2-5) opens with PROTO and ends with STOP ('.')
+    if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and tail == b".":
+        raise PackageError(f"refusing pickle data in package: {path.name}")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            if any(n.endswith((".pkl", "data.pkl")) for n in zf.namelist()):
+                raise PackageError(f"refusing torch/pickle archive in package: {path.name}")
+
+
 def _file_roles(spec: PackageSpec, root: Path) -> dict[str, str]:
     (root / "model").mkdir()
     roles = {}
@@ -89,67 +112,123 @@ def _file_roles(spec: PackageSpec, root: Path) -> dict[str, str]:
         src = Path(src)
         if not src.is_file():
             raise PackageError(f"model file for {role} not found: {src}")
+        refuse_pickle(src)
         rel = f"model/{src.name}"
         shutil.copyfile(src, root / rel)
         roles[role] = rel
     return roles
 
 
-def build_package(spec: PackageSpec, out_root: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``out_root/<name>/`` and ``out_root/<name>.tar.gz``; nothing partial is ever left."""
+def _fill(spec: PackageSpec, root: Path) -> None:
+    """Write every file of the package into ``root`` (an empty folder), manifest last."""
+    roles = _file_roles(spec, root)
+    samples = _write_samples(root, spec.samples)
+    shutil.copyfile(PREDICT_TEMPLATE, root / "predict.py")
+    (root / "predict.py").chmod(0o755)
+    (root / "MODEL_CARD.md").write_text(spec.model_card)
+    if spec.reports:
+        (root / "reports").mkdir()
+        for arc, src in sorted(spec.reports.items()):
+            shutil.copyfile(src, root / "reports" / arc)
+    for arc, text in sorted(spec.scripts.items()):
+        if Path(arc).is_absolute() or ".." in Path(arc).parts:
+            raise PackageError(f"unsafe script path {arc!r}")
+        path = root / arc
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.chmod(0o755)
+    files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": spec.name,
+        "model": {"runtime": spec.runtime, "files": roles},
+        "class_names": spec.class_names,
+        "preprocess": spec.preprocess,
+        "samples": samples,
+        "sample_tolerance": spec.sample_tolerance,
+        **spec.manifest,
+        "files": files,
+    }
+    manifest["manifest_sha256"] = canonical_sha256(manifest)
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def build_package(spec: PackageSpec, out_root: str | os.PathLike, *, verify: bool = True,
+                  report: dict | None = None) -> tuple[Path, Path]:
+    """Write ``out_root/<name>/`` and ``out_root/<name>.tar.gz``; nothing partial is ever left.
+
+    Both are built (and, with ``verify``, checked by :func:`verify_package`) in a hidden staging
+    folder inside ``out_root`` and only then renamed into place, replacing an older package of the
+    same name; an error or Ctrl-C at any point leaves the previous state (old package or nothing).
+    ``report`` (a dict) receives the verify_package report of the staged tarball.
+    """
+    if not spec.name or Path(spec.name).name != spec.name or spec.name.startswith("."):
+        raise PackageError(f"invalid package name {spec.name!r}")
     out_root = Path(out_root)
-    target = out_root / spec.name
-    with atomic_dir(target) as root:
-        roles = _file_roles(spec, root)
-        samples = _write_samples(root, spec.samples)
-        shutil.copyfile(PREDICT_TEMPLATE, root / "predict.py")
-        (root / "MODEL_CARD.md").write_text(spec.model_card)
-        if spec.reports:
-            (root / "reports").mkdir()
-            for arc, src in spec.reports.items():
-                shutil.copyfile(src, root / "reports" / arc)
-        for arc, text in spec.scripts.items():
-            path = root / arc
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            path.chmod(0o755)
-        files = {
-            str(p.relative_to(root)): sha256_file(p)
-            for p in sorted(root.rglob("*")) if p.is_file()
-        }
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "name": spec.name,
-            "model": {"runtime": spec.runtime, "files": roles},
-            "class_names": spec.class_names,
-            "preprocess": spec.preprocess,
-            "samples": samples,
-            "sample_tolerance": spec.sample_tolerance,
-            **spec.manifest,
-            "files": files,
-        }
-        manifest["manifest_sha256"] = canonical_sha256(manifest)
-        (root / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    tarball = out_root / f"{spec.name}.tar.gz"
-    write_tarball(target, tarball)
-    return target, tarball
+    if out_root.exists() and not out_root.is_dir():
+        raise PackageError(f"output {out_root} exists and is not a folder")
+    out_root.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".tmp", dir=out_root))
+    try:
+        root = stage / spec.name
+        root.mkdir()
+        _fill(spec, root)
+        staged_tar = stage / f"{spec.name}.tar.gz"
+        write_tarball(root, staged_tar)
+        if verify:
+            checked = verify_package(staged_tar)
+            if report is not None:
+                report.update(checked)
+        return _publish(stage, out_root, spec.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
-def write_tarball(src_dir: Path, tarball: Path) -> None:
-    """Reproducible tar.gz: sorted entries, mtime 0, uid/gid 0, gzip header without a timestamp."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in [src_dir, *sorted(src_dir.rglob("*"))]:
-            info = tar.gettarinfo(str(path), arcname=str(Path(src_dir.name) / path.relative_to(src_dir)))
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            info.mode = 0o755 if (path.is_dir() or os.access(path, os.X_OK)) else 0o644
-            if path.is_file():
-                with open(path, "rb") as fh:
-                    tar.addfile(info, fh)
+def _publish(stage: Path, out_root: Path, name: str) -> tuple[Path, Path]:
+    """Rename the staged folder and tarball into ``out_root`` as one step that rolls back on failure."""
+    pairs = [(stage / name, out_root / name), (stage / f"{name}.tar.gz", out_root / f"{name}.tar.gz")]
+    old = stage / ".old"
+    old.mkdir()
+    moved_old, placed = [], []
+    try:
+        for _, dst in pairs:
+            if dst.exists() or dst.is_symlink():
+                os.replace(dst, old / dst.name)
+                moved_old.append(dst)
+        for src, dst in pairs:
+            os.replace(src, dst)
+            placed.append(dst)
+    except BaseException:
+        for dst in placed:
+            if dst.is_dir():
+                shutil.rmtree(dst, ignore_errors=True)
             else:
-                tar.addfile(info)
-    with atomic_file(tarball) as fh, gzip.GzipFile(fileobj=fh, mode="wb", mtime=0, filename="") as gz:
-        gz.write(buf.getvalue())
+                dst.unlink(missing_ok=True)
+        for dst in moved_old:
+            os.replace(old / dst.name, dst)
+        raise
+    return pairs[0][1], pairs[1][1]
+
+
+def write_tarball(src_dir: Path, tarball: Path, compresslevel: int = 6) -> None:
+    """Reproducible tar.gz: sorted entries, mtime 0, uid/gid 0, gzip header without a timestamp.
+
+    Streamed straight into gzip (no in-memory copy of a large model); level 6 because level 9 is
+    several times slower on float weights for ~1 % smaller archives.
+    """
+    with atomic_file(tarball) as fh:
+        with gzip.GzipFile(fileobj=fh, mode="wb", mtime=0, filename="", compresslevel=compresslevel) as gz, \
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for path in [src_dir, *sorted(src_dir.rglob("*"))]:
+                info = tar.gettarinfo(str(path), arcname=str(Path(src_dir.name) / path.relative_to(src_dir)))
+                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                info.mode = 0o755 if (path.is_dir() or os.access(path, os.X_OK)) else 0o644
+                if path.is_file():
+                    with open(path, "rb") as src:
+                        tar.addfile(info, src)
+                else:
+                    tar.addfile(info)
+        os.fchmod(fh.fileno(), 0o644)  # mkstemp creates 0600; a package is meant to be copied around
 
 
 def safe_extract(tarball: Path, dest: Path) -> Path:
@@ -234,9 +313,42 @@ def _check_manifest(root: Path) -> dict:
             raise PackageError(f"{root}: missing file {rel}")
         if sha256_file(p) != digest:
             raise PackageError(f"{root}: checksum mismatch for {rel} (file was modified)")
+        refuse_pickle(p)
     listed = set(manifest["files"]) | {"manifest.json"}
     for p in root.rglob("*"):
         rel = str(p.relative_to(root))
         if p.is_file() and rel not in listed and "__pycache__" not in p.parts:
             raise PackageError(f"{root}: unlisted file in package: {rel}")
     return manifest
+
+
+def reference_predict(checkpoint: str | os.PathLike, images: list[str | os.PathLike]) -> np.ndarray:
+    """(N, K) probabilities the toolchain itself computes for image files: its image-folder decoder,
+    the checkpoint's Preprocess (torch, antialiased bilinear) and the torch model.
+
+    predict.py must agree with this (same class, |Δprob| within the package's sample tolerance).
+    """
+    import torch
+
+    from toolchain.data import Preprocess
+    from toolchain.models import load_checkpoint
+
+    try:  # the exact decoder the toolchain's image-folder loader uses (grey detection, 16-bit scaling)
+        from toolchain.data.folder import _decode as decode
+    except ImportError:  # pragma: no cover - older toolchain
+        def decode(path, data, _size):
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as im:
+                return np.asarray(im.convert("L" if im.mode in ("1", "L", "LA") else "RGB"))
+
+    model, meta = load_checkpoint(checkpoint)
+    pre = Preprocess.from_dict(meta["preprocess"])
+    out = []
+    with torch.no_grad():
+        for path in images:
+            path = Path(path)
+            arr = decode(path, path.read_bytes(), None)
+            arr = np.array(arr[..., None] if arr.ndim == 2 else arr)  # writable copy for torch
+            out.append(torch.softmax(model(pre(arr)).double(), 1)[0].numpy())
+    return np.stack(out)

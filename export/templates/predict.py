@@ -3,6 +3,7 @@
 (onnxruntime or openvino); pydicom is used for DICOM files when installed.
 
     python predict.py IMAGE [IMAGE ...] [--runtime onnxruntime|openvino] [--json]
+    python predict.py --check        # only verify the package's checksums
 
 Every file listed in manifest.json is checked against its sha256 before the model is loaded;
 any mismatch refuses to run. Research use only; not a certified medical device.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -46,8 +48,12 @@ def load_manifest(root: Path = HERE) -> dict:
         raise PackageError(f"manifest.json unreadable: {exc}") from exc
     if manifest.get("manifest_sha256") != canonical_sha256(manifest):
         raise PackageError("manifest.json was modified (its self-checksum does not match)")
+    if not isinstance(manifest.get("files"), dict):
+        raise PackageError("manifest.json has no file list")
     for rel, digest in manifest["files"].items():
         path = root / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise PackageError(f"unsafe path in manifest: {rel}")
         if not path.is_file():
             raise PackageError(f"missing file {rel}")
         if sha256_file(path) != digest:
@@ -62,8 +68,12 @@ def load_manifest(root: Path = HERE) -> dict:
     return manifest
 
 
+GREY_TOLERANCE = 2  # RGB files whose channels differ by at most this are grey (as the toolchain loads them)
+
+
 def read_image(path: Path) -> np.ndarray:
-    """Pixels as uint8 (H, W) or (H, W, 3); DICOM via pydicom (rescaled to 0..255) when installed."""
+    """Pixels as uint8 (H, W) or (H, W, 3), decoded as the toolchain decodes image folders;
+    DICOM via pydicom (rescaled to 0..255) when installed."""
     if path.suffix.lower() in (".dcm", ".dicom"):
         try:
             import pydicom
@@ -74,6 +84,8 @@ def read_image(path: Path) -> np.ndarray:
         arr = arr * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
         if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
             arr = arr.max() - arr
+        if arr.ndim == 3 and arr.shape[-1] not in (1, 3):
+            arr = arr[arr.shape[0] // 2]  # a multi-frame series: its middle frame
         lo, hi = float(arr.min()), float(arr.max())
         arr = (arr - lo) / (hi - lo if hi > lo else 1.0) * 255.0
         return np.round(arr).astype(np.uint8)
@@ -81,23 +93,60 @@ def read_image(path: Path) -> np.ndarray:
 
     with Image.open(path) as img:
         img.load()
-        return np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
+        if img.mode in ("I;16", "I;16B", "I", "F"):
+            arr = np.asarray(img, dtype=np.float64)
+            scale = 255.0 / 65535.0 if arr.max() > 255 else 1.0
+            return np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+        if img.mode in ("1", "L", "LA"):
+            return np.asarray(img.convert("L"))
+        rgb = np.asarray(img.convert("RGB"))
+    spread = rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1)
+    if spread.max(initial=0) <= GREY_TOLERANCE:
+        return rgb[..., 0].copy() if not spread.any() else np.rint(rgb.mean(axis=-1)).astype(np.uint8)
+    return rgb
+
+
+def resize_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix of antialiased bilinear resampling along one axis.
+
+    The same triangle filter, widened by the scale when shrinking, with half-pixel centres and
+    edge renormalisation as torch's ``interpolate(mode="bilinear", antialias=True)`` used in
+    training, so this resize agrees with the toolchain's to float rounding (~1e-7).
+    """
+    scale = n_in / n_out
+    support = scale if scale > 1.0 else 1.0
+    inv = 1.0 / scale if scale > 1.0 else 1.0
+    w = np.zeros((n_out, n_in), dtype=np.float64)
+    for i in range(n_out):
+        center = scale * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), n_in)
+        j = np.arange(lo, hi)
+        k = np.clip(1.0 - np.abs((j - center + 0.5) * inv), 0.0, None)
+        w[i, lo:hi] = k / k.sum()
+    return w.astype(np.float32)
 
 
 def preprocess(pixels: np.ndarray, spec: dict) -> np.ndarray:
-    """uint8 image → float32 (1, C, S, S), exactly as the model was trained (see manifest preprocess)."""
-    from PIL import Image
-
+    """uint8 image → float32 (1, C, S, S), exactly as the model was trained (see manifest preprocess):
+    [0, 1] scaling, channel matching, antialiased bilinear resize, per-channel normalisation."""
     size, chans = int(spec["img_size"]), int(spec["in_chans"])
-    img = Image.fromarray(pixels)
-    img = img.convert("L" if chans == 1 else "RGB")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    arr = np.asarray(pixels)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3):
+        raise PackageError(f"expected a grey or RGB image, got pixel array of shape {arr.shape}")
+    x = arr.astype(np.float32).transpose(2, 0, 1) / np.float32(255.0)  # (C, H, W)
+    if x.shape[0] == 3 and chans == 1:
+        x = x.mean(axis=0, keepdims=True)
+    if x.shape[1:] != (size, size):
+        wh, ww = resize_weights(x.shape[1], size), resize_weights(x.shape[2], size)
+        x = np.stack([wh @ ch @ ww.T for ch in x])
+    if x.shape[0] == 1 and chans == 3:
+        x = np.repeat(x, 3, axis=0)
     mean = np.asarray(spec["mean"], dtype=np.float32).reshape(-1, 1, 1)
     std = np.asarray(spec["std"], dtype=np.float32).reshape(-1, 1, 1)
-    return ((arr - mean) / std)[None].astype(np.float32)
+    return ((x - mean) / std)[None].astype(np.float32)
 
 
 class Runner:
@@ -140,12 +189,18 @@ class Runner:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Classify images with this medprune package.")
-    parser.add_argument("images", nargs="+", type=Path)
+    parser.add_argument("images", nargs="*", type=Path)
+    parser.add_argument("--check", action="store_true", help="only verify every checksum, then exit")
     parser.add_argument("--runtime", choices=["onnxruntime", "openvino"], default=None)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
+    if not args.images and not args.check:
+        parser.error("give at least one image (or --check)")
     try:
         manifest = load_manifest()
+        if args.check:
+            print(f"OK {manifest['name']}: {len(manifest['files'])} files match manifest.json")
+            return 0
         runner = Runner(manifest, args.runtime)
         classes = manifest["class_names"]
         results = []
@@ -159,11 +214,18 @@ def main(argv=None) -> int:
             except Exception as exc:
                 raise PackageError(f"cannot read image {path}: {exc}") from exc
             probs = runner.probabilities(preprocess(pixels, manifest["preprocess"]))[0]
+            named = dict(zip(classes, (float(p) for p in probs)))  # noqa: B905 (no strict= on py3.8 Jetsons)
             results.append({"image": str(path), "prediction": classes[int(probs.argmax())],
-                            "probabilities": {c: float(p) for c, p in zip(classes, probs)}})
+                            "probabilities": named})
     except PackageError as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a runtime failure: still one line (PREDICT_DEBUG=1 for the traceback)
+        if os.environ.get("PREDICT_DEBUG"):
+            raise
+        print(f"predict: error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+              file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -152,3 +152,31 @@ def test_verify_package_cli_errors(tmp_path, package):
     ok = subprocess.run([sys.executable, "-m", "toolchain.cli", "verify-package", str(tarball)],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_failed_verification_keeps_the_previous_package(package, tmp_path):
+    root, tarball = package
+    before = tarball.read_bytes()
+    manifest = json.loads((root / "manifest.json").read_text())
+    onnx_path = tmp_path / "model.onnx"
+    wrong = Sample("s0", np.zeros((8, 8), np.uint8), "normal", [0.0, 1.0])  # probabilities the model won't give
+    spec = PackageSpec(name="tiny-pkg", runtime="onnxruntime", model_files={"onnx": onnx_path},
+                       class_names=["normal", "pneumonia"], preprocess=PRE, samples=[wrong])
+    with pytest.raises(GateError, match="smoke test"):
+        build_package(spec, root.parent)
+    assert tarball.read_bytes() == before and json.loads((root / "manifest.json").read_text()) == manifest
+    assert sorted(p.name for p in root.parent.iterdir()) == ["tiny-pkg", "tiny-pkg.tar.gz"]  # no temp left
+
+
+def test_rebuild_replaces_and_reports(package, tmp_path):
+    root, tarball = package
+    onnx_path = tmp_path / "model.onnx"
+    pixels = np.full((8, 8), 7, np.uint8)
+    spec = PackageSpec(name="tiny-pkg", runtime="onnxruntime", model_files={"onnx": onnx_path},
+                       class_names=["normal", "pneumonia"], preprocess=PRE,
+                       samples=[Sample("only", pixels, "normal", _probs(onnx_path, pixels))])
+    report: dict = {}
+    build_package(spec, root.parent, report=report)
+    assert report["ok"] and report["samples"] == 1
+    assert sorted(p.name for p in (root / "samples").iterdir()) == ["only.png"]
+    assert tarball.stat().st_mode & 0o777 == 0o644
