@@ -26,7 +26,7 @@ def write_tiny_npz(path: Path, n=(24, 8, 8), size=16, channels=1, classes=2, see
     """A MedMNIST-format npz whose classes differ in brightness, so a model can learn it fast."""
     rng = np.random.default_rng(seed)
     arrays = {}
-    for split, count in zip(("train", "val", "test"), n):
+    for split, count in zip(("train", "val", "test"), n, strict=True):
         labels = np.arange(count) % classes
         shape = (count, size, size) if channels == 1 else (count, size, size, channels)
         base = rng.integers(0, 100, size=shape)

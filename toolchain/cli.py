@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         args = list(sys.argv[1:] if argv is None else argv) or ["--help"]
         command = typer.main.get_command(build_app())
         code = command.main(args=args, prog_name="medprune", standalone_mode=False)
+        if code == 130:  # typer swallows Ctrl-C and returns 130 silently
+            _fail("interrupted; no partial artifacts were kept", 130)
         raise SystemExit(code if isinstance(code, int) else 0)
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None

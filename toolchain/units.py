@@ -43,7 +43,7 @@ class UnitLayer:
 def is_attention(module: nn.Module) -> bool:
     """timm-style attention: fused qkv projection, output projection and a head count."""
     return all(hasattr(module, a) for a in ("qkv", "proj", "num_heads")) and isinstance(
-        getattr(module, "qkv"), nn.Linear
+        module.qkv, nn.Linear
     )
 
 
