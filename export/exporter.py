@@ -161,22 +161,11 @@ def load_images(meta: dict[str, Any], data: str | None = None, data_dir: str | o
     ``eval_size``: None = no evaluation images, 0 = the whole ``eval_split``, n = a seeded subset of n.
     Images are preprocessed exactly as at training time (the checkpoint's ``preprocess``).
     """
-    from toolchain.data import Preprocess, load_dataset
-    from toolchain.errors import DataError
+    from toolchain.evaluate import dataset_for_checkpoint
 
     from .quantize import calibration_indices
 
-    cfg = meta.get("train_config") or {}
-    spec = data or cfg.get("data") or (meta.get("dataset") or {}).get("name")
-    if not spec:
-        raise DataError("checkpoint does not record its dataset: pass --data")
-    ds = load_dataset(spec, data_dir, load_size=cfg.get("load_size"), val_fraction=cfg.get("val_fraction", 0.1),
-                      seed=cfg.get("seed", 0))
-    if ds.num_classes != int(meta["num_classes"]):
-        raise DataError(f"dataset {ds.name} has {ds.num_classes} classes but the checkpoint predicts "
-                        f"{meta['num_classes']}")
-    preprocess = Preprocess.from_dict(meta["preprocess"]) if meta.get("preprocess") else \
-        Preprocess.for_dataset(ds, int(meta["img_size"]), int(meta["in_chans"]))
+    ds, preprocess = dataset_for_checkpoint(meta, data, data_dir)
     out: dict[str, np.ndarray] = {}
     if calib_size:
         train = ds.split("train")

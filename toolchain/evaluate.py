@@ -43,14 +43,11 @@ def evaluate(model: nn.Module, ds, split: str, preprocess, batch_size: int = 128
     return compute_metrics(labels, probs, list(ds.class_names))
 
 
-def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None, split: str = "test", *,
-                        data_dir: str | None = None, batch_size: int = 128,
-                        device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(metrics, meta)`` of a saved checkpoint on ``data`` (default: the dataset it was trained on)."""
+def dataset_for_checkpoint(meta: dict[str, Any], data: str | None = None, data_dir: str | None = None):
+    """``(dataset, preprocess)`` a checkpoint expects: ``data`` or the dataset it was trained on, loaded
+    with the training run's split settings, and the preprocessing stored with the model."""
     from .data import Preprocess, load_dataset
-    from .models import load_checkpoint
 
-    model, meta = load_checkpoint(checkpoint, device=device)
     cfg = meta.get("train_config") or {}
     spec = data or cfg.get("data") or (meta.get("dataset") or {}).get("name")
     if not spec:
@@ -60,6 +57,17 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None, 
     if ds.num_classes != int(meta["num_classes"]):
         raise DataError(f"dataset {ds.name} has {ds.num_classes} classes but the checkpoint predicts "
                         f"{meta['num_classes']}")
-    preprocess = Preprocess.from_dict(meta["preprocess"]) if meta.get("preprocess") else \
-        Preprocess.for_dataset(ds, int(meta["img_size"]), int(meta["in_chans"]))
+    preprocess = (Preprocess.from_dict(meta["preprocess"]) if meta.get("preprocess")
+                  else Preprocess.for_dataset(ds, int(meta["img_size"]), int(meta["in_chans"])))
+    return ds, preprocess
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None, split: str = "test", *,
+                        data_dir: str | None = None, batch_size: int = 128,
+                        device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(metrics, meta)`` of a saved checkpoint on ``data`` (default: the dataset it was trained on)."""
+    from .models import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint, device=device)
+    ds, preprocess = dataset_for_checkpoint(meta, data, data_dir)
     return evaluate(model, ds, split, preprocess, batch_size, device), meta

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_file, atomic_path
-from .errors import ConfigError, DataError
+from .errors import ConfigError
 from .masking import MaskSet, apply_masks, build_masks, check_ratio, mask_report
 from .units import UnitLayer
 
@@ -57,20 +57,13 @@ class Context:
 
 def load_context(checkpoint, data: str | None = None, *, data_dir=None, device: str = "cpu") -> Context:
     """Load ``checkpoint`` and its dataset (``data`` or the one it was trained on) with its preprocessing."""
-    from .data import Preprocess, load_dataset
+    from .evaluate import dataset_for_checkpoint
     from .models import load_checkpoint, resolve_checkpoint
 
     weights = resolve_checkpoint(checkpoint)
     model, meta = load_checkpoint(weights, device=device)
-    cfg = meta.get("train_config") or {}
-    spec = data or cfg.get("data") or (meta.get("dataset") or {}).get("name")
-    if not spec:
-        raise DataError("checkpoint does not record its dataset: pass --data")
-    ds = load_dataset(spec, data_dir, load_size=cfg.get("load_size"), val_fraction=cfg.get("val_fraction", 0.1),
-                      seed=cfg.get("seed", 0))
+    ds, preprocess = dataset_for_checkpoint(meta, data, data_dir)
     check_compatible(meta, ds)
-    preprocess = (Preprocess.from_dict(meta["preprocess"]) if meta.get("preprocess")
-                  else Preprocess.for_dataset(ds, int(meta["img_size"]), int(meta["in_chans"])))
     digest = hashlib.sha256()
     with open(weights, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
