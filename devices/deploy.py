@@ -290,7 +290,7 @@ class Deployment:
             masks = evaluator.masks(ratio)
             masks.save(d / "masks")
             pruned, report = remove_units(ctx.model, masks, example, c.granularity,
-                                          c.round_to or None, scores=scores)
+                                          c.round_to or None, scores=scores, strict=False)
             masked = apply_masks(ctx.model, masks)
             test = ctx.ds.split("test")
             xt = ctx.preprocess(test.images[:256])

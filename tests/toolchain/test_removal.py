@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -320,3 +321,14 @@ def test_parity_on_real_images(shared_data, tiny_family):
     keep = _random_keep(model, p=0.6)
     pruned, report = remove_units(model, keep, x)
     assert _max_diff(masked_model(model, keep), pruned, x) <= 1e-4
+
+
+def test_unsupported_op_left_masked_when_not_strict():
+    """Neuron granularity may keep such units zeroed in place; remove_units checks parity itself."""
+    from toolchain.removal import remove_units
+
+    model = _Custom(1).eval()
+    keep = {"a": torch.tensor([True, False] * 4)}
+    pruned, report = remove_units(model, keep, torch.randn(2, 1, 12, 12), strict=False)
+    assert pruned.a.out_channels == 8
+    assert "FBackward" in json.dumps(report, default=str)

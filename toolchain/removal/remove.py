@@ -133,13 +133,16 @@ def remove_units(
     scores: dict[str, torch.Tensor] | None = None,
     verify: bool = True,
     atol: float = 1e-4,
+    strict: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """``(pruned deep copy, report)``; the pruned model computes what ``apply_masks(model, masks)`` does.
 
     ``round_to`` keeps extra units so every removed-from group keeps a multiple of ``round_to``
     channels: with ``scores`` the most important would-be-removed units are restored (unmasked),
-    without them masked units are kept as zeroed padding. The report's ``keep`` holds the effective
-    masks (after rounding); every other report entry is JSON-serialisable.
+    without them masked units are kept as zeroed padding. ``strict=False`` (neuron granularity only)
+    leaves units whose group holds an op Torch-Pruning cannot follow masked in place instead of
+    raising. The report's ``keep`` holds the effective masks (after rounding); every other report
+    entry is JSON-serialisable.
     """
     if granularity not in GRANULARITIES:
         raise ConfigError(f"unknown granularity {granularity!r}; choose from {', '.join(GRANULARITIES)}")
@@ -171,6 +174,11 @@ def remove_units(
         if bool(partial.any()):
             reasons[ug.key] = "coupled units are kept"
         if not cand:
+            continue
+        if ug.unsupported and not strict and granularity == "neuron":
+            # neuron granularity already leaves coupled units masked in place; an op Torch-Pruning
+            # cannot follow is one more reason a unit stays (zeroed) instead of being removed
+            reasons[ug.key] = f"unsupported {ug.unsupported[0]}"
             continue
         if ug.unsupported:
             raise ModelError(f"cannot remove units of {ug.describe()}: its group contains unsupported "
