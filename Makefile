@@ -13,7 +13,7 @@ DATA ?= pneumoniamnist
 CRITERION ?= lrp
 SAMPLING ?= clustering
 RATIO ?= auto
-GRANULARITY ?= group
+GRANULARITY ?= neuron
 PRECISION ?= default
 OUT ?= dist
 

@@ -57,7 +57,7 @@ class DeployConfig:
     n_per_class: int = 10
     pool_per_class: int | None = 256  # images per class the sampler scores (None: the whole train split)
     ratio: str = "auto"  # "auto" or a float in [0, 1)
-    granularity: str = "group"  # group | neuron
+    granularity: str = "neuron"  # neuron | group (neuron measured better: see README "Deploy")
     precision: str = "default"  # default = the target profile's
     out: str = "dist"
     img_size: int | None = None  # None: the checkpoint's, else 32

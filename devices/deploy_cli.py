@@ -20,7 +20,7 @@ def deploy_cmd(
     pool_per_class: int = typer.Option(256, help="train images per class the sampler scores (0: all)"),
     ratio: str = typer.Option("auto", help="'auto' (largest lossless on val, confirmed on test) or a float in "
                                            "[0, 1)"),
-    granularity: str = typer.Option("group", help="group (Torch-Pruning groups) or neuron"),
+    granularity: str = typer.Option("neuron", help="neuron (per-unit masks; what cannot be removed stays zeroed) or group (Torch-Pruning groups)"),
     precision: str = typer.Option("default", help="default (the target's), fp32, fp16, int8"),
     out: str = typer.Option("dist", help="package folder root"),
     img_size: int = typer.Option(None, help="model input side in pixels [default: the checkpoint's, else 32]"),
