@@ -1,0 +1,101 @@
+"""End-to-end deploy runs on the baseline checkpoints: gates, parity, size, fidelity per model and target.
+
+    python -m benchmarks.deploy_runs [--out dist/deploy_runs]
+
+Runs ``medprune deploy --json`` (as a user would, so benchmarks never imports the later ``devices``
+stage) for each recipe below on the PneumoniaMNIST baseline checkpoints listed in
+``benchmarks/results/baselines.json``; deploy's stage cache makes a rerun cheap. Writes
+``benchmarks/results/deploy_runs.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RECIPES = [
+    {"model": "vgg19", "target": "cpu", "ratio": "auto"},
+    {"model": "vgg19", "target": "jetson", "ratio": "auto"},
+    {"model": "resnet50", "target": "x86-edge", "ratio": "0.5"},
+    {"model": "vit_b16", "target": "cpu", "ratio": "0.5"},
+]
+
+
+def checkpoints() -> dict[str, str]:
+    doc = json.loads((RESULTS / "baselines.json").read_text())
+    runs = doc["runs"] if isinstance(doc, dict) else doc
+    return {r["model"]: r["checkpoint"] for r in runs if r.get("data", r.get("dataset", "")).startswith("pneumonia")}
+
+
+def run(recipe: dict, ckpt: str, out: str) -> dict:
+    cmd = [sys.executable, "-m", "toolchain.cli", "deploy", "--checkpoint", ckpt, "--target", recipe["target"],
+           "--ratio", recipe["ratio"], "--out", out, "--json"]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    row = {"recipe": recipe, "command": shlex.join(["medprune", *cmd[3:]]), "rc": res.returncode,
+           "wall_s": round(time.perf_counter() - t0, 1)}
+    if res.returncode == 0:
+        row["summary"] = json.loads(res.stdout)
+    else:
+        row["error"] = (res.stderr.strip().splitlines() or ["?"])[-1]
+    return row
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["# Deploy runs on the baseline checkpoints (PneumoniaMNIST test split)", "",
+             "Command: `python -m benchmarks.deploy_runs` (each row's own command below; stages are cached).", "",
+             "| model | target | ratio | acc dense → pruned | min sens. drop (pts) | params ÷ | MACs ÷ | "
+             "export parity max\\|Δlogit\\| | fidelity ρ | package |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        rec = r["recipe"]
+        if r["rc"] != 0:
+            lines.append(f"| {rec['model']} | {rec['target']} | {rec['ratio']} | refused: {r['error']} |||||||")
+            continue
+        s = r["summary"]
+        d, p = s["dense"], s["pruned"]
+        drops = [100 * (d["per_class"][c]["sensitivity"] - p["per_class"][c]["sensitivity"]) for c in d["per_class"]]
+        ver = s.get("export_verification") or {}
+        fid = s.get("fidelity") or {}
+        cmp = s.get("compare") or {}
+        lines.append(
+            f"| {rec['model']} | {rec['target']} | {s['ratio']:.2f} | {_pct(d['accuracy'])} → {_pct(p['accuracy'])} | "
+            f"{max(drops):.2f} | {cmp.get('params', {}).get('ratio', 0):.2f} | {cmp.get('macs', {}).get('ratio', 0):.2f} | "
+            f"{ver.get('max_abs_logit', float('nan')):.1e} ({ver.get('backend', '?')}) | "
+            f"{fid.get('spearman_mean', float('nan')):.3f} | `{s['name']}` |")
+    lines += ["", "Commands:", ""] + [f"- `{r['command']}` ({r['wall_s']} s)" for r in rows]
+    lines += ["", "Sensitivity drop: largest per-class drop (positive = worse). `auto` ratios are the largest "
+              "passing the gates on val (half tolerances), confirmed on test by the gate-check stage."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="dist/deploy_runs")
+    args = ap.parse_args()
+    ckpts = checkpoints()
+    rows = []
+    for recipe in RECIPES:
+        if recipe["model"] not in ckpts:
+            print(f"skip {recipe['model']}: no baseline checkpoint", flush=True)
+            continue
+        print(f"deploy {recipe} …", flush=True)
+        rows.append(run(recipe, ckpts[recipe["model"]], args.out))
+        print(f"  rc {rows[-1]['rc']} in {rows[-1]['wall_s']} s", flush=True)
+    (RESULTS / "deploy_runs.json").write_text(json.dumps(rows, indent=1, default=str))
+    (RESULTS / "deploy_runs.md").write_text(markdown(rows))
+    print(f"wrote {RESULTS / 'deploy_runs.md'}")
+
+
+if __name__ == "__main__":
+    main()
