@@ -54,7 +54,7 @@ def _pct(v) -> str:
 def markdown(rows: list[dict]) -> str:
     lines = ["# Deploy runs on the baseline checkpoints (PneumoniaMNIST test split)", "",
              "Command: `python -m benchmarks.deploy_runs` (each row's own command below; stages are cached).", "",
-             "| model | target | ratio | acc dense → pruned | min sens. drop (pts) | params ÷ | MACs ÷ | "
+             "| model | target | ratio | acc dense → pruned | max sens. drop (pts) | params ÷ | MACs ÷ | "
              "export parity max\\|Δlogit\\| | fidelity ρ | package |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
