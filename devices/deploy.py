@@ -198,7 +198,7 @@ class Deployment:
 
     # ---- stages ---------------------------------------------------------------------------------
     def train(self) -> tuple[Path, str]:
-        from toolchain.models import load_checkpoint
+        from toolchain.models import load_checkpoint, recorded_sha256
         from toolchain.train import TrainConfig, train
 
         c = self.cfg
@@ -216,8 +216,7 @@ class Deployment:
             weights = train(tc)
             self.facts["train_config"] = tc.to_dict()
             self.facts["train_source"] = "train (cached by its config)"
-        side = json.loads(weights.with_suffix(".json").read_text())
-        return weights, side["weights_sha256"]
+        return weights, recorded_sha256(weights)
 
     def run(self) -> dict:
         import torch
@@ -410,7 +409,7 @@ class Deployment:
 
     def _export(self, ctx, pruned_path: Path, pr):
         from export.exporter import export_model, load_images
-        from toolchain.models import load_checkpoint
+        from toolchain.models import load_checkpoint, recorded_sha256
 
         c = self.cfg
         fmt, precision, _ = export_plan(self.profile.runtime, c.precision)
@@ -419,7 +418,7 @@ class Deployment:
             model, meta = load_checkpoint(pruned_path)
             arrays = load_images(meta, c.data, c.data_dir, calib_size=256 if precision == "int8" else 0,
                                  eval_size=0, seed=c.seed)
-            sha = json.loads(pruned_path.with_suffix(".json").read_text())["weights_sha256"]
+            sha = recorded_sha256(pruned_path)
             result = export_model(model, meta, d, fmt, precision, name="model", source_sha256=sha,
                                   eval_x=arrays.get("eval_x"), eval_y=arrays.get("eval_y"),
                                   calib_x=arrays.get("calib"))

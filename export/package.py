@@ -22,6 +22,7 @@ import numpy as np
 
 from toolchain.atomic import atomic_file
 from toolchain.errors import GateError, MedpruneError
+from toolchain.models.checkpoint import sha256_file
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 PREDICT_TEMPLATE = TEMPLATE_DIR / "predict.py"
@@ -30,14 +31,6 @@ FORMAT_VERSION = 1
 
 class PackageError(MedpruneError):
     pass
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def canonical_sha256(manifest: dict) -> str:

@@ -27,6 +27,7 @@ from torch import nn
 
 from .atomic import atomic_file, atomic_path
 from .errors import ConfigError
+from .models.registry import inference_pass
 from .units import UnitLayer, find_unit_layers, get_module
 
 FORMAT = "medprune-masks/1"
@@ -280,15 +281,8 @@ def _trace_followers(model: nn.Module, conv_names: Sequence[str], example: torch
                     followers.setdefault(src, name)
 
             handles.append(module.register_forward_pre_hook(in_hook))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    with inference_pass(model, handles):
+        model(example)
     return followers
 
 

@@ -20,7 +20,6 @@ reported test metrics are not tuned on the test set.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
@@ -58,17 +57,13 @@ class Context:
 def load_context(checkpoint, data: str | None = None, *, data_dir=None, device: str = "cpu") -> Context:
     """Load ``checkpoint`` and its dataset (``data`` or the one it was trained on) with its preprocessing."""
     from .evaluate import dataset_for_checkpoint
-    from .models import load_checkpoint, resolve_checkpoint
+    from .models import load_checkpoint, recorded_sha256, resolve_checkpoint
 
     weights = resolve_checkpoint(checkpoint)
     model, meta = load_checkpoint(weights, device=device)
     ds, preprocess = dataset_for_checkpoint(meta, data, data_dir)
     check_compatible(meta, ds)
-    digest = hashlib.sha256()
-    with open(weights, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return Context(model.eval(), meta, ds, preprocess, device, str(weights), digest.hexdigest())
+    return Context(model.eval(), meta, ds, preprocess, device, str(weights), recorded_sha256(weights))
 
 
 def check_compatible(meta: Mapping, ds) -> None:

@@ -12,7 +12,7 @@ from torch import nn
 
 from toolchain.errors import CheckpointError
 from toolchain.models import build_model, load_checkpoint, resize_to_state, save_checkpoint
-from toolchain.models.checkpoint import _sha256
+from toolchain.models.checkpoint import sha256_file
 
 TINY = {
     "vgg": ("vgg19", {"cfg": [8, "M", 16, 16, "M"], "mlp_ratio": 0.01}),
@@ -48,7 +48,7 @@ def _rewrite(weights, mutate, fix_sidecar=True):
         side = weights.with_suffix(".json")
         doc = json.loads(side.read_text())
         doc["tensors"] = {k: {"shape": list(v.shape), "dtype": str(v.dtype)[6:]} for k, v in state.items()}
-        doc["weights_sha256"] = _sha256(weights)
+        doc["weights_sha256"] = sha256_file(weights)
         side.write_text(json.dumps(doc))
 
 
@@ -57,7 +57,7 @@ def test_round_trip_is_exact(tmp_path, tiny_family):
     path = save_checkpoint(tmp_path / "m.safetensors", model, META)
     assert path.exists() and path.with_suffix(".json").exists()
     side = json.loads(path.with_suffix(".json").read_text())
-    assert side["weights_sha256"] == _sha256(path) and side["tensors"]
+    assert side["weights_sha256"] == sha256_file(path) and side["tensors"]
     for key in ("arch", "build_args", "num_classes", "in_chans", "img_size", "medprune_version"):
         assert key in side["meta"]
     for ref in (path, path.with_suffix(".json"), tmp_path):

@@ -90,31 +90,28 @@ class TracedMergeBatchNorm(NamedMergeBatchNorm):
         self.batch_norm.eps = self.saved_eps
 
 
-def _timm_bottleneck_forward(self, x):
-    shortcut = x
-    x = self.act1(self.bn1(self.conv1(x)))
-    x = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(x)))))
-    x = self.bn3(self.conv3(x))
+def _residual_sum(self, x, shortcut, act):
+    """The tail timm's Bottleneck and BasicBlock share, with the addition as an explicit Sum module."""
     if self.se is not None:
         x = self.se(x)
     if self.drop_path is not None:
         x = self.drop_path(x)
     if self.downsample is not None:
         shortcut = self.downsample(shortcut)
-    return self.act3(self.canonizer_sum(torch.stack([shortcut, x], dim=-1)))
+    return act(self.canonizer_sum(torch.stack([shortcut, x], dim=-1)))
+
+
+def _timm_bottleneck_forward(self, x):
+    shortcut = x
+    x = self.act1(self.bn1(self.conv1(x)))
+    x = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(x)))))
+    return _residual_sum(self, self.bn3(self.conv3(x)), shortcut, self.act3)
 
 
 def _timm_basicblock_forward(self, x):
     shortcut = x
     x = self.aa(self.act1(self.drop_block(self.bn1(self.conv1(x)))))
-    x = self.bn2(self.conv2(x))
-    if self.se is not None:
-        x = self.se(x)
-    if self.drop_path is not None:
-        x = self.drop_path(x)
-    if self.downsample is not None:
-        shortcut = self.downsample(shortcut)
-    return self.act2(self.canonizer_sum(torch.stack([shortcut, x], dim=-1)))
+    return _residual_sum(self, self.bn2(self.conv2(x)), shortcut, self.act2)
 
 
 def _timm_convmlp_forward(self, x):

@@ -29,7 +29,7 @@ WEIGHTS_NAME = "model.safetensors"
 _PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".tar"}
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -100,7 +100,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
     _check_finite(state, f"model being saved to {weights}")
     with atomic_path(weights) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT})
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
         sidecar = {
             "format": FORMAT,
             "weights_file": weights.name,
@@ -146,7 +146,7 @@ def read_sidecar(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     if not isinstance(sidecar, dict) or "meta" not in sidecar or "tensors" not in sidecar:
         raise CheckpointError(f"{side} is not a medprune checkpoint sidecar (no meta/tensors)")
     digest = sidecar.get("weights_sha256")
-    if digest and _sha256(weights) != digest:
+    if digest and sha256_file(weights) != digest:
         raise CheckpointError(f"weights {weights.name} do not match their sidecar {side.name} (sha256 differs)")
     return weights, sidecar
 
@@ -302,6 +302,16 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mo
         raise CheckpointError(f"{weights.name} does not fit {meta['arch']}: {str(exc).splitlines()[0]}") from exc
     model.medprune_spec = {k: meta[k] for k in ("arch", "build_args", "num_classes", "in_chans", "img_size")}
     return model.to(device).eval(), meta
+
+
+def recorded_sha256(path: str | os.PathLike) -> str:
+    """The weights' sha256 as recorded in the sidecar, without re-hashing (load_checkpoint and
+    read_sidecar already verified it)."""
+    weights = resolve_checkpoint(path)
+    try:
+        return json.loads(sidecar_path(weights).read_text())["weights_sha256"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{sidecar_path(weights)}: no recorded weights sha256 ({exc})") from exc
 
 
 def checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:

@@ -16,6 +16,8 @@ Small-input defaults (CPU-friendly runs at 28-64 px):
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -131,17 +133,26 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@contextlib.contextmanager
+def inference_pass(model: nn.Module, handles: list | None = None) -> Iterator[nn.Module]:
+    """Eval mode and no_grad for a tracing forward pass; restores the caller's mode and removes ``handles``."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+        for h in handles or ():
+            h.remove()
+
+
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """Multiply-accumulates of one forward pass (conv, linear, matmul, attention) via FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(example)
-    finally:
-        model.train(was_training)
+    with inference_pass(model), FlopCounterMode(display=False) as counter:
+        model(example)
     return int(counter.get_total_flops() // 2 // max(1, example.shape[0]))
 
 
@@ -159,13 +170,6 @@ def layer_summary(model: nn.Module, example: torch.Tensor) -> list[dict[str, Any
             rows.append({"name": name, "type": type(mod).__name__, "output_shape": shape, "params": params})
 
         handles.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    with inference_pass(model, handles):
+        model(example)
     return rows
