@@ -53,7 +53,7 @@ export-bench: install
 	$(PY) -m benchmarks.export_quality
 
 paper: install
-	$(PY) -m benchmarks.paper_grid
+	$(PY) -m benchmarks.paper_grid --datasets pneumoniamnist,breastmnist,chest_xray_224
 
 clean:
 	rm -rf $(VENV) .cache runs dist build *.egg-info .pytest_cache .ruff_cache

@@ -213,6 +213,15 @@ def _baseline_checkpoint(dataset: str, model: str) -> str | None:
     return None
 
 
+def checkpoint_for(dataset: str, model: str, given: dict[str, str] | None = None) -> str:
+    """``given["DATASET:MODEL"]`` or the trained baseline's checkpoint; ConfigError naming the fix otherwise."""
+    path = (given or {}).get(f"{dataset}:{model}") or _baseline_checkpoint(dataset, model)
+    if not path:
+        raise ConfigError(f"no checkpoint for {dataset}:{model}: train the baseline (python -m benchmarks.baselines) "
+                          f"or pass --checkpoint {dataset}:{model}=PATH")
+    return str(path)
+
+
 def _cached_checkpoint(cfg) -> Path | None:
     """The checkpoint toolchain.train would return for ``cfg`` if it was trained before, else None."""
     from toolchain.data import load_dataset

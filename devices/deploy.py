@@ -71,6 +71,7 @@ class DeployConfig:
     max_backoff: int = 8  # ratio=auto: smaller ratios tried when the test gate refuses the val choice
     round_to: int | None = None  # None: the profile's channel multiple (8 for TensorRT)
     fidelity_images: int = 16
+    calibrate: bool = True  # temperature scaling on val, folded into the classifier (predictions unchanged)
     bench_runs: int = 50
     cache_bench: bool = True  # False: re-measure even when a bench stage with the same key exists
     samples: int = 4
@@ -313,11 +314,13 @@ class Deployment:
                                   "seed": c.seed}, prune)
         self.gate(pr.data["dense"], pr.data["pruned"])
         pruned_path = pr.path / "pruned.safetensors"
-        fid = self._fidelity(ctx, pruned_path, pr)
-        exp = self._export(ctx, pruned_path, pr)
+        cal = self._calibrate(ctx, pruned_path, pr)
+        model_path = cal.path / "calibrated.safetensors" if cal else pruned_path
+        fid = self._fidelity(ctx, model_path, cal or pr)
+        exp = self._export(ctx, model_path, cal or pr)
         bench = self._bench(exp)
-        pkg = self._package(ctx, pr, exp, bench, fid)
-        pkg["pruned_checkpoint"] = str(pruned_path)
+        pkg = self._package(ctx, pr, exp, bench, fid, cal.data if cal else None)
+        pkg["pruned_checkpoint"] = str(model_path)
         pkg["checkpoint"] = str(weights)
         return pkg
 
@@ -381,6 +384,27 @@ class Deployment:
             raise GateError(f"clinical gate: sensitivity for {worst_cls} drops {sens[worst_cls]:.2f} pts on the "
                             f"test split (allowed {c.sens_tolerance}); no package written — lower --ratio or "
                             "raise --sens-tolerance")
+
+    def _calibrate(self, ctx, pruned_path: Path, pr):
+        """Temperature scaling of the pruned model on val; None when --no-calibrate."""
+        if not self.cfg.calibrate:
+            return None
+
+        def run(d: Path) -> dict:
+            from toolchain.calibration import calibrate
+            from toolchain.evaluate import evaluate
+            from toolchain.models import load_checkpoint, save_checkpoint
+
+            pruned, meta = load_checkpoint(pruned_path)
+            calibrated, report = calibrate(pruned, ctx.ds, ctx.preprocess, "val")
+            save_checkpoint(d / "calibrated.safetensors", calibrated, {**meta, "calibration": report})
+            return {**report, "test": evaluate(calibrated, ctx.ds, "test", ctx.preprocess)}
+
+        cal = self.pipe.stage("calibrate", {"v": STAGE_VERSION, "prune": pr.key_digest}, run)
+        self.pipe.console.print(f"    temperature {cal.data['temperature']:.3f} (fit on val): val ECE "
+                                f"{cal.data['ece_before']:.3f} → {cal.data['ece_after']:.3f}, test ECE "
+                                f"{pr.data['pruned']['ece']:.3f} → {cal.data['test']['ece']:.3f}")
+        return cal
 
     def _fidelity(self, ctx, pruned_path: Path, pr) -> dict | None:
         c = self.cfg
@@ -455,7 +479,7 @@ class Deployment:
             shutil.rmtree(stale, ignore_errors=True)
         return self.pipe.stage("bench", key, run)
 
-    def _package(self, ctx, pr, exp, bench, fid) -> dict:
+    def _package(self, ctx, pr, exp, bench, fid, cal: dict | None = None) -> dict:
         from export.package import PackageSpec, build_package
         from toolchain import __version__
 
@@ -489,7 +513,11 @@ class Deployment:
                                                  int(ctx.meta["img_size"])], "dtype": "float32",
                       "layout": "NCHW"},
             "metrics": {"split": "test", "dense": dense, "pruned": pruned, "gates": self.facts.get("gates"),
-                        "ratio_gate_check": self.facts.get("gate_check")},
+                        "ratio_gate_check": self.facts.get("gate_check"),
+                        # what the package's model computes: the pruned model with its temperature folded in
+                        "deployed": cal["test"] if cal else pruned},
+            "calibration": ({k: v for k, v in cal.items() if k != "test"} if cal
+                            else {"temperature": 1.0, "note": "not calibrated (--no-calibrate)"}),
             "explanation_fidelity": fid,
             "pruning": {**pr.data["recipe"], "removal": pr.data["removal"], "compare": pr.data["compare"],
                         "parity_masked_vs_removed": pr.data["parity_masked_vs_removed"]},
@@ -524,7 +552,8 @@ class Deployment:
                                 f"{report['top1_agreement']}/{report['samples']} samples agree, "
                                 f"max |Δprob| {report['max_abs_prob_diff']:.1e}[/]")
         return {"package": str(folder), "tarball": str(tarball), "name": name, "verify": report,
-                "dense": dense, "pruned": pruned, "ratio": ratio, "gates": self.facts.get("gates"),
+                "dense": dense, "pruned": pruned, "deployed": manifest["metrics"]["deployed"],
+                "calibration": manifest["calibration"], "ratio": ratio, "gates": self.facts.get("gates"),
                 "gate_check": self.facts.get("gate_check"),
                 "compare": pr.data["compare"], "fidelity": fid, "bench": bench_summary,
                 "export_verification": exp.data["verification"]}
@@ -610,12 +639,16 @@ def _fmt(v: Any) -> str:
 
 def model_card(c: DeployConfig, ctx, manifest: dict, profile) -> str:
     d, p = manifest["metrics"]["dense"], manifest["metrics"]["pruned"]
+    dep = manifest["metrics"].get("deployed") or p
+    cal = manifest.get("calibration") or {}
     fid = manifest.get("explanation_fidelity") or {}
     gates = manifest["metrics"].get("gates") or {}
     check = manifest["metrics"].get("ratio_gate_check") or {}
     rows = ["| metric | dense | pruned |", "|---|---:|---:|"]
     for key in ("accuracy", "balanced_accuracy", "auc", "ece"):
         rows.append(f"| {key} | {_fmt(d.get(key))} | {_fmt(p.get(key))} |")
+    if cal.get("temperature", 1.0) != 1.0 or "fit_split" in cal:
+        rows.append(f"| ece, deployed (temperature {cal['temperature']:.3f}) | | {_fmt(dep.get('ece'))} |")
     for cls in d.get("per_class", {}):
         for key in ("sensitivity", "specificity"):
             rows.append(f"| {key} {cls} | {_fmt(d['per_class'][cls].get(key))} | "
@@ -673,7 +706,10 @@ def model_card(c: DeployConfig, ctx, manifest: dict, profile) -> str:
         "## Limitations",
         "- Low-resolution inputs; small single-source datasets; paediatric chest X-rays (PneumoniaMNIST) do not "
         "represent adult populations or other sites and scanners.",
-        "- Metrics come from one test split with no external validation; calibration (ECE) is reported, not tuned.",
+        "- Metrics come from one test split with no external validation. " + (
+            f"Probabilities are temperature-scaled (T = {cal['temperature']:.3f}, fit on the {cal['fit_split']} "
+            "split, folded into the classifier; predictions are unchanged); recalibrate for a new site."
+            if "fit_split" in cal else "Probabilities are not recalibrated after pruning (--no-calibrate)."),
         "- Verify the package (`medprune verify-package` or `predict.py`, which checks checksums) before use.",
         "",
     ])

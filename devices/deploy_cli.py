@@ -31,6 +31,8 @@ def deploy_cmd(
     max_ratio: float = typer.Option(0.9, help="largest ratio the auto search tries"),
     round_to: int = typer.Option(-1, help="channel multiple (-1: the target's, 0: none)"),
     fidelity_images: int = typer.Option(16, help="test images for explanation fidelity (0: skip)"),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
+                                   help="temperature-scale the pruned model on val (predictions unchanged)"),
     bench_runs: int = typer.Option(50, help="timed runs of the benchmark"),
     bench_cache: bool = typer.Option(True, "--bench-cache/--no-bench-cache",
                                      help="reuse a cached benchmark (off: measure again)"),
@@ -50,6 +52,7 @@ def deploy_cmd(
                        granularity=granularity, precision=precision, out=out, img_size=img_size, epochs=epochs,
                        seed=seed, tolerance=tolerance, sens_tolerance=sens_tolerance, max_ratio=max_ratio,
                        round_to=None if round_to < 0 else round_to, fidelity_images=fidelity_images,
+                       calibrate=calibrate,
                        bench_runs=bench_runs, cache_bench=bench_cache, samples=samples, device=device,
                        data_dir=data_dir, name=name, checkpoint=checkpoint, cache=cache)
     try:
@@ -67,7 +70,11 @@ def deploy_cmd(
     from toolchain.metrics import metrics_table
 
     console = Console()
-    console.print(metrics_table({"dense": summary["dense"], f"pruned {summary['ratio']:.0%}": summary["pruned"]}))
+    columns = {"dense": summary["dense"], f"pruned {summary['ratio']:.0%}": summary["pruned"]}
+    cal = summary.get("calibration") or {}
+    if "fit_split" in cal:
+        columns[f"deployed (T={cal['temperature']:.2f})"] = summary["deployed"]
+    console.print(metrics_table(columns))
     cmp = summary.get("compare") or {}
     if cmp:
         params, macs = cmp.get("params", {}), cmp.get("macs", {})

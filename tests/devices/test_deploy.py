@@ -96,7 +96,33 @@ def test_package_layout_and_manifest(deployed):
     card = (pkg / "MODEL_CARD.md").read_text()
     assert "not a certified medical device" in card and "sensitivity class_1" in card
     assert set(summary["stages"]) >= {"train", "reference", "importance", "ratio", "gate-check", "prune",
-                                      "fidelity", "export", "bench", "package"}
+                                      "calibrate", "fidelity", "export", "bench", "package"}
+    cal = m["calibration"]
+    assert cal["fit_split"] == "val" and cal["temperature"] > 0 and cal["nll_after"] <= cal["nll_before"] + 1e-9
+    # a temperature never changes a prediction
+    for key in ("accuracy", "balanced_accuracy", "auc"):
+        assert m["metrics"]["deployed"][key] == pytest.approx(m["metrics"]["pruned"][key])
+    assert f"temperature {cal['temperature']:.3f}" in card
+
+
+def test_exported_model_carries_the_temperature(deployed):
+    """The package's ONNX logits are the pruned model's logits divided by the fitted temperature."""
+    import onnxruntime as ort
+    import torch
+
+    from toolchain.models import load_checkpoint
+
+    root, summary = deployed
+    pkg = Path(summary["package"])
+    m = json.loads((pkg / "manifest.json").read_text())
+    pruned_dir = next((root / "cache").glob("stages/prune-*"))
+    pruned, _ = load_checkpoint(pruned_dir / "pruned.safetensors")
+    x = np.random.default_rng(0).normal(size=(3, 1, 16, 16)).astype(np.float32)
+    sess = ort.InferenceSession(str(pkg / "model/model_onnx_fp32.onnx"), providers=["CPUExecutionProvider"])
+    onnx_logits = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        expected = pruned.eval()(torch.from_numpy(x)).numpy() / m["calibration"]["temperature"]
+    np.testing.assert_allclose(onnx_logits, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_verify_package_cli(deployed, capsys):
@@ -195,8 +221,9 @@ def test_predict_on_a_shared_chest_xray(deployed, tmp_path, shared_data):
 def test_jetson_package(tiny, deployed, capsys):
     root, _ = deployed
     summary = _deploy(deploy_args(tiny, root / "dist_jetson", root / "cache", "--target", "jetson",
-                                  "--ratio", "0.25", "--fidelity-images", "0"))
+                                  "--ratio", "0.25", "--fidelity-images", "0", "--no-calibrate"))
     pkg = Path(summary["package"])
+    assert "calibrate" not in summary["stages"] and summary["calibration"]["temperature"] == 1.0
     build, run = (pkg / "build_engine.sh").read_text(), (pkg / "run_trt.sh").read_text()
     assert "trtexec --onnx=" in build and "--saveEngine=" in build and "--fp16" in build
     assert "predict.py\" --check" in build and "trtexec --loadEngine=" in run

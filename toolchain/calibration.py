@@ -1,0 +1,106 @@
+"""Temperature scaling: make a (pruned) model's probabilities honest again, at zero runtime cost.
+
+    T = fit_temperature(val_logits, val_labels)      # one scalar, minimises validation NLL
+    calibrated = fold_temperature(model, T)          # classifier weight and bias divided by T
+
+Pruning keeps the argmax but changes the logit scale, so a pruned model is often over- or
+under-confident (measured: ``benchmarks/calibration.py``). Dividing the logits by one temperature
+never changes a prediction, so accuracy, sensitivity and the LRP heatmaps' ranks stay as they were
+(LRP starts at the target logit: every relevance is scaled by the same 1/T). Folding T into the last
+linear layer means the exported model, and the bedside ``predict.py``, need nothing new.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+# beyond these the fit is degenerate (all-correct or all-wrong val split); clamp instead of exploding
+T_MIN, T_MAX = 0.05, 20.0
+
+
+def _nll(logits: np.ndarray, labels: np.ndarray, beta: float) -> float:
+    z = beta * logits
+    z = z - z.max(1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+
+def fit_temperature(logits, labels) -> float:
+    """The T > 0 minimising the mean negative log-likelihood of ``softmax(logits / T)``.
+
+    The NLL is convex in the inverse temperature, so a bounded scalar search finds the optimum.
+    """
+    from scipy.optimize import minimize_scalar
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if z.ndim != 2 or len(z) != len(y) or len(y) == 0:
+        raise ValueError(f"fit_temperature needs (N, C) logits and N labels, got {z.shape} and {y.shape}")
+    if not np.isfinite(z).all():
+        raise ValueError("fit_temperature: logits contain NaN or inf")
+    res = minimize_scalar(lambda b: _nll(z, y, b), bounds=(1.0 / T_MAX, 1.0 / T_MIN), method="bounded",
+                          options={"xatol": 1e-6})
+    return float(np.clip(1.0 / res.x, T_MIN, T_MAX))
+
+
+def classifier_of(model: nn.Module) -> nn.Module:
+    """The layer that produces the logits (timm's ``get_classifier``), which must be Linear or a 1x1 conv."""
+    getter = getattr(model, "get_classifier", None)
+    layer = getter() if callable(getter) else None
+    if isinstance(layer, (nn.Linear, nn.Conv2d)):
+        return layer
+    raise ModelError(f"cannot fold a temperature into {type(model).__name__}: its classifier is "
+                     f"{type(layer).__name__ if layer is not None else 'unknown'}, not a Linear layer")
+
+
+def fold_temperature(model: nn.Module, temperature: float) -> nn.Module:
+    """A copy of ``model`` whose logits are the original ones divided by ``temperature``."""
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a positive number, got {temperature}")
+    out = copy.deepcopy(model)
+    layer = classifier_of(out)
+    with torch.no_grad():
+        layer.weight.div_(temperature)
+        if layer.bias is not None:
+            layer.bias.div_(temperature)
+    return out
+
+
+def split_logits(model: nn.Module, ds, split: str, preprocess, batch_size: int = 128,
+                 device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Raw logits ``(N, K)`` and labels of ``split`` (softmax outputs can underflow to 0: no log of them)."""
+    from .data import make_loader
+    from .models.registry import inference_pass
+
+    logits, labels = [], []
+    with inference_pass(model):
+        for x, y in make_loader(ds, split, preprocess, batch_size, train=False):
+            logits.append(model(x.to(device)).float().cpu().numpy())
+            labels.append(y.numpy())
+    if not logits:
+        raise ValueError(f"split {split!r} is empty: nothing to fit a temperature on")
+    return np.concatenate(logits).astype(np.float64), np.concatenate(labels)
+
+
+def calibrate(model: nn.Module, ds, preprocess, split: str = "val") -> tuple[nn.Module, dict]:
+    """Fit T on ``split`` and fold it in; returns the calibrated copy and what the fit did (NLL, ECE)."""
+    from .metrics import expected_calibration_error
+
+    z, y = split_logits(model, ds, split, preprocess)
+    t = fit_temperature(z, y)
+
+    def softmax(a):
+        e = np.exp(a - a.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    report = {"temperature": t, "fit_split": split, "n": int(len(y)),
+              "nll_before": _nll(z, y, 1.0), "nll_after": _nll(z, y, 1.0 / t),
+              "ece_before": expected_calibration_error(y, softmax(z)),
+              "ece_after": expected_calibration_error(y, softmax(z / t))}
+    return fold_temperature(model, t), report
