@@ -329,13 +329,17 @@ class Deployment:
         c = self.cfg
         if c.granularity == "neuron":
             return base_cls(ctx, scores, layers, meta={"criterion": c.criterion})
-        from toolchain.removal import group_masks
+        from toolchain.removal import GroupMasker
+
+        masker: list[GroupMasker] = []  # built on first use: the graph analysis runs once, not per ratio
 
         class GroupEvaluator(base_cls):
             """Group granularity: coupled units are scored and masked together (removal agrees exactly)."""
 
             def masks(self, ratio: float):
-                return group_masks(ctx.model, scores, list(layers), ratio, example, c.round_to or None)
+                if not masker:
+                    masker.append(GroupMasker(ctx.model, scores, list(layers), example, c.round_to or None))
+                return masker[0].masks(ratio)
 
         return GroupEvaluator(ctx, scores, layers, meta={"criterion": c.criterion})
 

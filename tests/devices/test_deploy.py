@@ -239,6 +239,19 @@ def test_jetson_package(tiny, deployed, capsys):
     assert code == 0, err
 
 
+def test_group_granularity_with_auto_ratio(tiny, deployed, capsys):
+    """Group masks through the lossless search (one graph analysis for all ratios) to a verified package."""
+    root, _ = deployed
+    summary = _deploy(deploy_args(tiny, root / "dist_group", root / "cache", "--granularity", "group",
+                                  "--fidelity-images", "0", "--no-calibrate"))
+    m = json.loads((Path(summary["package"]) / "manifest.json").read_text())
+    assert m["pruning"]["granularity"] == "group" and m["metrics"]["gates"]["passed"]
+    assert m["pruning"]["removal"]["units"]["kept_masked"] == 0  # group masks are removed exactly
+    assert m["pruning"]["parity_masked_vs_removed"] <= 1e-4
+    code, _, err = _run(["verify-package", summary["tarball"]], capsys)
+    assert code == 0, err
+
+
 def test_predict_reads_dicom_and_rejects_bad_images(deployed, tmp_path):
     pytest.importorskip("pydicom")
     from PIL import Image

@@ -81,6 +81,29 @@ def test_group_parity_and_consistency(tiny_family):
     assert _max_diff(masked_model(model, masks.keep), pruned, _x(6, seed=9)) <= 1e-4
 
 
+def test_group_masker_analyses_once_and_matches_group_masks(monkeypatch):
+    from toolchain.removal import GroupMasker, group, group_masks
+
+    model = _model("resnet")
+    layers = find_unit_layers(model)
+    scores = {layer.name: torch.rand(layer.size, generator=torch.Generator().manual_seed(i))
+              for i, layer in enumerate(layers)}
+    calls = []
+    real = group.analyse
+    monkeypatch.setattr(group, "analyse", lambda *a, **k: calls.append(1) or real(*a, **k))
+    masker = GroupMasker(model, scores, layers, _x(), round_to=4)
+    many = {r: masker.masks(r) for r in (0.0, 0.2, 0.5, 0.8)}
+    assert len(calls) == 1  # one graph analysis for every ratio
+    for r, m in many.items():
+        ref = group_masks(model, scores, layers, r, _x(), round_to=4)
+        assert all(torch.equal(m.keep[k], ref.keep[k]) for k in ref.keep)
+        assert m.meta == ref.meta
+    assert many[0.0].meta["achieved_ratio"] == 0.0 < many[0.2].meta["achieved_ratio"] < many[0.5].meta[
+        "achieved_ratio"] < many[0.8].meta["achieved_ratio"]
+    with pytest.raises(ConfigError, match="ratio"):
+        masker.masks(1.0)
+
+
 def test_resnet_residual_coupling_neuron():
     from toolchain.removal import remove_units
 

@@ -11,7 +11,7 @@ measures params, MACs, size and eager latency of dense vs pruned.
 
 from .adapter import UnitScoreImportance
 from .compare import compare_models
-from .group import group_masks
+from .group import GroupMasker, group_masks
 from .pruned_io import pruning_meta, save_pruned
 from .remove import GRANULARITIES, remove_units
 
@@ -19,6 +19,7 @@ __all__ = [
     "GRANULARITIES",
     "UnitScoreImportance",
     "compare_models",
+    "GroupMasker",
     "group_masks",
     "pruning_meta",
     "remove_units",
