@@ -8,6 +8,7 @@ are computed here by fixed rules (documented next to each claim), never written 
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -504,7 +505,7 @@ def render(results: dict, out_dir: Path, name: str, heatmap_loader=None) -> str:
                                      for c in missing[:12]) + (" …" if len(missing) > 12 else ""))
         lines.append("")
 
-    lines += _caveats(results)
+    lines += _caveats(results, _relevance_flow(out_dir))
     lines += ["## The paper's claims", "", "| # | claim | verdict | measured |", "|---|---|---|---|"]
     claims = judge_claims(results)
     for c in claims:
@@ -603,9 +604,25 @@ def _method(sizes: dict, results: dict) -> list[str]:
     ]
 
 
-def _caveats(results: dict) -> list[str]:
+def _relevance_flow(out_dir: Path) -> dict | None:
+    """benchmarks/relevance_flow.py's results next to this report, if that diagnostic has been run."""
+    try:
+        return json.loads((Path(out_dir) / "relevance_flow.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _caveats(results: dict, flow: dict | None = None) -> list[str]:
     """What limits the comparison with the paper (CPU scale), derived from the recorded configs."""
     lines = ["## Caveats", ""]
+    for run in (flow or {}).get("runs", []):
+        share = (run.get("methods", {}).get("lrp:epsilon_plus_flat") or {}).get("corner_share_mean")
+        gxi = (run.get("methods", {}).get("grad_x_input") or {}).get("corner_share_mean")
+        if share is not None and gxi is not None and share > 2 / 16:
+            lines.append(f"- {run['dataset']}/{run['model']}: its dense LRP heatmaps put {100 * share:.0f} % of "
+                         f"|relevance| in the top-left 1/16 of the image (gradient x input: {100 * gxi:.0f} %), "
+                         "because at this resolution its strided 1x1 shortcuts read only the top-left pixel of "
+                         "each 2x2 (relevance_flow.md); its fidelity numbers compare maps dominated by that corner.")
     for ds, models in (results.get("models") or {}).items():
         for model, m in models.items():
             build = (m.get("train_config") or {}).get("build_args") or {}

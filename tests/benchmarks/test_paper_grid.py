@@ -208,3 +208,20 @@ def test_report_renders_synthetic_results(tmp_path):
     assert "python -m benchmarks.paper_grid --models vgg19,vit_b16" in text
     assert "| vit_b16 | lrp |" in text and "0.90 ± 0.05" in text
     assert (tmp_path / "paper_grid_pneumoniamnist_accuracy.png").exists()
+
+
+def test_report_cites_a_corner_biased_model_from_relevance_flow(tmp_path):
+    res = _synthetic({"resnet50": {"lrp": 0.5}}, {"lrp": 0.0})
+    res["command"] = "python -m benchmarks.paper_grid"
+    flow = {"runs": [
+        {"dataset": "pneumoniamnist", "model": "resnet50",
+         "methods": {"lrp:epsilon_plus_flat": {"corner_share_mean": 0.55}, "grad_x_input": {"corner_share_mean": 0.09}}},
+        {"dataset": "pneumoniamnist", "model": "vgg19",
+         "methods": {"lrp:epsilon_plus_flat": {"corner_share_mean": 0.05}, "grad_x_input": {"corner_share_mean": 0.04}}},
+    ]}
+    text = rep.write_report(res, tmp_path).read_text()
+    assert "top-left 1/16" not in text  # no diagnostic next to the report: no caveat
+    (tmp_path / "relevance_flow.json").write_text(json.dumps(flow))
+    text = rep.write_report(res, tmp_path).read_text()
+    assert "pneumoniamnist/resnet50: its dense LRP heatmaps put 55 % of |relevance| in the top-left 1/16" in text
+    assert "pneumoniamnist/vgg19: its dense" not in text
