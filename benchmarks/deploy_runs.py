@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from toolchain.atomic import atomic_file
+
 RESULTS = Path(__file__).resolve().parent / "results"
 RECIPES = [
     {"model": "vgg19", "target": "cpu", "ratio": "auto"},
@@ -55,12 +57,12 @@ def markdown(rows: list[dict]) -> str:
     lines = ["# Deploy runs on the baseline checkpoints (PneumoniaMNIST test split)", "",
              "Command: `python -m benchmarks.deploy_runs` (each row's own command below; stages are cached).", "",
              "| model | target | ratio | acc dense → pruned | max sens. drop (pts) | params ÷ | MACs ÷ | "
-             "export parity max\\|Δlogit\\| | fidelity ρ | package |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
+             "export parity max\\|Δlogit\\| | fidelity ρ | ECE dense → pruned → deployed (T) | package |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         rec = r["recipe"]
         if r["rc"] != 0:
-            lines.append(f"| {rec['model']} | {rec['target']} | {rec['ratio']} | refused: {r['error']} |||||||")
+            lines.append(f"| {rec['model']} | {rec['target']} | {rec['ratio']} | refused: {r['error']} ||||||||")
             continue
         s = r["summary"]
         d, p = s["dense"], s["pruned"]
@@ -68,14 +70,18 @@ def markdown(rows: list[dict]) -> str:
         ver = s.get("export_verification") or {}
         fid = s.get("fidelity") or {}
         cmp = s.get("compare") or {}
+        dep, cal = s.get("deployed") or p, s.get("calibration") or {}
+        ece = (f"{d['ece']:.3f} → {p['ece']:.3f} → {dep['ece']:.3f} (T {cal.get('temperature', 1.0):.2f})")
         lines.append(
             f"| {rec['model']} | {rec['target']} | {s['ratio']:.2f} | {_pct(d['accuracy'])} → {_pct(p['accuracy'])} | "
             f"{max(drops):.2f} | {cmp.get('params', {}).get('ratio', 0):.2f} | {cmp.get('macs', {}).get('ratio', 0):.2f} | "
             f"{ver.get('max_abs_logit', float('nan')):.1e} ({ver.get('backend', '?')}) | "
-            f"{fid.get('spearman_mean', float('nan')):.3f} | `{s['name']}` |")
+            f"{fid.get('spearman_mean', float('nan')):.3f} | {ece} | `{s['name']}` |")
     lines += ["", "Commands:", ""] + [f"- `{r['command']}` ({r['wall_s']} s)" for r in rows]
     lines += ["", "Sensitivity drop: largest per-class drop (positive = worse). `auto` ratios are the largest "
-              "passing the gates on val (half tolerances), confirmed on test by the gate-check stage."]
+              "passing the gates on val (half tolerances), confirmed on test by the gate-check stage. "
+              "Deployed = the packaged model: pruned, with the temperature fit on val folded into its classifier "
+              "(same predictions as pruned; ECE on test)."]
     return "\n".join(lines) + "\n"
 
 
@@ -92,8 +98,10 @@ def main() -> None:
         print(f"deploy {recipe} …", flush=True)
         rows.append(run(recipe, ckpts[recipe["model"]], args.out))
         print(f"  rc {rows[-1]['rc']} in {rows[-1]['wall_s']} s", flush=True)
-    (RESULTS / "deploy_runs.json").write_text(json.dumps(rows, indent=1, default=str))
-    (RESULTS / "deploy_runs.md").write_text(markdown(rows))
+    with atomic_file(RESULTS / "deploy_runs.json", "w") as fh:
+        fh.write(json.dumps(rows, indent=1, default=str))
+    with atomic_file(RESULTS / "deploy_runs.md", "w") as fh:
+        fh.write(markdown(rows))
     print(f"wrote {RESULTS / 'deploy_runs.md'}")
 
 
