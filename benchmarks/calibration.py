@@ -108,9 +108,10 @@ def findings(report: dict) -> list[str]:
     for run in report["runs"]:
         for row in run["rows"]:
             if row["ratio"] > 0 and row["calibrated"]["ece"] >= row["uncalibrated"]["ece"]:
-                out.append(f"Not improved: {run['model']} at {row['ratio']:.0%} (ECE {row['uncalibrated']['ece']:.3f} "
-                           f"→ {row['calibrated']['ece']:.3f}, T {row['temperature']:.2f}): the val split "
-                           "(its own sample) disagrees with test on the needed temperature.")
+                out.append(f"Not improved: {run['dataset']}/{run['model']} at {row['ratio']:.0%} (test ECE "
+                           f"{row['uncalibrated']['ece']:.3f} → {row['calibrated']['ece']:.3f}, T "
+                           f"{row['temperature']:.2f}): the temperature that is best on val does not transfer to "
+                           "test for this model.")
     mean_u = np.mean([row["uncalibrated"]["ece"] for _, row in pruned])
     mean_c = np.mean([row["calibrated"]["ece"] for _, row in pruned])
     out.append(f"Mean test ECE over pruned models: {mean_u:.3f} uncalibrated → {mean_c:.3f} calibrated.")

@@ -505,7 +505,7 @@ def render(results: dict, out_dir: Path, name: str, heatmap_loader=None) -> str:
                                      for c in missing[:12]) + (" …" if len(missing) > 12 else ""))
         lines.append("")
 
-    lines += _caveats(results, _relevance_flow(out_dir))
+    lines += _caveats(results, _relevance_flow(out_dir), _baseline_runs(out_dir))
     lines += ["## The paper's claims", "", "| # | claim | verdict | measured |", "|---|---|---|---|"]
     claims = judge_claims(results)
     for c in claims:
@@ -612,9 +612,25 @@ def _relevance_flow(out_dir: Path) -> dict | None:
         return None
 
 
-def _caveats(results: dict, flow: dict | None = None) -> list[str]:
+def _baseline_runs(out_dir: Path) -> list[dict]:
+    """benchmarks/baselines.py's run records next to this report (best epoch, epochs run), if present."""
+    try:
+        return json.loads((Path(out_dir) / "baselines.json").read_text()).get("runs") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def _caveats(results: dict, flow: dict | None = None, baselines: list[dict] | None = None) -> list[str]:
     """What limits the comparison with the paper (CPU scale), derived from the recorded configs."""
     lines = ["## Caveats", ""]
+    by_checkpoint = {run.get("checkpoint"): run for run in baselines or []}
+    for ds, models in (results.get("models") or {}).items():
+        for model, m in models.items():
+            run = by_checkpoint.get(m.get("checkpoint"))
+            if run and run.get("best_epoch") == 1 and (run.get("epochs_run") or 0) > 1:
+                lines.append(f"- {ds}/{model}: the checkpoint's best validation epoch was its first (early stop "
+                             f"after {run['epochs_run']}; test accuracy {run['test']['accuracy']:.3f}), so it is "
+                             "barely trained and its robustness to pruning need not match a converged model's.")
     for run in (flow or {}).get("runs", []):
         share = (run.get("methods", {}).get("lrp:epsilon_plus_flat") or {}).get("corner_share_mean")
         gxi = (run.get("methods", {}).get("grad_x_input") or {}).get("corner_share_mean")

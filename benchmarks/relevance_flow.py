@@ -212,7 +212,7 @@ def findings(report: dict) -> list[str]:
         lrp = m["lrp:epsilon_plus_flat"]["corner_share_mean"]
         gxi = m["grad_x_input"]["corner_share_mean"]
         eps = m.get("lrp:epsilon", {}).get("corner_share_mean")
-        text = (f"{run['model']}: default LRP puts {lrp:.1%} of |relevance| in the top-left 1/16 of the image; "
+        text = (f"{run['model']} on {run['dataset']}: default LRP puts {lrp:.1%} of |relevance| in the top-left 1/16 of the image; "
                 f"gradient x input {gxi:.1%}" + (f", pure-epsilon LRP {eps:.1%}" if eps is not None else "") + ".")
         blocks = run["flow"]["projection_blocks"]
         stages = run["flow"]["stages"]

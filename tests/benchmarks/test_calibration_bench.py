@@ -29,11 +29,11 @@ def test_findings_report_failures_too():
     def row(ratio, u, c):
         return {"ratio": ratio, "temperature": 1.5, "uncalibrated": {"ece": u, "nll": u}, "calibrated": {"ece": c, "nll": c}}
 
-    report = {"runs": [{"model": "m", "rows": [row(0, 0.02, 0.01), row(0.5, 0.10, 0.03), row(0.7, 0.05, 0.06)]}]}
+    report = {"runs": [{"model": "m", "dataset": "d", "rows": [row(0, 0.02, 0.01), row(0.5, 0.10, 0.03), row(0.7, 0.05, 0.06)]}]}
     lines = cb.findings(report)
     assert "2 of 2 pruned models" in lines[0]
     assert "lowered test ECE in 1 of 2" in lines[1]
-    assert any(line.startswith("Not improved: m at 70%") for line in lines)
+    assert any(line.startswith("Not improved: d/m at 70%") for line in lines)
 
 
 def test_tiny_run_end_to_end(tmp_path, monkeypatch):

@@ -225,3 +225,15 @@ def test_report_cites_a_corner_biased_model_from_relevance_flow(tmp_path):
     text = rep.write_report(res, tmp_path).read_text()
     assert "pneumoniamnist/resnet50: its dense LRP heatmaps put 55 % of |relevance| in the top-left 1/16" in text
     assert "pneumoniamnist/vgg19: its dense" not in text
+
+
+def test_report_flags_a_checkpoint_whose_best_epoch_was_the_first(tmp_path):
+    res = _synthetic({"vit_b16": {"lrp": 0.5}}, {"lrp": 0.0})
+    res["command"] = "python -m benchmarks.paper_grid"
+    res["models"]["pneumoniamnist"]["vit_b16"]["checkpoint"] = "/ck/vit.safetensors"
+    runs = [{"checkpoint": "/ck/vit.safetensors", "best_epoch": 1, "epochs_run": 5, "test": {"accuracy": 0.81}},
+            {"checkpoint": "/ck/other.safetensors", "best_epoch": 1, "epochs_run": 5, "test": {"accuracy": 0.5}}]
+    (tmp_path / "baselines.json").write_text(json.dumps({"runs": runs}))
+    text = rep.write_report(res, tmp_path).read_text()
+    assert "pneumoniamnist/vit_b16: the checkpoint's best validation epoch was its first (early stop after 5" in text
+    assert text.count("best validation epoch was its first") == 1
