@@ -2,7 +2,8 @@
 
 train (cached; or ``--checkpoint``) → reference sampling → importance → ratio (lossless search on
 val when ``auto``, then backed off until the test gate passes) → masks + physical removal →
-clinical gates on the test split → explanation fidelity → export for the target's runtime/precision
+clinical gates on the test split → temperature scaling fit on val and folded into the classifier
+(``--no-calibrate`` skips it) → explanation fidelity → export for the target's runtime/precision
 with parity verification → benchmark (measured here, or predicted for absent devices) → package
 (``<out>/<name>/`` + ``<name>.tar.gz``, verified before it is published).
 
