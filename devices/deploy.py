@@ -405,10 +405,13 @@ class Deployment:
             save_checkpoint(d / "calibrated.safetensors", calibrated, {**meta, "calibration": report})
             return {**report, "test": evaluate(calibrated, ctx.ds, "test", ctx.preprocess)}
 
-        cal = self.pipe.stage("calibrate", {"v": STAGE_VERSION, "prune": pr.key_digest}, run)
-        self.pipe.console.print(f"    temperature {cal.data['temperature']:.3f} (fit on val): val ECE "
-                                f"{cal.data['ece_before']:.3f} → {cal.data['ece_after']:.3f}, test ECE "
-                                f"{pr.data['pruned']['ece']:.3f} → {cal.data['test']['ece']:.3f}")
+        cal = self.pipe.stage("calibrate", {"v": STAGE_VERSION, "policy": "nll-fit, kept if val ECE drops",
+                                            "prune": pr.key_digest}, run)
+        d = cal.data
+        verdict = "applied" if d["applied"] else "not applied (val ECE did not improve; T = 1 kept)"
+        self.pipe.console.print(f"    temperature {d['fitted_temperature']:.3f} fit on val (val ECE {d['ece_before']:.3f} "
+                                f"→ {d['ece_after']:.3f}): {verdict}; test ECE {pr.data['pruned']['ece']:.3f} → "
+                                f"{d['test']['ece']:.3f}")
         return cal
 
     def _fidelity(self, ctx, pruned_path: Path, pr) -> dict | None:
@@ -711,13 +714,21 @@ def model_card(c: DeployConfig, ctx, manifest: dict, profile) -> str:
         "## Limitations",
         "- Low-resolution inputs; small single-source datasets; paediatric chest X-rays (PneumoniaMNIST) do not "
         "represent adult populations or other sites and scanners.",
-        "- Metrics come from one test split with no external validation. " + (
-            f"Probabilities are temperature-scaled (T = {cal['temperature']:.3f}, fit on the {cal['fit_split']} "
-            "split, folded into the classifier; predictions are unchanged); recalibrate for a new site."
-            if "fit_split" in cal else "Probabilities are not recalibrated after pruning (--no-calibrate)."),
+        "- Metrics come from one test split with no external validation. " + _calibration_line(cal),
         "- Verify the package (`medprune verify-package` or `predict.py`, which checks checksums) before use.",
         "",
     ])
+
+
+def _calibration_line(cal: dict) -> str:
+    if "fit_split" not in cal:
+        return "Probabilities are not recalibrated after pruning (--no-calibrate)."
+    if not cal.get("applied", True):
+        return (f"A temperature fit on the {cal['fit_split']} split (T = {cal['fitted_temperature']:.3f}) did not "
+                "lower that split's ECE, so the pruned model's probabilities are kept (T = 1); recalibrate for a "
+                "new site.")
+    return (f"Probabilities are temperature-scaled (T = {cal['temperature']:.3f}, fit on the {cal['fit_split']} "
+            "split, folded into the classifier; predictions are unchanged); recalibrate for a new site.")
 
 
 def deploy(cfg: DeployConfig) -> dict:

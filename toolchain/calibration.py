@@ -88,19 +88,34 @@ def split_logits(model: nn.Module, ds, split: str, preprocess, batch_size: int =
     return np.concatenate(logits).astype(np.float64), np.concatenate(labels)
 
 
-def calibrate(model: nn.Module, ds, preprocess, split: str = "val") -> tuple[nn.Module, dict]:
-    """Fit T on ``split`` and fold it in; returns the calibrated copy and what the fit did (NLL, ECE)."""
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def choose_temperature(logits, labels, split: str = "val") -> dict:
+    """Fit T on held-out logits and decide whether to use it.
+
+    T minimises NLL, which is not the same as minimising ECE: when the fitted T does not also lower
+    the ECE on the split it was fit on, there is no evidence it helps, so T = 1 is kept
+    (``applied: False``, the fitted value is still reported). The decision uses this split only.
+    """
     from .metrics import expected_calibration_error
 
-    z, y = split_logits(model, ds, split, preprocess)
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
     t = fit_temperature(z, y)
+    ece_before = expected_calibration_error(y, _softmax(z))
+    ece_after = expected_calibration_error(y, _softmax(z / t))
+    applied = bool(ece_after < ece_before)
+    return {"temperature": t if applied else 1.0, "fitted_temperature": t, "applied": applied, "fit_split": split,
+            "n": int(len(y)), "nll_before": _nll(z, y, 1.0), "nll_after": _nll(z, y, 1.0 / t),
+            "ece_before": ece_before, "ece_after": ece_after}
 
-    def softmax(a):
-        e = np.exp(a - a.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
 
-    report = {"temperature": t, "fit_split": split, "n": int(len(y)),
-              "nll_before": _nll(z, y, 1.0), "nll_after": _nll(z, y, 1.0 / t),
-              "ece_before": expected_calibration_error(y, softmax(z)),
-              "ece_after": expected_calibration_error(y, softmax(z / t))}
-    return fold_temperature(model, t), report
+def calibrate(model: nn.Module, ds, preprocess, split: str = "val") -> tuple[nn.Module, dict]:
+    """Fit T on ``split``; the calibrated copy (T folded in, or unchanged when T did not lower the
+    split's ECE) and what the fit did (see :func:`choose_temperature`)."""
+    z, y = split_logits(model, ds, split, preprocess)
+    report = choose_temperature(z, y, split)
+    return fold_temperature(model, report["temperature"]), report

@@ -65,3 +65,18 @@ def test_fold_refuses_models_without_a_linear_classifier():
         fold_temperature(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), 2.0)
     with pytest.raises(ValueError, match="positive"):
         fold_temperature(tiny_model("resnet"), 0.0)
+
+
+def test_choose_temperature_applies_only_what_lowers_the_fit_splits_ece():
+    from toolchain.calibration import choose_temperature
+
+    z, y = _sampled()
+    over = choose_temperature(3.0 * z, y)  # overconfident: the fitted T helps, so it is used
+    assert over["applied"] and over["temperature"] == over["fitted_temperature"] == pytest.approx(3.0, rel=0.08)
+    assert over["ece_after"] < over["ece_before"] and over["nll_after"] <= over["nll_before"]
+    # already calibrated (confidence 0.8, accuracy 0.8 in its only bin): nothing to gain, T = 1 kept
+    logits = np.tile(np.log([[0.8, 0.2]]), (10, 1))
+    labels = np.array([0] * 8 + [1] * 2)
+    kept = choose_temperature(logits, labels)
+    assert not kept["applied"] and kept["temperature"] == 1.0
+    assert kept["fitted_temperature"] == pytest.approx(1.0, abs=1e-3)
