@@ -2,6 +2,8 @@
 
     T = fit_temperature(val_logits, val_labels)      # one scalar, minimises validation NLL
     calibrated = fold_temperature(model, T)          # classifier weight and bias divided by T
+    calibrated, report = calibrate(model, ds, preprocess)   # both, with deploy's policy: T is kept only
+                                                            # when it also lowers the val split's ECE
 
 Pruning keeps the argmax but changes the logit scale, so a pruned model is often over- or
 under-confident (measured: ``benchmarks/calibration.py``). Dividing the logits by one temperature
