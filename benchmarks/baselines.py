@@ -41,7 +41,9 @@ RUNS: dict[str, dict[str, Any]] = {
                                  patience=4),
     "resnet50:chest_xray_224": dict(model="resnet50", data="chest_xray_224", load_size=64, epochs=12, lr=1e-3,
                                     patience=4),
-    "vit_b16:chest_xray_224": dict(model="vit_b16", data="chest_xray_224", load_size=64, epochs=10, lr=3e-4,
+    # lr 3e-4 (the PneumoniaMNIST recipe) peaked at epoch 1 here (val balanced acc 0.928); 1e-4 kept
+    # improving to 0.965 at epoch 9, chosen on val
+    "vit_b16:chest_xray_224": dict(model="vit_b16", data="chest_xray_224", load_size=64, epochs=10, lr=1e-4,
                                    warmup_epochs=2.0, patience=4, build_args={"patch_size": 16}),
 }
 
