@@ -32,26 +32,24 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_PAIRS = ("pneumoniamnist:vgg19", "pneumoniamnist:resnet50", "pneumoniamnist:vit_b16")
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
 def scores_of(z: np.ndarray, y: np.ndarray) -> dict:
     """Calibration and accuracy of logits ``z`` for labels ``y``."""
+    from toolchain.calibration import nll, softmax
     from toolchain.metrics import expected_calibration_error
 
-    p = _softmax(z)
+    p = softmax(z)
     onehot = np.eye(z.shape[1])[y]
     return {"accuracy": float((p.argmax(1) == y).mean()), "ece": expected_calibration_error(y, p),
-            "nll": float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-300, None)).mean()),
+            "nll": nll(z, y),
             "brier": float(((p - onehot) ** 2).sum(1).mean()),
             "mean_confidence": float(p.max(1).mean())}
 
 
 def reliability(z: np.ndarray, y: np.ndarray, bins: int = 10) -> dict:
     """Per confidence bin: mean confidence, accuracy, count (for the reliability diagram)."""
-    p = _softmax(z)
+    from toolchain.calibration import softmax
+
+    p = softmax(z)
     conf, correct = p.max(1), p.argmax(1) == y
     edges = np.linspace(0, 1, bins + 1)
     rows = []
@@ -65,7 +63,8 @@ def reliability(z: np.ndarray, y: np.ndarray, bins: int = 10) -> dict:
 
 def measure(dataset: str, model_name: str, checkpoint: str, criterion: str, sampling: str, ratios: list[float],
             n_per_class: int, seed: int) -> dict:
-    from toolchain.calibration import choose_temperature, split_logits
+    from toolchain.calibration import choose_temperature
+    from toolchain.evaluate import predict_logits
     from toolchain.importance import get_criterion
     from toolchain.masking import apply_masks
     from toolchain.prune_eval import RatioEvaluator, load_context, reference_inputs, score_units
@@ -79,8 +78,9 @@ def measure(dataset: str, model_name: str, checkpoint: str, criterion: str, samp
     rows = []
     for ratio in [0.0, *ratios]:
         model = ctx.model if ratio == 0 else apply_masks(ctx.model, ev.masks(ratio))
-        zv, yv = split_logits(model, ctx.ds, "val", ctx.preprocess)
-        zt, yt = split_logits(model, ctx.ds, "test", ctx.preprocess)
+        zv, yv = predict_logits(model, ctx.ds, "val", ctx.preprocess)
+        zt, yt = predict_logits(model, ctx.ds, "test", ctx.preprocess)
+        zt = zt.astype(np.float64)
         choice = choose_temperature(zv, yv)
         t = choice["temperature"]
         rows.append({"ratio": ratio, "temperature": t, "fitted_temperature": choice["fitted_temperature"],

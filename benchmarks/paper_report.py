@@ -505,7 +505,8 @@ def render(results: dict, out_dir: Path, name: str, heatmap_loader=None) -> str:
                                      for c in missing[:12]) + (" …" if len(missing) > 12 else ""))
         lines.append("")
 
-    lines += _caveats(results, _relevance_flow(out_dir), _baseline_runs(out_dir))
+    lines += _caveats(results, _beside(out_dir, "relevance_flow.json"),
+                      _beside(out_dir, "baselines.json").get("runs") or [])
     lines += ["## The paper's claims", "", "| # | claim | verdict | measured |", "|---|---|---|---|"]
     claims = judge_claims(results)
     for c in claims:
@@ -604,20 +605,13 @@ def _method(sizes: dict, results: dict) -> list[str]:
     ]
 
 
-def _relevance_flow(out_dir: Path) -> dict | None:
-    """benchmarks/relevance_flow.py's results next to this report, if that diagnostic has been run."""
+def _beside(out_dir: Path, name: str) -> dict:
+    """Another benchmark's JSON results next to this report ({} when that benchmark has not been run)."""
     try:
-        return json.loads((Path(out_dir) / "relevance_flow.json").read_text())
+        data = json.loads((Path(out_dir) / name).read_text())
     except (OSError, ValueError):
-        return None
-
-
-def _baseline_runs(out_dir: Path) -> list[dict]:
-    """benchmarks/baselines.py's run records next to this report (best epoch, epochs run), if present."""
-    try:
-        return json.loads((Path(out_dir) / "baselines.json").read_text()).get("runs") or []
-    except (OSError, ValueError, AttributeError):
-        return []
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _caveats(results: dict, flow: dict | None = None, baselines: list[dict] | None = None) -> list[str]:

@@ -20,6 +20,7 @@ fields that differ between two runs (and with them the tarball's bytes).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -332,15 +333,16 @@ class Deployment:
             return base_cls(ctx, scores, layers, meta={"criterion": c.criterion})
         from toolchain.removal import GroupMasker
 
-        masker: list[GroupMasker] = []  # built on first use: the graph analysis runs once, not per ratio
-
         class GroupEvaluator(base_cls):
             """Group granularity: coupled units are scored and masked together (removal agrees exactly)."""
 
+            @functools.cached_property
+            def _masker(self) -> GroupMasker:
+                # the graph analysis runs once per search, not once per ratio tried
+                return GroupMasker(ctx.model, scores, list(layers), example, c.round_to or None)
+
             def masks(self, ratio: float):
-                if not masker:
-                    masker.append(GroupMasker(ctx.model, scores, list(layers), example, c.round_to or None))
-                return masker[0].masks(ratio)
+                return self._masker.masks(ratio)
 
         return GroupEvaluator(ctx, scores, layers, meta={"criterion": c.criterion})
 

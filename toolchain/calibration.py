@@ -26,7 +26,8 @@ from .errors import ModelError
 T_MIN, T_MAX = 0.05, 20.0
 
 
-def _nll(logits: np.ndarray, labels: np.ndarray, beta: float) -> float:
+def nll(logits: np.ndarray, labels: np.ndarray, beta: float = 1.0) -> float:
+    """Mean negative log-likelihood of ``softmax(beta * logits)`` (log-softmax: no underflow to log 0)."""
     z = beta * logits
     z = z - z.max(1, keepdims=True)
     log_probs = z - np.log(np.exp(z).sum(1, keepdims=True))
@@ -46,7 +47,7 @@ def fit_temperature(logits, labels) -> float:
         raise ValueError(f"fit_temperature needs (N, C) logits and N labels, got {z.shape} and {y.shape}")
     if not np.isfinite(z).all():
         raise ValueError("fit_temperature: logits contain NaN or inf")
-    res = minimize_scalar(lambda b: _nll(z, y, b), bounds=(1.0 / T_MAX, 1.0 / T_MIN), method="bounded",
+    res = minimize_scalar(lambda b: nll(z, y, b), bounds=(1.0 / T_MAX, 1.0 / T_MIN), method="bounded",
                           options={"xatol": 1e-6})
     return float(np.clip(1.0 / res.x, T_MIN, T_MAX))
 
@@ -74,23 +75,7 @@ def fold_temperature(model: nn.Module, temperature: float) -> nn.Module:
     return out
 
 
-def split_logits(model: nn.Module, ds, split: str, preprocess, batch_size: int = 128,
-                 device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Raw logits ``(N, K)`` and labels of ``split`` (softmax outputs can underflow to 0: no log of them)."""
-    from .data import make_loader
-    from .models.registry import inference_pass
-
-    logits, labels = [], []
-    with inference_pass(model):
-        for x, y in make_loader(ds, split, preprocess, batch_size, train=False):
-            logits.append(model(x.to(device)).float().cpu().numpy())
-            labels.append(y.numpy())
-    if not logits:
-        raise ValueError(f"split {split!r} is empty: nothing to fit a temperature on")
-    return np.concatenate(logits).astype(np.float64), np.concatenate(labels)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
+def softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
 
@@ -107,17 +92,19 @@ def choose_temperature(logits, labels, split: str = "val") -> dict:
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
     t = fit_temperature(z, y)
-    ece_before = expected_calibration_error(y, _softmax(z))
-    ece_after = expected_calibration_error(y, _softmax(z / t))
+    ece_before = expected_calibration_error(y, softmax(z))
+    ece_after = expected_calibration_error(y, softmax(z / t))
     applied = bool(ece_after < ece_before)
     return {"temperature": t if applied else 1.0, "fitted_temperature": t, "applied": applied, "fit_split": split,
-            "n": int(len(y)), "nll_before": _nll(z, y, 1.0), "nll_after": _nll(z, y, 1.0 / t),
+            "n": int(len(y)), "nll_before": nll(z, y, 1.0), "nll_after": nll(z, y, 1.0 / t),
             "ece_before": ece_before, "ece_after": ece_after}
 
 
 def calibrate(model: nn.Module, ds, preprocess, split: str = "val") -> tuple[nn.Module, dict]:
     """Fit T on ``split``; the calibrated copy (T folded in, or unchanged when T did not lower the
     split's ECE) and what the fit did (see :func:`choose_temperature`)."""
-    z, y = split_logits(model, ds, split, preprocess)
+    from .evaluate import predict_logits
+
+    z, y = predict_logits(model, ds, split, preprocess)
     report = choose_temperature(z, y, split)
     return fold_temperature(model, report["temperature"]), report

@@ -13,25 +13,31 @@ from .errors import DataError
 
 
 @torch.no_grad()
-def predict(model: nn.Module, ds, split: str, preprocess, batch_size: int = 128, device: str = "cpu",
-            indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities ``(N, K)`` and labels ``(N,)`` of ``split`` (in order, or of ``indices``)."""
+def predict_logits(model: nn.Module, ds, split: str, preprocess, batch_size: int = 128, device: str = "cpu",
+                   indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Raw float32 logits ``(N, K)`` and labels ``(N,)`` of ``split`` (in order, or of ``indices``)."""
     from .data import make_loader
 
     was_training = model.training
     model.eval()
-    probs, labels = [], []
+    logits, labels = [], []
     try:
         for x, y in make_loader(ds, split, preprocess, batch_size, train=False, indices=indices):
-            logits = model(x.to(device))
-            probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+            logits.append(model(x.to(device)).float().cpu().numpy())
             labels.append(y.numpy())
     finally:
         model.train(was_training)
-    if not probs:
+    if not logits:
         k = len(ds.class_names)
         return np.zeros((0, k), dtype=np.float32), np.zeros((0,), dtype=np.int64)
-    return np.concatenate(probs), np.concatenate(labels)
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def predict(model: nn.Module, ds, split: str, preprocess, batch_size: int = 128, device: str = "cpu",
+            indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities ``(N, K)`` and labels ``(N,)`` of ``split`` (in order, or of ``indices``)."""
+    logits, labels = predict_logits(model, ds, split, preprocess, batch_size, device, indices)
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy(), labels
 
 
 def evaluate(model: nn.Module, ds, split: str, preprocess, batch_size: int = 128, device: str = "cpu",

@@ -232,19 +232,22 @@ def small_package(tmp_path_factory):
     return build_package(spec, root / "dist")
 
 
-def test_tampered_package(small_package, tmp_path, capsys):
-    folder, _ = small_package
+def _package_copy(small_package, tmp_path: Path) -> Path:
+    """A writable copy of the built package folder, to tamper with."""
     copy = tmp_path / "p"
-    shutil.copytree(folder, copy)
+    shutil.copytree(small_package[0], copy)
+    return copy
+
+
+def test_tampered_package(small_package, tmp_path, capsys):
+    copy = _package_copy(small_package, tmp_path)
     onnx = next((copy / "model").glob("*.onnx"))
     onnx.write_bytes(onnx.read_bytes() + b"\0")
     assert "checksum mismatch" in _fails(["verify-package", str(copy)], capsys)
 
 
 def test_tampered_manifest(small_package, tmp_path, capsys):
-    folder, _ = small_package
-    copy = tmp_path / "p"
-    shutil.copytree(folder, copy)
+    copy = _package_copy(small_package, tmp_path)
     m = json.loads((copy / "manifest.json").read_text())
     m["class_names"] = ["b", "a"]
     (copy / "manifest.json").write_text(json.dumps(m))
@@ -254,9 +257,7 @@ def test_tampered_manifest(small_package, tmp_path, capsys):
 def test_wrong_sample_probabilities_fail_the_smoke_test(small_package, tmp_path, capsys):
     from export.package import canonical_sha256
 
-    folder, _ = small_package
-    copy = tmp_path / "p"
-    shutil.copytree(folder, copy)
+    copy = _package_copy(small_package, tmp_path)
     m = json.loads((copy / "manifest.json").read_text())
     m["samples"][0]["probabilities"] = m["samples"][0]["probabilities"][::-1]
     m["manifest_sha256"] = canonical_sha256(m)  # a consistent but wrong manifest: the smoke test catches it

@@ -151,6 +151,16 @@ def read_sidecar(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     return weights, sidecar
 
 
+def _same_keys(state: dict, expected, lacks: str, extra: str) -> None:
+    """CheckpointError ``"<lacks>: names"`` / ``"<extra>: names"`` unless ``state`` has exactly ``expected``'s keys."""
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise CheckpointError(f"{lacks}: {_names(missing)}")
+    surplus = sorted(set(state) - set(expected))
+    if surplus:
+        raise CheckpointError(f"{extra}: {_names(surplus)}")
+
+
 def load_state(weights: Path, sidecar: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The tensors of ``weights``, validated against the sidecar manifest and for finiteness."""
     from safetensors import SafetensorError
@@ -161,12 +171,8 @@ def load_state(weights: Path, sidecar: dict[str, Any]) -> dict[str, torch.Tensor
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {weights}: {exc}") from exc
     manifest = sidecar["tensors"]
-    missing = sorted(set(manifest) - set(state))
-    extra = sorted(set(state) - set(manifest))
-    if missing:
-        raise CheckpointError(f"{weights.name} lacks tensors listed in its sidecar: {_names(missing)}")
-    if extra:
-        raise CheckpointError(f"{weights.name} has tensors not listed in its sidecar: {_names(extra)}")
+    _same_keys(state, manifest, f"{weights.name} lacks tensors listed in its sidecar",
+               f"{weights.name} has tensors not listed in its sidecar")
     misshaped = [k for k, v in state.items() if list(v.shape) != list(manifest[k]["shape"])]
     if misshaped:
         raise CheckpointError(f"{weights.name} tensor shapes differ from its sidecar: {_names(misshaped)}")
@@ -277,12 +283,8 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mo
     meta = sidecar["meta"]
     model = model_from_meta(meta)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    if missing:
-        raise CheckpointError(f"{weights.name} lacks weights of {meta['arch']}: {_names(missing)}")
-    if extra:
-        raise CheckpointError(f"{weights.name} has weights {meta['arch']} does not have: {_names(extra)}")
+    _same_keys(state, expected, f"{weights.name} lacks weights of {meta['arch']}",
+               f"{weights.name} has weights {meta['arch']} does not have")
     pruning = meta.get("pruning")
     misshaped = [k for k, v in state.items() if expected[k].shape != v.shape]
     if misshaped and not pruning:
