@@ -37,23 +37,23 @@ deploy: install
 	  --sampling $(SAMPLING) --ratio $(RATIO) --granularity $(GRANULARITY) --precision $(PRECISION) --out $(OUT)
 
 bench: install
-	$(PY) -m benchmarks.harness_report
-	$(PY) -m devices.calibration
+	$(PY) -m benchmarks.studies.harness_report
+	$(PY) -m devices.roofline_fit
 
 baselines: install
-	$(PY) -m benchmarks.baselines
+	$(PY) -m benchmarks.studies.baselines
 
 importance: install
-	$(PY) -m benchmarks.importance
+	$(PY) -m benchmarks.studies.importance_grid
 
 removal: install
-	$(PY) -m benchmarks.removal
+	$(PY) -m benchmarks.studies.removal_parity
 
 export-bench: install
-	$(PY) -m benchmarks.export_quality
+	$(PY) -m benchmarks.studies.export_quality
 
 paper: install
-	$(PY) -m benchmarks.paper_grid --datasets pneumoniamnist,breastmnist,chest_xray_224
+	$(PY) -m benchmarks.studies.paper.grid --datasets pneumoniamnist,breastmnist,chest_xray_224
 
 clean:
 	rm -rf $(VENV) .cache runs dist build *.egg-info .pytest_cache .ruff_cache

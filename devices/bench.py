@@ -80,7 +80,7 @@ def _costs(path: Path, batch: int = 1):
 def _calibration(threads: int, calibrate: bool, progress):
     if not calibrate:
         return None
-    from .calibration import cached_calibration
+    from .roofline_fit import cached_calibration
 
     return cached_calibration(threads, progress=progress)
 

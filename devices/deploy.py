@@ -398,7 +398,7 @@ class Deployment:
             return None
 
         def run(d: Path) -> dict:
-            from toolchain.calibration import calibrate
+            from toolchain.temperature import calibrate
             from toolchain.evaluate import evaluate
             from toolchain.models import load_checkpoint, save_checkpoint
 

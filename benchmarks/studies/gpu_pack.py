@@ -2,8 +2,8 @@
 
 Weights are rounded to fp16 (halving the bytes); the receiving side restores fp32 tensors, re-saves
 them with a sidecar that records the rounding, and re-evaluates the test metrics on its own CPU.
-    python -m benchmarks.gpu_pack pack CACHE_DIR PATTERN PARTS_DIR [--part-mib 15]
-    python -m benchmarks.gpu_pack unpack PARTS_DIR DEST_CACHE_DIR
+    python -m benchmarks.studies.gpu_pack pack CACHE_DIR PATTERN PARTS_DIR [--part-mib 15]
+    python -m benchmarks.studies.gpu_pack unpack PARTS_DIR DEST_CACHE_DIR
 """
 
 from __future__ import annotations

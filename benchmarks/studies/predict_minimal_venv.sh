@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # predict.py from an extracted bedside package, in a venv with ONLY numpy + onnxruntime + pillow,
 # classifies shared chest X-rays; the result is compared with the toolchain's own prediction.
-#   benchmarks/predict_minimal_venv.sh            (writes benchmarks/results/predict_minimal.{json,md})
+#   benchmarks/studies/predict_minimal_venv.sh            (writes benchmarks/results/predict_minimal.{json,md})
 # Env: CKPT (dense checkpoint to deploy), VENV (/tmp/venv-min), WORK (/tmp/predict_minimal), MEDPRUNE_DATA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,5 +36,5 @@ mapfile -t IMAGES < <(ls "$XRAYS"/NORMAL/*.jpeg | head -2; ls "$XRAYS"/PNEUMONIA
 "$VENV/bin/python" -I "$PKG/predict.py" "${IMAGES[@]}"
 
 echo "== 4/4 compare with the toolchain (torch, pruned checkpoint)"
-.venv/bin/python -m benchmarks.predict_minimal --deploy-json "$WORK/deploy.json" \
-  --predict-json "$WORK/predict.json" --venv-info "$WORK/venv.json" --command "benchmarks/predict_minimal_venv.sh"
+.venv/bin/python -m benchmarks.studies.predict_minimal --deploy-json "$WORK/deploy.json" \
+  --predict-json "$WORK/predict.json" --venv-info "$WORK/venv.json" --command "benchmarks/studies/predict_minimal_venv.sh"

@@ -10,7 +10,7 @@ from pathlib import Path
 from toolchain.atomic import atomic_file
 from toolchain.errors import ConfigError
 
-from .paper_grid import checkpoint_for
+from .paper.grid import checkpoint_for
 
 
 def add_pair_arguments(p: argparse.ArgumentParser, default_pairs: tuple[str, ...]) -> None:

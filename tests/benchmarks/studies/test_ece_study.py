@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import write_tiny_npz  # noqa: E402
 
-from benchmarks import calibration as cb  # noqa: E402
+from benchmarks.studies import ece_study as cb  # noqa: E402
 from toolchain.errors import ConfigError  # noqa: E402
 
 

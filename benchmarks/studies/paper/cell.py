@@ -9,7 +9,7 @@ Prep tasks (``dense_task``, ``reference_task``) compute what many cells share on
 metrics and the reference indices of a sampling strategy (they do not depend on the criterion).
 
 Everything here returns plain JSON-ready data (plus numpy heatmaps for the figure); the driver in
-``benchmarks.paper_grid`` owns caching, so workers never write files (a Ray cluster without a shared
+``benchmarks.studies.paper.grid`` owns caching, so workers never write files (a Ray cluster without a shared
 filesystem works too, as long as checkpoints and data are reachable at the same paths).
 
 Reused from the toolchain: data loading, checkpoints, ``select_reference`` (sampling), criteria,

@@ -1,6 +1,6 @@
 """Cost of DL-Backtrace scoring relative to one forward+backward pass of the same model.
 
-    python -m toolchain.importance._dlb_bench --arch vgg19 --img-size 32 --samples 20
+    python -m benchmarks.studies.dlb_cost --arch vgg19 --img-size 32 --samples 20
 
 Prints JSON: median seconds over ``--repeats`` of (a) scoring ``--samples`` images with the ``dlb``
 criterion (deep copy included), (b) one forward+backward over the same batch with frozen parameters
@@ -33,8 +33,8 @@ def _median_time(fn, repeats: int) -> float:
 def main(argv: list[str] | None = None) -> dict:
     import timm
 
-    from ..units import find_unit_layers
-    from .base import get_criterion
+    from toolchain.importance import get_criterion
+    from toolchain.units import find_unit_layers
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="vgg19")
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_frozen = _median_time(lambda: fwd_bwd(False), args.repeats)
     t_train = _median_time(lambda: fwd_bwd(True), args.repeats)
     result = {
-        "command": "python -m toolchain.importance._dlb_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.studies.dlb_cost " + " ".join(argv if argv is not None else sys.argv[1:]),
         "arch": args.arch,
         "img_size": args.img_size,
         "samples": args.samples,

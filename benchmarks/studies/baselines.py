@@ -1,8 +1,8 @@
 """Baselines: VGG19, ResNet50 and ViT-B/16 trained from scratch on PneumoniaMNIST and BreastMNIST.
 
-    python -m benchmarks.baselines                    # train (or reuse cached) all runs, write the report
-    python -m benchmarks.baselines --only vgg19:pneumoniamnist
-    python -m benchmarks.baselines --report-only      # rewrite the report from cached checkpoints
+    python -m benchmarks.studies.baselines                    # train (or reuse cached) all runs, write the report
+    python -m benchmarks.studies.baselines --only vgg19:pneumoniamnist
+    python -m benchmarks.studies.baselines --report-only      # rewrite the report from cached checkpoints
 
 Writes ``benchmarks/results/baselines.{json,md}``: every metric on the official test split (and val),
 wall time per epoch, parameters, MACs, the exact command and the checkpoint path of each run. Other
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 # Per-run overrides of TrainConfig defaults; chosen with a couple of short trials (see report notes).
 RUNS: dict[str, dict[str, Any]] = {
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [k for k in keys if k not in RUNS]
     if unknown:
         parser.error(f"unknown run(s) {unknown}; choose from {list(RUNS)}")
-    command = "python -m benchmarks.baselines " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m benchmarks.studies.baselines " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
 
     from toolchain.train import train
 

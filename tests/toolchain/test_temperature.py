@@ -13,9 +13,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import tiny_model  # noqa: E402
 
-from toolchain.calibration import T_MAX, fit_temperature, fold_temperature  # noqa: E402
 from toolchain.errors import ModelError  # noqa: E402
 from toolchain.metrics import expected_calibration_error  # noqa: E402
+from toolchain.temperature import T_MAX, fit_temperature, fold_temperature  # noqa: E402
 
 
 def _sampled(n=20000, classes=3, seed=0):
@@ -68,7 +68,7 @@ def test_fold_refuses_models_without_a_linear_classifier():
 
 
 def test_choose_temperature_applies_only_what_lowers_the_fit_splits_ece():
-    from toolchain.calibration import choose_temperature
+    from toolchain.temperature import choose_temperature
 
     z, y = _sampled()
     over = choose_temperature(3.0 * z, y)  # overconfident: the fitted T helps, so it is used

@@ -1,6 +1,6 @@
 """Where does input relevance go, and why do ResNet50 LRP heatmaps pile up in the top-left corner?
 
-    MEDPRUNE_DATA=/work/shared/data python -m benchmarks.relevance_flow [--images 32] \
+    MEDPRUNE_DATA=/work/shared/data python -m benchmarks.studies.relevance_flow [--images 32] \
         [--checkpoint DATASET:MODEL=PATH ...] [--pairs pneumoniamnist:resnet50,pneumoniamnist:vgg19]
 
 For each trained checkpoint (the baselines by default) and a batch of class-balanced test images it
@@ -34,7 +34,7 @@ from toolchain.importance.lrp import LRPExplainer
 
 from ._pairs import add_pair_arguments, publish, resolve_pairs, run_cli, save_png
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 DEFAULT_PAIRS = ("pneumoniamnist:resnet50", "pneumoniamnist:vgg19")
 
 
@@ -134,7 +134,7 @@ def measure(dataset: str, model_name: str, checkpoint: str, n_images: int, seed:
     from toolchain.fidelity import heatmaps
     from toolchain.prune_eval import load_context
 
-    from ._paper_cell import fidelity_indices
+    from .paper.cell import fidelity_indices
 
     ctx = load_context(checkpoint)
     test = ctx.ds.split("test")
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
         run = measure(dataset, model, checkpoint, a.images, a.seed, a.ig_steps)
         maps.append(run.pop("_mean_maps"))
         runs.append(run)
-    command = "python -m benchmarks.relevance_flow " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.studies.relevance_flow " + shlex.join(argv if argv is not None else sys.argv[1:])
     report = {"schema": "medprune.relevance_flow/1", "command": command.strip(),
               "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "n_images": a.images, "runs": runs}
     return publish(a.out, "relevance_flow", report, findings, to_markdown, lambda rep, path: plot(rep, maps, path))

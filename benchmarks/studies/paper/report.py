@@ -1,9 +1,9 @@
 """The paper-grid report: paper-shaped tables, fidelity tables, figures and a verdict on each claim.
 
-Every number is read from the results JSON written by ``benchmarks.paper_grid``; the claim verdicts
+Every number is read from the results JSON written by ``benchmarks.studies.paper.grid``; the claim verdicts
 are computed here by fixed rules (documented next to each claim), never written by hand.
 
-    python -m benchmarks.paper_grid --report-only     # re-render from benchmarks/results/paper_grid.json
+    python -m benchmarks.studies.paper.grid --report-only     # re-render from benchmarks/results/paper_grid.json
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Physical removal benchmark: MACs/params ratio vs measured eager speedup, parity and accuracy.
 
-    python -m benchmarks.removal [--models vgg19,resnet50,vit_b16] [--ratios 0.3,0.5,0.7]
+    python -m benchmarks.studies.removal_parity [--models vgg19,resnet50,vit_b16] [--ratios 0.3,0.5,0.7]
                                  [--granularities neuron,group] [--round-to 8] [--criterion magnitude]
 
 For every model (baseline checkpoints from ``benchmarks/results/baselines.json``; random-init models
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 DEFAULT_MODELS = ("vgg19", "resnet50", "vit_b16")
 DATASET = "pneumoniamnist"
 
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     from toolchain.data import load_dataset
 
     doc.update({
-        "command": "python -m benchmarks.removal " + " ".join(shlex.quote(s) for s in (argv or sys.argv[1:])),
+        "command": "python -m benchmarks.studies.removal_parity " + " ".join(shlex.quote(s) for s in (argv or sys.argv[1:])),
         "criterion": a.criterion, "torch": torch.__version__, "threads": a.threads,
         "n_test": int(len(load_dataset(DATASET).split("test").labels)), "machine": machine_info(),
         # latency medians are only as good as the machine is quiet: keep the load next to them

@@ -1,8 +1,8 @@
 """Importance criteria x reference sampling on the baseline checkpoints: accuracy vs pruning ratio.
 
-    MEDPRUNE_DATA=/work/shared/data python -m benchmarks.importance                  # full grid (make importance)
-    python -m benchmarks.importance --models vgg19 --criteria lrp,taylor --samplings clustering
-    python -m benchmarks.importance --checkpoint path/model.safetensors              # any checkpoint (dev)
+    MEDPRUNE_DATA=/work/shared/data python -m benchmarks.studies.importance_grid                  # full grid (make importance)
+    python -m benchmarks.studies.importance_grid --models vgg19 --criteria lrp,taylor --samplings clustering
+    python -m benchmarks.studies.importance_grid --checkpoint path/model.safetensors              # any checkpoint (dev)
 
 For every model (baseline checkpoints from ``benchmarks/results/baselines.json``), criterion and
 sampling strategy: the criterion scores every unit on N reference images per class, the lowest
@@ -45,7 +45,7 @@ import torch
 from toolchain.atomic import atomic_file
 from toolchain.settings import cache_dir
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 SCHEMA = "medprune.importance/1"
 MODELS = ("vgg19", "resnet50", "vit_b16")
 SAMPLINGS = ("confidence", "random", "clustering")
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         checkpoints = baseline_checkpoints(models, args.data)
     report = load_report()
-    command = "python -m benchmarks.importance " + " ".join(shlex.quote(a) for a in (argv if argv is not None
+    command = "python -m benchmarks.studies.importance_grid " + " ".join(shlex.quote(a) for a in (argv if argv is not None
                                                                                       else sys.argv[1:]))
     if command not in report["commands"]:
         report["commands"].append(command)

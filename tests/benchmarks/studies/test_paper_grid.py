@@ -11,8 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import write_tiny_npz  # noqa: E402
 
-from benchmarks import paper_grid as pg  # noqa: E402
-from benchmarks import paper_report as rep  # noqa: E402
+from benchmarks.studies.paper import grid as pg  # noqa: E402
+from benchmarks.studies.paper import report as rep  # noqa: E402
 
 TINY_RESNET = {"layers": [1, 1, 1, 1], "channels": [8, 16, 16, 32], "stem_width": 8}
 
@@ -49,7 +49,7 @@ def _grid(tiny_ckpt, criteria, samplings) -> pg.Grid:
 
 
 def test_cell_task_direct(tiny_ckpt):
-    from benchmarks._paper_cell import cell_task, dense_task, reference_task
+    from benchmarks.studies.paper.cell import cell_task, dense_task, reference_task
 
     grid = _grid(tiny_ckpt, ["lrp"], ["random"])
     info = pg.checkpoint_info(tiny_ckpt["checkpoint"], "given")
@@ -122,7 +122,7 @@ def test_train_configs_reuse_baselines(tmp_path, monkeypatch):
                               "device": "auto"}}]
     (tmp_path / "baselines.json").write_text(json.dumps({"runs": runs}))
     monkeypatch.setattr(pg, "RESULTS", tmp_path)
-    assert any(e["model"] == "vit_b16" for e in pg._baseline_runs())  # benchmarks.baselines.RUNS
+    assert any(e["model"] == "vit_b16" for e in pg._baseline_runs())  # benchmarks.studies.baselines.RUNS
     monkeypatch.setattr(pg, "_baseline_runs", lambda: [])
     grid = pg.Grid(datasets=["breastmnist", "chest_xray_224"], models=["vgg19", "resnet50"])
     cfg, source = pg.train_config_for("breastmnist", "vgg19", grid)
@@ -202,17 +202,17 @@ def test_claims_partial_and_untested():
 def test_report_renders_synthetic_results(tmp_path):
     lossless = {"vgg19": {"lrp": 0.5, "magnitude": 0.2}, "vit_b16": {"lrp": 0.7, "magnitude": 0.3}}
     res = _synthetic(lossless, {"lrp": 0.02})
-    res["command"] = "python -m benchmarks.paper_grid --models vgg19,vit_b16"
+    res["command"] = "python -m benchmarks.studies.paper.grid --models vgg19,vit_b16"
     path = rep.write_report(res, tmp_path)
     text = path.read_text()
-    assert "python -m benchmarks.paper_grid --models vgg19,vit_b16" in text
+    assert "python -m benchmarks.studies.paper.grid --models vgg19,vit_b16" in text
     assert "| vit_b16 | lrp |" in text and "0.90 ± 0.05" in text
     assert (tmp_path / "paper_grid_pneumoniamnist_accuracy.png").exists()
 
 
 def test_report_cites_a_corner_biased_model_from_relevance_flow(tmp_path):
     res = _synthetic({"resnet50": {"lrp": 0.5}}, {"lrp": 0.0})
-    res["command"] = "python -m benchmarks.paper_grid"
+    res["command"] = "python -m benchmarks.studies.paper.grid"
     flow = {"runs": [
         {"dataset": "pneumoniamnist", "model": "resnet50",
          "methods": {"lrp:epsilon_plus_flat": {"corner_share_mean": 0.55}, "grad_x_input": {"corner_share_mean": 0.09}}},
@@ -229,7 +229,7 @@ def test_report_cites_a_corner_biased_model_from_relevance_flow(tmp_path):
 
 def test_report_flags_a_checkpoint_whose_best_epoch_was_the_first(tmp_path):
     res = _synthetic({"vit_b16": {"lrp": 0.5}}, {"lrp": 0.0})
-    res["command"] = "python -m benchmarks.paper_grid"
+    res["command"] = "python -m benchmarks.studies.paper.grid"
     res["models"]["pneumoniamnist"]["vit_b16"]["checkpoint"] = "/ck/vit.safetensors"
     runs = [{"checkpoint": "/ck/vit.safetensors", "best_epoch": 1, "epochs_run": 5, "test": {"accuracy": 0.81}},
             {"checkpoint": "/ck/other.safetensors", "best_epoch": 1, "epochs_run": 5, "test": {"accuracy": 0.5}}]

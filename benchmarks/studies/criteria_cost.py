@@ -1,6 +1,6 @@
 """Scoring cost of every criterion relative to one forward+backward pass over the same references.
 
-    python -m benchmarks.criteria_cost [--n-per-class 10] [--criteria lrp,dlb,ig,taylor,magnitude,random]
+    python -m benchmarks.studies.criteria_cost [--n-per-class 10] [--criteria lrp,dlb,ig,taylor,magnitude,random]
 
 For each PneumoniaMNIST baseline (benchmarks/results/baselines.json) and criterion: seconds to score all
 units on 2 × n-per-class confidence-sampled train images, divided by the median of forward+backward
@@ -18,7 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
                          "fwd_bwd_s": round(fb, 3), "ratio": round(seconds / fb, 2),
                          "load_avg": os.getloadavg()[0]})
             print(f"{model_name:9s} {name:10s} {seconds:7.2f} s = {seconds / fb:6.2f} x fwd+bwd", flush=True)
-    out = {"command": "python -m benchmarks.criteria_cost", "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    out = {"command": "python -m benchmarks.studies.criteria_cost", "created": time.strftime("%Y-%m-%d %H:%M:%S"),
            "machine": platform.machine(), "threads": torch.get_num_threads(), "rows": rows}
     (RESULTS / "criteria_cost.json").write_text(json.dumps(out, indent=1))
     lines = ["# Criterion scoring cost vs one forward+backward pass", "",

@@ -13,7 +13,7 @@ PyTorch model's test split (the whole split by default):
   same thread count, so the ratios (INT8 vs FP32 per runtime) come from the same run.
 
 Writes benchmarks/results/export_quality.{json,md,png}.
-    python -m benchmarks.export_quality [--checkpoint vgg19-dense=path.safetensors ...] [--runs 30]
+    python -m benchmarks.studies.export_quality [--checkpoint vgg19-dense=path.safetensors ...] [--runs 30]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 COMBOS = [("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"),
           ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8")]
 BACKEND = {"onnx": "onnxruntime", "openvino": "openvino"}
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     console = Console(stderr=True)
     ckpts = dict(c.split("=", 1) for c in args.checkpoint) if args.checkpoint else discover()
     report: dict[str, Any] = {
-        "command": "python -m benchmarks.export_quality " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "command": "python -m benchmarks.studies.export_quality " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "machine": machine_info(), "threads": args.threads, "tolerances": TOLERANCES, "models": []}
     with tempfile.TemporaryDirectory(prefix="medprune-export-bench-") as work:
         for label, ckpt in ckpts.items():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 TOLERANCE = 1e-4  # max |Δprob|: the same resize maths in numpy and torch differ by float rounding only
 
 

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "benchmarks" / "results")
     p.add_argument("--stem", default="roofline")
     a = p.parse_args(argv)
-    command = "python -m devices.calibration " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+    command = "python -m devices.roofline_fit " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     sources = a.models if a.models is not None else [cache_dir() / "bench_models"]
     files = []
     for src in sources:

@@ -1,6 +1,6 @@
 """End-to-end deploy runs on the baseline checkpoints: gates, parity, size, fidelity per model and target.
 
-    python -m benchmarks.deploy_runs [--out dist/deploy_runs]
+    python -m benchmarks.studies.deploy_runs [--out dist/deploy_runs]
 
 Runs ``medprune deploy --json`` (as a user would, so benchmarks never imports the later ``devices``
 stage) for each recipe below on the PneumoniaMNIST baseline checkpoints listed in
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from toolchain.atomic import atomic_file
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 RECIPES = [
     {"model": "vgg19", "target": "cpu", "ratio": "auto"},
     {"model": "vgg19", "target": "jetson", "ratio": "auto"},
@@ -55,7 +55,7 @@ def _pct(v) -> str:
 
 def markdown(rows: list[dict]) -> str:
     lines = ["# Deploy runs on the baseline checkpoints (PneumoniaMNIST test split)", "",
-             "Command: `python -m benchmarks.deploy_runs` (each row's own command below; stages are cached).", "",
+             "Command: `python -m benchmarks.studies.deploy_runs` (each row's own command below; stages are cached).", "",
              "| model | target | ratio | acc dense → pruned | max sens. drop (pts) | params ÷ | MACs ÷ | "
              "export parity max\\|Δlogit\\| | fidelity ρ | ECE dense → pruned → deployed (T) | package |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|---|---|"]

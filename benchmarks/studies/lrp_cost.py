@@ -6,7 +6,7 @@ baseline, LRP, ...) so that load from other processes hits both alike; the ratio
 pair and its median reported. The LRP time is the whole ``criterion(model, x, y, layers)`` call:
 deep copy, canonization, the logit check, and propagation.
 
-    MEDPRUNE_DATA=/work/shared/data python -m benchmarks.lrp_cost [--archs vgg19,resnet50,vit_b16]
+    MEDPRUNE_DATA=/work/shared/data python -m benchmarks.studies.lrp_cost [--archs vgg19,resnet50,vit_b16]
 
 Writes benchmarks/results/lrp_cost.{json,md}.
 """
@@ -32,7 +32,7 @@ from toolchain.importance import get_criterion
 from toolchain.models import build_model
 from toolchain.units import find_unit_layers
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def reference_images(dataset: str, n: int, img_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     x, y = reference_images(args.dataset, args.n, args.img_size, seed=0)
     results = {
-        "command": "python -m benchmarks.lrp_cost " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "command": "python -m benchmarks.studies.lrp_cost " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "dataset": args.dataset,
         "n_samples": len(x),
         "img_size": args.img_size,

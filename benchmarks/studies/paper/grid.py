@@ -1,6 +1,6 @@
 """The paper's study at CPU scale: models x criteria x sampling x pruning ratios, swept on Ray.
 
-    MEDPRUNE_DATA=/work/shared/data python -m benchmarks.paper_grid \
+    MEDPRUNE_DATA=/work/shared/data python -m benchmarks.studies.paper.grid \
         [--datasets pneumoniamnist] [--models vgg19,resnet50,vit_b16] [--criteria lrp,dlb,ig,...] \
         [--samplings confidence,random,clustering] [--ratios 0.15,0.3,0.5,0.7] \
         [--n-per-class 10] [--fidelity-images 16] [--test-limit N] [--val-limit N] [--pool-per-class N]
@@ -9,7 +9,7 @@ A *cell* is (dataset, model, criterion, sampling): unit scores are computed once
 images, then every ratio is evaluated on the test split; the lossless ratio is searched on the
 validation split (never on test, so the ratio is not selected on the data it is reported on) and
 test metrics are reported at it; explanation fidelity compares input-level LRP heatmaps of the
-dense and the masked model on a few test images (see ``benchmarks._paper_cell``).
+dense and the masked model on a few test images (see ``benchmarks.studies.paper.cell``).
 
 Each cell is a Ray task (``num_cpus=1``, one torch thread). Ray starts locally
 (``ray.init(num_cpus=<cores>)``) unless ``RAY_ADDRESS`` names a cluster (which must see the same
@@ -19,7 +19,7 @@ sweep resumes where it stopped. Data-free criteria (magnitude, random) ignore th
 they are computed once per model and shown under every sampling.
 
 Checkpoints come from ``toolchain.train`` (cached, so a trained baseline is reused, not retrained): the
-configs recorded in ``benchmarks/results/baselines.json`` or ``benchmarks.baselines.RUNS``; a dataset
+configs recorded in ``benchmarks/results/baselines.json`` or ``benchmarks.studies.baselines.RUNS``; a dataset
 without a baseline borrows the model's baseline hyperparameters with ``--train-subset`` train images.
 ``--checkpoint DATASET:MODEL=PATH`` injects one directly.
 
@@ -46,9 +46,9 @@ import numpy as np
 from toolchain.atomic import atomic_file
 from toolchain.errors import ConfigError, MedpruneError
 
-from ._paper_cell import CELL_VERSION, cell_task, dense_task, reference_task
+from .cell import CELL_VERSION, cell_task, dense_task, reference_task
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "results"
 SCHEMA = "medprune.paper_grid/1"
 
 DATASETS = ("pneumoniamnist", "breastmnist", "chest_xray_224")
@@ -160,16 +160,16 @@ def _baseline_configs(path: Path | None = None) -> list[dict]:
 
 
 def _baseline_runs() -> list[dict]:
-    """The baseline configs of ``benchmarks.baselines`` (used until baselines.json has been written)."""
+    """The baseline configs of ``benchmarks.studies.baselines`` (used until baselines.json has been written)."""
     try:
-        from .baselines import RUNS, make_config
+        from ..baselines import RUNS, make_config
     except ImportError:
         return []
     out = []
     for key in RUNS:
         cfg = make_config(key)
         out.append({"model": cfg.model, "data": cfg.data, "train_config": cfg.to_dict(), "checkpoint": None,
-                    "origin": "benchmarks.baselines.RUNS"})
+                    "origin": "benchmarks.studies.baselines.RUNS"})
     return out
 
 
@@ -182,7 +182,7 @@ def _dataset_matches(entry_data: str, dataset: str) -> bool:
 def train_config_for(dataset: str, model: str, grid: Grid):
     """The TrainConfig of a (dataset, model) and where it came from.
 
-    The baseline's config when baselines.json (or ``benchmarks.baselines.RUNS``) has this pair; else the
+    The baseline's config when baselines.json (or ``benchmarks.studies.baselines.RUNS``) has this pair; else the
     baseline hyperparameters of the
     same model on another dataset with this dataset swapped in (``grid.train_subset`` caps its train
     split, so e.g. chest_xray_224 trains in CPU time); else TrainConfig defaults, also capped.
@@ -217,7 +217,7 @@ def checkpoint_for(dataset: str, model: str, given: dict[str, str] | None = None
     """``given["DATASET:MODEL"]`` or the trained baseline's checkpoint; ConfigError naming the fix otherwise."""
     path = (given or {}).get(f"{dataset}:{model}") or _baseline_checkpoint(dataset, model)
     if not path:
-        raise ConfigError(f"no checkpoint for {dataset}:{model}: train the baseline (python -m benchmarks.baselines) "
+        raise ConfigError(f"no checkpoint for {dataset}:{model}: train the baseline (python -m benchmarks.studies.baselines) "
                           f"or pass --checkpoint {dataset}:{model}=PATH")
     return str(path)
 
@@ -236,7 +236,7 @@ def _cached_checkpoint(cfg) -> Path | None:
 def train_task(cfg_dict: dict, cache_root: str) -> str:
     from toolchain.train import TrainConfig, train
 
-    from ._paper_cell import single_thread
+    from .cell import single_thread
 
     # the driver's checkpoint cache, whatever directory Ray started this worker in
     os.environ["MEDPRUNE_CACHE"] = cache_root
@@ -659,7 +659,7 @@ def _machine() -> dict:
 
 
 def write_results(results: dict, out_dir: Path = RESULTS, name: str = "paper_grid") -> Path:
-    from .paper_report import write_report
+    from .report import write_report
 
     out_dir = Path(out_dir)
     with atomic_file(out_dir / f"{name}.json", "w") as fh:
@@ -677,7 +677,7 @@ def _csv(text: str | None, default, cast=str) -> list:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.paper_grid", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.studies.paper.grid", description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", help=f"comma list (default pneumoniamnist; all: {','.join(DATASETS)})")
     p.add_argument("--models", help=f"comma list (default {','.join(MODELS)})")
     p.add_argument("--criteria", help=f"comma list (default {','.join(CRITERIA)})")
@@ -753,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     console = Console(stderr=True)
-    command = "python -m benchmarks.paper_grid " + " ".join(shlex.quote(x) for x in (argv if argv is not None
+    command = "python -m benchmarks.studies.paper.grid " + " ".join(shlex.quote(x) for x in (argv if argv is not None
                                                                                     else sys.argv[1:]))
     try:
         a = parse_args(argv)

@@ -6,7 +6,7 @@
                                                             # when it also lowers the val split's ECE
 
 Pruning keeps the argmax but changes the logit scale, so a pruned model is often over- or
-under-confident (measured: ``benchmarks/calibration.py``). Dividing the logits by one temperature
+under-confident (measured: ``benchmarks/studies/ece_study.py``). Dividing the logits by one temperature
 never changes a prediction, so accuracy, sensitivity and the LRP heatmaps' ranks stay as they were
 (LRP starts at the target logit: every relevance is scaled by the same 1/T). Folding T into the last
 linear layer means the exported model, and the bedside ``predict.py``, need nothing new.

@@ -7,10 +7,10 @@ Units are scored by weight magnitude (L1), masked at ``--ratio`` with coupled-gr
 (``toolchain.removal.group_masks`` + ``remove_units(granularity="group")``), both models are exported
 to ONNX and OpenVINO IR (``export``) and benchmarked with the harness on ONNX Runtime and OpenVINO at
 batch 1 (plus OpenVINO's benchmark_app on the same IR as a cross-check). The exported ONNX files stay in
-``$MEDPRUNE_CACHE/bench_models`` for ``python -m devices.calibration``, which calibrates the roofline on
+``$MEDPRUNE_CACHE/bench_models`` for ``python -m devices.roofline_fit``, which calibrates the roofline on
 them and predicts their Jetson latency (``make bench`` runs both).
 
-    python -m benchmarks.harness_report [--families vgg19,resnet50,vit_b16] [--size 64] [--ratio 0.5]
+    python -m benchmarks.studies.harness_report [--families vgg19,resnet50,vit_b16] [--size 64] [--ratio 0.5]
         [--runs 50] [--data pneumoniamnist] [--checkpoint vgg19=PATH] [--out benchmarks/results]
 
 Writes ``<out>/bench.{json,md,html}`` and ``bench_*.png``.
@@ -28,11 +28,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.costs import onnx_layer_costs, total_macs
+from benchmarks.harness import BenchConfig, benchmark, cross_check_benchmark_app, machine_info
+from benchmarks.report import compare, write_report
 from toolchain.settings import cache_dir, data_dir
-
-from .costs import onnx_layer_costs, total_macs
-from .harness import BenchConfig, benchmark, cross_check_benchmark_app, machine_info
-from .report import compare, write_report
 
 FAMILIES = ("vgg19", "resnet50", "vit_b16")
 
@@ -102,10 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", default="pneumoniamnist")
     p.add_argument("--checkpoint", action="append", default=[], help="family=PATH (trained dense checkpoint)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results")
     p.add_argument("--stem", default="bench")
     a = p.parse_args(argv)
-    command = "python -m benchmarks.harness_report " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+    command = "python -m benchmarks.studies.harness_report " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     given = dict(item.split("=", 1) for item in a.checkpoint)
     have_data = data_dir() is not None or Path(a.data).exists()
     work = cache_dir() / "bench_models"

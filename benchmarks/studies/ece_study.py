@@ -1,13 +1,13 @@
 """Does pruning break calibration, and does temperature scaling (fit on val) repair it?
 
-    MEDPRUNE_DATA=/work/shared/data python -m benchmarks.calibration \
+    MEDPRUNE_DATA=/work/shared/data python -m benchmarks.studies.ece_study \
         [--pairs pneumoniamnist:vgg19,pneumoniamnist:resnet50,pneumoniamnist:vit_b16] \
         [--criterion lrp] [--sampling clustering] [--ratios 0.3,0.5,0.7]
 
 For each baseline checkpoint: units scored once (criterion, 10 reference images per class), the
 model masked at each ratio, and on the test split (never used for fitting) the ECE, NLL and Brier
 score of (a) the model as is and (b) the model with one temperature fit on the validation split
-and folded into its classifier (``toolchain.calibration``, what ``medprune deploy`` packages).
+and folded into its classifier (``toolchain.temperature``, what ``medprune deploy`` packages).
 Accuracy is the same for (a) and (b) by construction, so it is reported once.
 
 Writes benchmarks/results/calibration.{json,md,png}.
@@ -28,14 +28,14 @@ from toolchain.errors import ConfigError
 
 from ._pairs import add_pair_arguments, publish, resolve_pairs, run_cli, save_png
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 DEFAULT_PAIRS = ("pneumoniamnist:vgg19", "pneumoniamnist:resnet50", "pneumoniamnist:vit_b16")
 
 
 def scores_of(z: np.ndarray, y: np.ndarray) -> dict:
     """Calibration and accuracy of logits ``z`` for labels ``y``."""
-    from toolchain.calibration import nll, softmax
     from toolchain.metrics import expected_calibration_error
+    from toolchain.temperature import nll, softmax
 
     p = softmax(z)
     onehot = np.eye(z.shape[1])[y]
@@ -47,7 +47,7 @@ def scores_of(z: np.ndarray, y: np.ndarray) -> dict:
 
 def reliability(z: np.ndarray, y: np.ndarray, bins: int = 10) -> dict:
     """Per confidence bin: mean confidence, accuracy, count (for the reliability diagram)."""
-    from toolchain.calibration import softmax
+    from toolchain.temperature import softmax
 
     p = softmax(z)
     conf, correct = p.max(1), p.argmax(1) == y
@@ -63,11 +63,11 @@ def reliability(z: np.ndarray, y: np.ndarray, bins: int = 10) -> dict:
 
 def measure(dataset: str, model_name: str, checkpoint: str, criterion: str, sampling: str, ratios: list[float],
             n_per_class: int, seed: int) -> dict:
-    from toolchain.calibration import choose_temperature
     from toolchain.evaluate import predict_logits
     from toolchain.importance import get_criterion
     from toolchain.masking import apply_masks
     from toolchain.prune_eval import RatioEvaluator, load_context, reference_inputs, score_units
+    from toolchain.temperature import choose_temperature
     from toolchain.units import find_unit_layers
 
     ctx = load_context(checkpoint)
@@ -127,7 +127,7 @@ def to_markdown(report: dict) -> str:
              f"Criterion `{report['criterion']}`, `{report['sampling']}` sampling ({report['n_per_class']} "
              "reference images per class); masked models (units zeroed, identical outputs to removed ones). "
              "T is fit on the validation split (minimum NLL) and applied only when it also lowers the validation ECE "
-             "(the `medprune deploy` policy, toolchain.calibration.choose_temperature); every number below is on "
+             "(the `medprune deploy` policy, toolchain.temperature.choose_temperature); every number below is on "
              "the test split. ECE: 15 equal-width "
              "bins of the top-class probability. Ratio 0 is the dense model.", "",
              "| dataset | model | ratio | accuracy | T fitted | applied | ECE | ECE (T) | NLL | NLL (T) | Brier | "
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     for dataset, model, checkpoint in pairs:
         print(f"== {dataset}:{model}", flush=True)
         runs.append(measure(dataset, model, checkpoint, a.criterion, a.sampling, ratios, a.n_per_class, a.seed))
-    command = "python -m benchmarks.calibration " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.studies.ece_study " + shlex.join(argv if argv is not None else sys.argv[1:])
     report = {"schema": "medprune.calibration/1", "command": command.strip(),
               "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "criterion": a.criterion, "sampling": a.sampling,
               "n_per_class": a.n_per_class, "runs": runs}
