@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".xml": "openvino", ".safetensors": "torch", ".pt": "torch", ".pth": "torch"}
+# no pickle formats (.pt/.pth): loading one runs code hidden in it (toolchain.pickle_guard refuses them)
+RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".xml": "openvino", ".safetensors": "torch"}
 # the pip package that provides each runtime (named in "not installed" errors)
 RUNTIME_PACKAGES = {
     "onnxruntime": "onnxruntime (CPU) or onnxruntime-gpu (CUDA)",
@@ -164,15 +165,13 @@ class TorchBackend(Backend):
         torch.set_num_threads(threads)
         self.meta: dict = {}
         if isinstance(model_or_path, (str, os.PathLike)):
-            path = Path(model_or_path)
-            if path.suffix == ".safetensors":
-                from toolchain.models import load_checkpoint
+            # a medprune checkpoint only (the harness hands its RSS subprocess one too): never a pickle
+            from toolchain.models import load_checkpoint
 
-                model, self.meta = load_checkpoint(path)
-            else:  # a whole pickled nn.Module (what the harness hands its RSS subprocess)
-                model = torch.load(path, map_location="cpu", weights_only=False)
-        else:
+            model, self.meta = load_checkpoint(Path(model_or_path))
+        else:  # build_model's spec states the input size of an in-memory model
             model = model_or_path
+            self.meta = dict(getattr(model, "medprune_spec", None) or {})
         self.model = model.eval()
         if self.meta.get("in_chans") and self.meta.get("img_size"):
             s = int(self.meta["img_size"])

@@ -2,11 +2,12 @@
 
 ``benchmark(model, runtime=None, config=BenchConfig())`` accepts a medprune checkpoint
 (``X.safetensors`` + ``X.json``, run with PyTorch), an ONNX file (ONNX Runtime), an OpenVINO IR
-(``.xml``), a pickled module (``.pt``) or an ``nn.Module`` object. The runtime follows the file type;
-an ``.onnx`` file can also be given ``runtime="openvino"``. Threads are pinned (intra-op threads for
-ORT/OV/torch) and reported. Peak RSS is measured in a separate process (``benchmarks._runner``) that
-imports only the runtime, so the harness's own memory does not pollute it. Accuracy is measured on
-the test split through the same runtime (``toolchain.data`` + ``toolchain.metrics``).
+(``.xml``) or an ``nn.Module`` object; pickles (``.pt``/``.pth``) are refused, never loaded. The
+runtime follows the file type; an ``.onnx`` file can also be given ``runtime="openvino"``. Threads are
+pinned (intra-op threads for ORT/OV/torch) and reported. Peak RSS is measured in a separate process
+(``benchmarks._runner``) that imports only the runtime, so the harness's own memory does not pollute
+it; an in-memory module reaches it as a safetensors checkpoint. Accuracy is measured on the test split
+through the same runtime (``toolchain.data`` + ``toolchain.metrics``).
 
 The result is a plain dict (one ``models[]`` entry of the report schema in ``benchmarks.report``).
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import ConfigError, DataError, ModelError
+from toolchain.pickle_guard import refuse_pickle
 
 from ._runner import RUNTIME_PACKAGES, Backend, RuntimeMissing, detect_runtime, open_backend
 
@@ -202,6 +204,19 @@ def measure_rss(model_path: Path, runtime: str, threads: int, shape: tuple[int, 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _handover_checkpoint(model, meta: dict, folder: Path) -> Path | None:
+    """The in-memory ``model`` as a medprune checkpoint (safetensors + sidecar) for the RSS subprocess,
+    or None when it lacks ``medprune_spec`` (then nothing but a pickle could carry it, and none is made)."""
+    if not getattr(model, "medprune_spec", None):
+        return None
+    from toolchain.models import save_checkpoint
+
+    keep = {k: v for k, v in meta.items() if k in ("class_names", "preprocess", "pruning")}
+    # a pruned module's shapes differ from its dense architecture; the pruning entry lets the loader resize
+    keep.setdefault("pruning", {"module_attrs": {}})
+    return save_checkpoint(folder / "model.safetensors", model, keep)
+
+
 def _resolve_model(model, runtime: str | None) -> tuple[object, Path | None, str]:
     """(what the backend opens, file on disk or None, runtime)."""
     try:
@@ -214,6 +229,7 @@ def _resolve_model(model, runtime: str | None) -> tuple[object, Path | None, str
     path = Path(model)
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
+    refuse_pickle(path, ModelError)
     try:
         detected = detect_runtime(path)
     except ValueError as exc:
@@ -278,17 +294,16 @@ def benchmark(model, runtime: str | None = None, config: BenchConfig | None = No
     throughput = {"batch": tb, "runs": truns, "images_per_s": tb * truns / elapsed,
                   "batch_latency_ms": elapsed / truns * 1e3}
 
-    memory = None
+    memory, memory_skipped = None, None
     if config.rss:
         say("peak RSS in a separate process")
         with tempfile.TemporaryDirectory(prefix="medprune-rss-") as tmp:
-            rss_path = path
-            if rss_path is None:  # an in-memory module: hand the subprocess a pickled copy
-                import torch
-
-                rss_path = Path(tmp) / "model.pt"
-                torch.save(target, rss_path)
-            memory = measure_rss(rss_path, runtime, threads, (1, *chw), config.rss_runs, config.precision)
+            rss_path = path or _handover_checkpoint(target, meta, Path(tmp))
+            if rss_path is None:
+                memory_skipped = ("an in-memory module without build_model's spec cannot reach a subprocess "
+                                  "without pickling; save it with save_checkpoint and benchmark the file")
+            else:
+                memory = measure_rss(rss_path, runtime, threads, (1, *chw), config.rss_runs, config.precision)
 
     accuracy = None
     if config.data:
@@ -313,6 +328,7 @@ def benchmark(model, runtime: str | None = None, config: BenchConfig | None = No
         "latency_ms": latency_stats(samples),
         "throughput": throughput,
         "memory": memory,
+        **({"memory_skipped": memory_skipped} if memory_skipped else {}),
         "accuracy": accuracy,
         "config": {k: v for k, v in asdict(config).items() if k not in ("data_dir",)},
         "label": "measured",

@@ -25,6 +25,7 @@ from benchmarks.harness import (
 )
 from benchmarks.report import write_report
 from toolchain.errors import ModelError
+from toolchain.pickle_guard import refuse_pickle
 
 from .profiles import DeviceProfile, load_profile
 from .remote import write_device_bundle
@@ -33,6 +34,7 @@ from .remote import write_device_bundle
 def _check_model(path: Path) -> Path:
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
+    refuse_pickle(path, ModelError)
     if path.suffix.lower() not in RUNTIME_BY_SUFFIX:
         raise ModelError(f"{path}: not a model file medprune can run (expected {', '.join(sorted(RUNTIME_BY_SUFFIX))})")
     return path

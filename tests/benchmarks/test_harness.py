@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks.harness import (
     BenchConfig,
@@ -60,11 +61,21 @@ def test_openvino_ir_and_onnx(tiny_onnx):
 
 
 def test_torch_module_with_rss_subprocess():
+    from toolchain.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("vgg19", 2, in_chans=1, img_size=16, cfg=[4, "M", 8, "M"], mlp_ratio=0.01).eval()
+    r = benchmark(model, None, BenchConfig(**FAST))
+    _check_fields(r, "torch")
+    assert r["params"] == sum(p.numel() for p in model.parameters())
+    assert r["memory"]["peak_rss_mb"] > 0  # handed over as safetensors + sidecar, not pickled
+
+
+def test_plain_module_gets_no_pickled_rss_handover():
     model = tiny_cnn()
     r = benchmark(model, None, BenchConfig(**FAST, input_shape=(1, 16, 16)))
     _check_fields(r, "torch")
-    assert r["params"] == sum(p.numel() for p in model.parameters())
-    assert r["memory"]["peak_rss_mb"] > 0
+    assert r["memory"] is None and "without pickling" in r["memory_skipped"]
 
 
 def test_rss_subprocess_positive(tiny_onnx):

@@ -22,11 +22,12 @@ from torch import nn
 
 from ..atomic import atomic_path
 from ..errors import CheckpointError, ModelError
+from ..pickle_guard import refuse_pickle
+from .consistency import BOUND_KEY, bound_meta, check_bound_meta, check_forward
 from .registry import build_model
 
 FORMAT = "medprune-checkpoint/1"
 WEIGHTS_NAME = "model.safetensors"
-_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".tar"}
 
 
 def sha256_file(path: Path) -> str:
@@ -55,21 +56,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         p = p.with_suffix(".safetensors")
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")
-    if p.suffix.lower() in _PICKLE_SUFFIXES or _looks_pickled(p):
-        raise CheckpointError(
-            f"{p} looks like a pickle/torch.save file; medprune only loads .safetensors checkpoints "
-            "(it never unpickles)"
-        )
+    refuse_pickle(p, CheckpointError)
     if p.suffix != ".safetensors":
         raise CheckpointError(f"{p} is not a .safetensors checkpoint")
     return p
-
-
-def _looks_pickled(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    # pickle protocol 2+ starts with PROTO (0x80); torch.save's zip format starts with "PK".
-    return (len(head) >= 2 and head[0] == 0x80 and head[1] <= 5) or head[:2] == b"PK"
 
 
 def _state_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -99,7 +89,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
     state = _state_for_saving(model)
     _check_finite(state, f"model being saved to {weights}")
     with atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
+        # the facts the sidecar states about the model also live in the hashed weights file, so a sidecar
+        # edited alone (swapped class names, another input size) no longer matches
+        save_file(state, str(tmp), metadata={"format": FORMAT, BOUND_KEY: bound_meta(meta)})
         digest = sha256_file(tmp)
         sidecar = {
             "format": FORMAT,
@@ -146,7 +138,10 @@ def read_sidecar(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     if not isinstance(sidecar, dict) or "meta" not in sidecar or "tensors" not in sidecar:
         raise CheckpointError(f"{side} is not a medprune checkpoint sidecar (no meta/tensors)")
     digest = sidecar.get("weights_sha256")
-    if digest and sha256_file(weights) != digest:
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise CheckpointError(f"{side} records no weights_sha256, so {weights.name} cannot be verified; "
+                              "re-save the checkpoint with medprune")
+    if sha256_file(weights) != digest:
         raise CheckpointError(f"weights {weights.name} do not match their sidecar {side.name} (sha256 differs)")
     return weights, sidecar
 
@@ -302,6 +297,8 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mo
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{weights.name} does not fit {meta['arch']}: {str(exc).splitlines()[0]}") from exc
+    check_bound_meta(weights, meta)
+    check_forward(model, meta, weights.name)
     model.medprune_spec = {k: meta[k] for k in ("arch", "build_args", "num_classes", "in_chans", "img_size")}
     return model.to(device).eval(), meta
 
