@@ -41,12 +41,13 @@ def predict(model: nn.Module, ds, split: str, preprocess, batch_size: int = 128,
 
 
 def evaluate(model: nn.Module, ds, split: str, preprocess, batch_size: int = 128, device: str = "cpu",
-             indices: np.ndarray | None = None) -> dict[str, Any]:
-    """``compute_metrics`` of ``model`` on ``split`` (accuracy, balanced accuracy, AUC, ECE, per class)."""
+             indices: np.ndarray | None = None, *, intervals: bool = True) -> dict[str, Any]:
+    """``compute_metrics`` of ``model`` on ``split`` (accuracy, balanced accuracy, AUC, ECE, per class,
+    with 95 % intervals and per-class n unless ``intervals=False``)."""
     from .metrics import compute_metrics
 
     probs, labels = predict(model, ds, split, preprocess, batch_size, device, indices)
-    return compute_metrics(labels, probs, list(ds.class_names))
+    return compute_metrics(labels, probs, list(ds.class_names), intervals=intervals)
 
 
 def dataset_for_checkpoint(meta: dict[str, Any], data: str | None = None, data_dir: str | None = None):

@@ -290,7 +290,7 @@ def fit(model: nn.Module, ds, preprocess, cfg: TrainConfig, *, device: str = "cp
                 seen += len(y)
                 progress.update(task, advance=1, status=f"loss {running / seen:.4f}")
             train_time = time.perf_counter() - t0
-            val = evaluate(model, ds, val_split, preprocess, device=device)
+            val = evaluate(model, ds, val_split, preprocess, device=device, intervals=False)  # selection only
             score = _score(val, cfg.select_metric)
             improved = best is None or score > best
             row = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), "lr": schedule.get_last_lr()[0],
