@@ -1,5 +1,20 @@
-"""Commands contributed by `benchmarks` (registered through the medprune.commands entry point)."""
+"""Commands contributed by `benchmarks` (registered through the medprune.commands entry point):
+``medprune study NAME [OPTIONS]`` runs one of the studies in ``benchmarks/studies`` (its registry)."""
+
+from __future__ import annotations
+
+import typer
 
 
-def register(app) -> None:
-    pass
+def register(app: typer.Typer) -> None:
+    # The study's own parser reads the options (and --help): each study has different ones, in one style.
+    @app.command("study", add_help_option=False,
+                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def study_cmd(ctx: typer.Context, name: str = typer.Argument(None, metavar="NAME")) -> None:
+        """Run a study that writes committed results (`medprune study --help` lists them)."""
+        from .studies.registry import get_study, listing
+
+        if name in (None, "-h", "--help"):
+            typer.echo(listing())
+            return
+        get_study(name).run(list(ctx.args))

@@ -10,7 +10,7 @@ from pathlib import Path
 from toolchain.atomic import atomic_file
 from toolchain.errors import ConfigError
 
-from .paper.grid import checkpoint_for
+from .paper.checkpoints import checkpoint_for
 
 
 def add_pair_arguments(p: argparse.ArgumentParser, default_pairs: tuple[str, ...]) -> None:
@@ -56,10 +56,3 @@ def save_png(fig, path: Path, dpi: int = 110) -> None:
         fig.savefig(fh, format="png", dpi=dpi)
     plt.close(fig)
 
-
-def run_cli(main: Callable[[], object]) -> None:
-    """``python -m`` entry: a ConfigError becomes a one-line message and exit status 1."""
-    try:
-        main()
-    except ConfigError as exc:
-        raise SystemExit(f"error: {exc}") from None

@@ -1,8 +1,8 @@
 """Baselines: VGG19, ResNet50 and ViT-B/16 trained from scratch on PneumoniaMNIST and BreastMNIST.
 
-    python -m benchmarks.studies.baselines                    # train (or reuse cached) all runs, write the report
-    python -m benchmarks.studies.baselines --only vgg19:pneumoniamnist
-    python -m benchmarks.studies.baselines --report-only      # rewrite the report from cached checkpoints
+    medprune study baselines                    # train (or reuse cached) all runs, write the report
+    medprune study baselines --only vgg19:pneumoniamnist
+    medprune study baselines --report-only      # rewrite the report from cached checkpoints
 
 Writes ``benchmarks/results/baselines.{json,md}``: every metric on the official test split (and val),
 wall time per epoch, parameters, MACs, the exact command and the checkpoint path of each run. Other
@@ -23,6 +23,8 @@ import shlex
 import time
 from pathlib import Path
 from typing import Any
+
+from .registry import StudyParser, command_line, study
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -263,10 +265,10 @@ def cached_weights(key: str) -> Path | None:
     return weights if weights.exists() else None
 
 
+@study("baselines", outputs=("baselines.json", "baselines.md"))
 def main(argv: list[str] | None = None) -> None:
-    import sys
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StudyParser("baselines", __doc__)
     parser.add_argument("--only", nargs="*", default=None, help=f"subset of: {', '.join(RUNS)}")
     parser.add_argument("--report-only", action="store_true", help="do not train; report cached runs")
     parser.add_argument("--quiet", action="store_true")
@@ -277,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [k for k in keys if k not in RUNS]
     if unknown:
         parser.error(f"unknown run(s) {unknown}; choose from {list(RUNS)}")
-    command = "python -m benchmarks.studies.baselines " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = command_line("baselines", argv)
 
     from toolchain.train import train
 
@@ -307,7 +309,3 @@ def main(argv: list[str] | None = None) -> None:
             print(f"== CPU timing {timing[-1]}", flush=True)
     report()
     print(f"wrote {RESULTS / 'baselines.json'} and {RESULTS / 'baselines.md'}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Cost of DL-Backtrace scoring relative to one forward+backward pass of the same model.
 
-    python -m benchmarks.studies.dlb_cost --arch vgg19 --img-size 32 --samples 20
+    medprune study dlb_cost --arch vgg19 --img-size 32 --samples 20
 
 Prints JSON: median seconds over ``--repeats`` of (a) scoring ``--samples`` images with the ``dlb``
 criterion (deep copy included), (b) one forward+backward over the same batch with frozen parameters
@@ -11,14 +11,14 @@ cost does not depend on them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 
 import torch
+
+from .registry import StudyParser, command_line, study
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -30,13 +30,14 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+@study("dlb_cost", outputs=())
 def main(argv: list[str] | None = None) -> dict:
     import timm
 
     from toolchain.importance import get_criterion
     from toolchain.units import find_unit_layers
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = StudyParser("dlb_cost", __doc__)
     ap.add_argument("--arch", default="vgg19")
     ap.add_argument("--img-size", type=int, default=32)
     ap.add_argument("--samples", type=int, default=20)
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_frozen = _median_time(lambda: fwd_bwd(False), args.repeats)
     t_train = _median_time(lambda: fwd_bwd(True), args.repeats)
     result = {
-        "command": "python -m benchmarks.studies.dlb_cost " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("dlb_cost", argv),
         "arch": args.arch,
         "img_size": args.img_size,
         "samples": args.samples,
@@ -85,7 +86,3 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(json.dumps(result, indent=2))
     return result
-
-
-if __name__ == "__main__":
-    main()

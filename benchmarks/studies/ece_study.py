@@ -1,6 +1,6 @@
 """Does pruning break calibration, and does temperature scaling (fit on val) repair it?
 
-    MEDPRUNE_DATA=/work/shared/data python -m benchmarks.studies.ece_study \
+    MEDPRUNE_DATA=/work/shared/data medprune study ece_study \
         [--pairs pneumoniamnist:vgg19,pneumoniamnist:resnet50,pneumoniamnist:vit_b16] \
         [--criterion lrp] [--sampling clustering] [--ratios 0.3,0.5,0.7]
 
@@ -10,14 +10,11 @@ score of (a) the model as is and (b) the model with one temperature fit on the v
 and folded into its classifier (``toolchain.temperature``, what ``medprune deploy`` packages).
 Accuracy is the same for (a) and (b) by construction, so it is reported once.
 
-Writes benchmarks/results/calibration.{json,md,png}.
+Writes benchmarks/results/ece_study.{json,md,png}.
 """
 
 from __future__ import annotations
 
-import argparse
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -26,9 +23,9 @@ import torch
 
 from toolchain.errors import ConfigError
 
-from ._pairs import add_pair_arguments, publish, resolve_pairs, run_cli, save_png
+from ._pairs import add_pair_arguments, publish, resolve_pairs, save_png
+from .registry import StudyParser, command_line, study
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 DEFAULT_PAIRS = ("pneumoniamnist:vgg19", "pneumoniamnist:resnet50", "pneumoniamnist:vit_b16")
 
 
@@ -141,7 +138,7 @@ def to_markdown(report: dict) -> str:
                          f"{'yes' if row.get('applied', True) else 'no (T = 1)'} | {u['ece']:.4f} | {c['ece']:.4f} | {u['nll']:.4f} | "
                          f"{c['nll']:.4f} | {u['brier']:.4f} | {c['brier']:.4f} |")
     lines += ["", "## Reading", ""] + [f"- {f}" for f in report["findings"]]
-    lines += ["", "![ECE vs ratio and reliability](calibration.png)", ""]
+    lines += ["", "![ECE vs ratio and reliability](ece_study.png)", ""]
     return "\n".join(lines)
 
 
@@ -176,33 +173,30 @@ def plot(report: dict, path: Path) -> None:
     save_png(fig, path, dpi=110)
 
 
+@study("ece_study", outputs=("ece_study.json", "ece_study.md", "ece_study.png"))
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from toolchain.importance import available
+    from toolchain.sampling import STRATEGIES
+
+    p = StudyParser("ece_study", __doc__)
     add_pair_arguments(p, DEFAULT_PAIRS)
-    p.add_argument("--criterion", default="lrp")
-    p.add_argument("--sampling", default="clustering")
-    p.add_argument("--ratios", default="0.3,0.5,0.7")
+    p.add_argument("--criterion", default="lrp", choices=available())
+    p.add_argument("--sampling", default="clustering", choices=list(STRATEGIES))
+    p.add_list("--ratios", default="0.3,0.5,0.7", kind=float, help="pruning ratios in (0, 1)")
     p.add_argument("--n-per-class", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_out()
     a = p.parse_args(argv)
-    try:
-        ratios = [float(r) for r in a.ratios.split(",") if r]
-    except ValueError:
-        raise ConfigError(f"--ratios wants numbers, got {a.ratios!r}") from None
-    if not ratios or not all(0 < r < 1 for r in ratios):
-        raise ConfigError(f"--ratios must lie in (0, 1), got {a.ratios!r}")
+    ratios = a.ratios
+    if not all(0 < r < 1 for r in ratios):
+        raise ConfigError(f"--ratios must lie in (0, 1), got {ratios}")
     pairs = resolve_pairs(a.pairs, a.checkpoint)
     torch.manual_seed(a.seed)
     runs = []
     for dataset, model, checkpoint in pairs:
         print(f"== {dataset}:{model}", flush=True)
         runs.append(measure(dataset, model, checkpoint, a.criterion, a.sampling, ratios, a.n_per_class, a.seed))
-    command = "python -m benchmarks.studies.ece_study " + shlex.join(argv if argv is not None else sys.argv[1:])
-    report = {"schema": "medprune.calibration/1", "command": command.strip(),
+    report = {"schema": "medprune.calibration/1", "command": command_line("ece_study", argv),
               "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "criterion": a.criterion, "sampling": a.sampling,
               "n_per_class": a.n_per_class, "runs": runs}
-    return publish(a.out, "calibration", report, findings, to_markdown, plot)
-
-if __name__ == "__main__":
-    run_cli(main)
+    return publish(a.out, "ece_study", report, findings, to_markdown, plot)

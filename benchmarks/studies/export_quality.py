@@ -13,21 +13,20 @@ PyTorch model's test split (the whole split by default):
   same thread count, so the ratios (INT8 vs FP32 per runtime) come from the same run.
 
 Writes benchmarks/results/export_quality.{json,md,png}.
-    python -m benchmarks.studies.export_quality [--checkpoint vgg19-dense=path.safetensors ...] [--runs 30]
+    medprune study export_quality [--checkpoint vgg19-dense=path.safetensors ...] [--runs 30]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .registry import StudyParser, command_line, study
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 COMBOS = [("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"),
@@ -228,6 +227,7 @@ def plot(report: dict, path: Path) -> Path | None:
     return path
 
 
+@study("export_quality", outputs=("export_quality.json", "export_quality.md", "export_quality.png"))
 def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
 
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     from export.verify import TOLERANCES
     from toolchain.atomic import atomic_file, atomic_path
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = StudyParser("export_quality", __doc__)
     ap.add_argument("--checkpoint", action="append", default=[], help="LABEL=PATH (repeatable)")
     ap.add_argument("--calib-size", type=int, default=256)
     ap.add_argument("--eval-size", type=int, default=0, help="test images (0 = the whole split)")
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     console = Console(stderr=True)
     ckpts = dict(c.split("=", 1) for c in args.checkpoint) if args.checkpoint else discover()
     report: dict[str, Any] = {
-        "command": "python -m benchmarks.studies.export_quality " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "command": command_line("export_quality", argv),
         "machine": machine_info(), "threads": args.threads, "tolerances": TOLERANCES, "models": []}
     with tempfile.TemporaryDirectory(prefix="medprune-export-bench-") as work:
         for label, ckpt in ckpts.items():
@@ -264,7 +264,3 @@ def main(argv: list[str] | None = None) -> dict:
             plot(report, tmp)
     console.print(f"wrote {args.out / args.stem}.{{json,md,png}}")
     return report
-
-
-if __name__ == "__main__":
-    main()

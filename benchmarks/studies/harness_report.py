@@ -10,7 +10,7 @@ batch 1 (plus OpenVINO's benchmark_app on the same IR as a cross-check). The exp
 ``$MEDPRUNE_CACHE/bench_models`` for ``python -m devices.roofline_fit``, which calibrates the roofline on
 them and predicts their Jetson latency (``make bench`` runs both).
 
-    python -m benchmarks.studies.harness_report [--families vgg19,resnet50,vit_b16] [--size 64] [--ratio 0.5]
+    medprune study harness_report [--families vgg19,resnet50,vit_b16] [--size 64] [--ratio 0.5]
         [--runs 50] [--data pneumoniamnist] [--checkpoint vgg19=PATH] [--out benchmarks/results]
 
 Writes ``<out>/bench.{json,md,html}`` and ``bench_*.png``.
@@ -18,11 +18,8 @@ Writes ``<out>/bench.{json,md,html}`` and ``bench_*.png``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -32,6 +29,8 @@ from benchmarks.costs import onnx_layer_costs, total_macs
 from benchmarks.harness import BenchConfig, benchmark, cross_check_benchmark_app, machine_info
 from benchmarks.report import compare, write_report
 from toolchain.settings import cache_dir, data_dir
+
+from .registry import StudyParser, command_line, study
 
 FAMILIES = ("vgg19", "resnet50", "vit_b16")
 
@@ -91,8 +90,9 @@ def export_both(model: torch.nn.Module, meta: dict, chw: tuple[int, int, int], s
     return onnx_path, xml_path
 
 
+@study("harness_report", outputs=("bench.json", "bench.md", "bench.html"))
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = StudyParser("harness_report", __doc__)
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--in-chans", type=int, default=1)
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results")
     p.add_argument("--stem", default="bench")
     a = p.parse_args(argv)
-    command = "python -m benchmarks.studies.harness_report " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+    command = command_line("harness_report", argv)
     given = dict(item.split("=", 1) for item in a.checkpoint)
     have_data = data_dir() is not None or Path(a.data).exists()
     work = cache_dir() / "bench_models"
@@ -165,7 +165,3 @@ def main(argv: list[str] | None = None) -> None:
               "device_commands": {}, "notes": notes}
     paths = write_report(report, a.out, stem=a.stem)
     log("wrote " + ", ".join(str(p) for p in paths.values()))
-
-
-if __name__ == "__main__":
-    main()

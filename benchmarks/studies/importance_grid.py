@@ -1,8 +1,8 @@
 """Importance criteria x reference sampling on the baseline checkpoints: accuracy vs pruning ratio.
 
-    MEDPRUNE_DATA=/work/shared/data python -m benchmarks.studies.importance_grid                  # full grid (make importance)
-    python -m benchmarks.studies.importance_grid --models vgg19 --criteria lrp,taylor --samplings clustering
-    python -m benchmarks.studies.importance_grid --checkpoint path/model.safetensors              # any checkpoint (dev)
+    MEDPRUNE_DATA=/work/shared/data medprune study importance_grid                  # full grid (make importance)
+    medprune study importance_grid --models vgg19 --criteria lrp,taylor --samplings clustering
+    medprune study importance_grid --checkpoint path/model.safetensors              # any checkpoint (dev)
 
 For every model (baseline checkpoints from ``benchmarks/results/baselines.json``), criterion and
 sampling strategy: the criterion scores every unit on N reference images per class, the lowest
@@ -27,14 +27,11 @@ every cell, keyed by (model, criterion, sampling), so partial and per-model runs
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import platform
 import re
-import shlex
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -44,6 +41,8 @@ import torch
 
 from toolchain.atomic import atomic_file
 from toolchain.settings import cache_dir
+
+from .registry import StudyParser, command_line, study
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 SCHEMA = "medprune.importance/1"
@@ -368,8 +367,9 @@ def plot(report: dict) -> None:
     plt.close(fig)
 
 
+@study("importance_grid", outputs=("importance.json", "importance.md", "importance.png"))
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = StudyParser("importance_grid", __doc__)
     p.add_argument("--models", default=",".join(MODELS), help="baseline models (keys in baselines.json)")
     p.add_argument("--checkpoint", default=None, help="use this checkpoint instead of the baselines")
     p.add_argument("--criteria", default=None, help="criteria, e.g. lrp,taylor,ig[path=layer] (default: all)")
@@ -401,8 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         checkpoints = baseline_checkpoints(models, args.data)
     report = load_report()
-    command = "python -m benchmarks.studies.importance_grid " + " ".join(shlex.quote(a) for a in (argv if argv is not None
-                                                                                      else sys.argv[1:]))
+    command = command_line("importance_grid", argv)
     if command not in report["commands"]:
         report["commands"].append(command)
     log(f"grid: models {list(checkpoints)} × criteria {specs} × samplings {args.samplings}")
@@ -410,7 +409,3 @@ def main(argv: list[str] | None = None) -> None:
         run_model(key, ckpt, args, specs, report)
     write_report(report)
     log(f"wrote {OUT['stem']}.json, .md, .png")
-
-
-if __name__ == "__main__":
-    main()

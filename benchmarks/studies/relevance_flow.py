@@ -1,6 +1,6 @@
 """Where does input relevance go, and why do ResNet50 LRP heatmaps pile up in the top-left corner?
 
-    MEDPRUNE_DATA=/work/shared/data python -m benchmarks.studies.relevance_flow [--images 32] \
+    MEDPRUNE_DATA=/work/shared/data medprune study relevance_flow [--images 32] \
         [--checkpoint DATASET:MODEL=PATH ...] [--pairs pneumoniamnist:resnet50,pneumoniamnist:vgg19]
 
 For each trained checkpoint (the baselines by default) and a batch of class-balanced test images it
@@ -19,9 +19,6 @@ Writes benchmarks/results/relevance_flow.{json,md,png}.
 
 from __future__ import annotations
 
-import argparse
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -32,9 +29,9 @@ from torch import nn
 from toolchain.importance._lrp_canonizers import COMPOSITES
 from toolchain.importance.lrp import LRPExplainer
 
-from ._pairs import add_pair_arguments, publish, resolve_pairs, run_cli, save_png
+from ._pairs import add_pair_arguments, publish, resolve_pairs, save_png
+from .registry import StudyParser, command_line, study
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 DEFAULT_PAIRS = ("pneumoniamnist:resnet50", "pneumoniamnist:vgg19")
 
 
@@ -256,13 +253,14 @@ def plot(report: dict, runs_maps: list[dict], path: Path) -> None:
     save_png(fig, path, dpi=120)
 
 
+@study("relevance_flow", outputs=("relevance_flow.json", "relevance_flow.md", "relevance_flow.png"))
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = StudyParser("relevance_flow", __doc__)
     add_pair_arguments(p, DEFAULT_PAIRS)
     p.add_argument("--images", type=int, default=32)
     p.add_argument("--ig-steps", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_out()
     a = p.parse_args(argv)
     pairs = resolve_pairs(a.pairs, a.checkpoint)
     torch.manual_seed(a.seed)
@@ -272,10 +270,6 @@ def main(argv: list[str] | None = None) -> dict:
         run = measure(dataset, model, checkpoint, a.images, a.seed, a.ig_steps)
         maps.append(run.pop("_mean_maps"))
         runs.append(run)
-    command = "python -m benchmarks.studies.relevance_flow " + shlex.join(argv if argv is not None else sys.argv[1:])
-    report = {"schema": "medprune.relevance_flow/1", "command": command.strip(),
+    report = {"schema": "medprune.relevance_flow/1", "command": command_line("relevance_flow", argv),
               "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "n_images": a.images, "runs": runs}
     return publish(a.out, "relevance_flow", report, findings, to_markdown, lambda rep, path: plot(rep, maps, path))
-
-if __name__ == "__main__":
-    run_cli(main)

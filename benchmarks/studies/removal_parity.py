@@ -1,6 +1,6 @@
 """Physical removal benchmark: MACs/params ratio vs measured eager speedup, parity and accuracy.
 
-    python -m benchmarks.studies.removal_parity [--models vgg19,resnet50,vit_b16] [--ratios 0.3,0.5,0.7]
+    medprune study removal_parity [--models vgg19,resnet50,vit_b16] [--ratios 0.3,0.5,0.7]
                                  [--granularities neuron,group] [--round-to 8] [--criterion magnitude]
 
 For every model (baseline checkpoints from ``benchmarks/results/baselines.json``; random-init models
@@ -17,16 +17,15 @@ Writes benchmarks/results/removal.{json,md,png}.
 
 from __future__ import annotations
 
-import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from .registry import StudyParser, command_line, study
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 DEFAULT_MODELS = ("vgg19", "resnet50", "vit_b16")
@@ -236,10 +235,11 @@ def plot(doc: dict, path: Path) -> None:
     plt.close(fig)
 
 
+@study("removal_parity", outputs=("removal.json", "removal.md", "removal.png"))
 def main(argv: list[str] | None = None) -> int:
     from toolchain.atomic import atomic_file
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = StudyParser("removal_parity", __doc__)
     p.add_argument("--models", default=",".join(DEFAULT_MODELS))
     p.add_argument("--ratios", default="0.3,0.5,0.7")
     p.add_argument("--granularities", default="neuron,group")
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     from toolchain.data import load_dataset
 
     doc.update({
-        "command": "python -m benchmarks.studies.removal_parity " + " ".join(shlex.quote(s) for s in (argv or sys.argv[1:])),
+        "command": command_line("removal_parity", argv),
         "criterion": a.criterion, "torch": torch.__version__, "threads": a.threads,
         "n_test": int(len(load_dataset(DATASET).split("test").labels)), "machine": machine_info(),
         # latency medians are only as good as the machine is quiet: keep the load next to them
@@ -279,7 +279,3 @@ def main(argv: list[str] | None = None) -> int:
         plot(doc, fh)
     _log(f"wrote {out / 'removal.json'}, .md, .png")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import write_tiny_npz  # noqa: E402
-
 from benchmarks.studies import ece_study as cb  # noqa: E402
+from tests.conftest import write_tiny_npz  # noqa: E402
 from toolchain.errors import ConfigError  # noqa: E402
 
 
@@ -52,9 +48,9 @@ def test_tiny_run_end_to_end(tmp_path, monkeypatch):
     for r in rows:
         assert r["temperature"] > 0
         assert r["calibrated"]["accuracy"] == r["uncalibrated"]["accuracy"]  # a temperature keeps predictions
-    saved = json.loads((out / "calibration.json").read_text())
-    assert saved["runs"][0]["rows"][1]["ratio"] == 0.5 and (out / "calibration.png").stat().st_size > 0
-    assert "| tiny | resnet50 | 0.50 |" in (out / "calibration.md").read_text()
+    saved = json.loads((out / "ece_study.json").read_text())
+    assert saved["runs"][0]["rows"][1]["ratio"] == 0.5 and (out / "ece_study.png").stat().st_size > 0
+    assert "| tiny | resnet50 | 0.50 |" in (out / "ece_study.md").read_text()
 
 
 def test_bad_arguments_are_config_errors(tmp_path):

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import write_tiny_npz  # noqa: E402
-
-from benchmarks.studies.paper import grid as pg  # noqa: E402
+from benchmarks.studies.paper import cache as store  # noqa: E402
+from benchmarks.studies.paper import checkpoints as ckpts  # noqa: E402
+from benchmarks.studies.paper import (
+    claims,  # noqa: E402
+    sweep,  # noqa: E402
+)
+from benchmarks.studies.paper import config as cfg_mod  # noqa: E402
 from benchmarks.studies.paper import report as rep  # noqa: E402
+from tests.conftest import write_tiny_npz  # noqa: E402
 
 TINY_RESNET = {"layers": [1, 1, 1, 1], "channels": [8, 16, 16, 32], "stem_width": 8}
 
@@ -40,10 +42,10 @@ def tiny_ckpt(tmp_path_factory):
     return {"npz": str(npz), "checkpoint": str(weights), "root": root}
 
 
-def _grid(tiny_ckpt, criteria, samplings) -> pg.Grid:
-    sizes = pg.Sizes(n_per_class=2, pool_per_class=None, fidelity_images=4, figure_images=2,
+def _grid(tiny_ckpt, criteria, samplings) -> cfg_mod.Grid:
+    sizes = cfg_mod.Sizes(n_per_class=2, pool_per_class=None, fidelity_images=4, figure_images=2,
                      lossless_resolution=0.05, lossless_coarse_step=0.25)
-    return pg.Grid(datasets=[tiny_ckpt["npz"]], models=["resnet50"], criteria=criteria, samplings=samplings,
+    return cfg_mod.Grid(datasets=[tiny_ckpt["npz"]], models=["resnet50"], criteria=criteria, samplings=samplings,
                    ratios=[0.25, 0.5], sizes=sizes,
                    checkpoints={f"{tiny_ckpt['npz']}:resnet50": tiny_ckpt["checkpoint"]})
 
@@ -52,14 +54,14 @@ def test_cell_task_direct(tiny_ckpt):
     from benchmarks.studies.paper.cell import cell_task, dense_task, reference_task
 
     grid = _grid(tiny_ckpt, ["lrp"], ["random"])
-    info = pg.checkpoint_info(tiny_ckpt["checkpoint"], "given")
-    _, dspec = pg.dense_spec(tiny_ckpt["npz"], info, grid)
+    info = ckpts.checkpoint_info(tiny_ckpt["checkpoint"], "given")
+    _, dspec = store.dense_spec(tiny_ckpt["npz"], info, grid)
     dense = dense_task(dspec)
     assert dense["test"]["n"] == 12 and 0 <= dense["val"]["accuracy"] <= 1
-    rkey, rspec = pg.reference_spec(tiny_ckpt["npz"], info, "random", grid)
+    rkey, rspec = store.reference_spec(tiny_ckpt["npz"], info, "random", grid)
     ref = reference_task(rspec)
     assert ref["per_class"] == [2, 2]
-    _, cspec = pg.cell_spec(tiny_ckpt["npz"], "resnet50", "lrp", "random", info, grid, rkey, "d")
+    _, cspec = store.cell_spec(tiny_ckpt["npz"], "resnet50", "lrp", "random", info, grid, rkey, "d")
     out = cell_task({**cspec, "dense": dense, "reference_indices": ref["indices"]})
     assert set(out["ratios"]) == {"0.25", "0.5"}
     for m in out["ratios"].values():
@@ -77,42 +79,42 @@ def test_sweep_through_ray_resumes_from_cache(tiny_ckpt, tmp_path):
     cache = tmp_path / "cells"
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        first = pg.run_grid(grid, cache_root=cache, command="test")
+        first = sweep.run_grid(grid, cache_root=cache, command="test")
         assert first["counts"] == {"computed": 2, "cached": 0, "failed": 0}, first["failures"]
         assert all(c["result"] for c in first["cells"])
-        again = pg.run_grid(_grid(tiny_ckpt, ["magnitude", "lrp"], ["random"]), cache_root=cache, command="test")
+        again = sweep.run_grid(_grid(tiny_ckpt, ["magnitude", "lrp"], ["random"]), cache_root=cache, command="test")
     finally:
         ray.shutdown()
     assert again["counts"] == {"computed": 0, "cached": 2, "failed": 0}
     assert [c["result"] for c in again["cells"]] == [c["result"] for c in first["cells"]]
     assert len(again["runs"]) == 2
-    report = pg.write_results(again, tmp_path / "out")
+    report = sweep.write_results(again, tmp_path / "out")
     text = report.read_text()
     assert "The paper's claims" in text and "lossless" in text
     data = json.loads((tmp_path / "out" / "paper_grid.json").read_text())
-    assert data["schema"] == pg.SCHEMA and len(data["cells"]) == 2
+    assert data["schema"] == cfg_mod.SCHEMA and len(data["cells"]) == 2
     assert list((tmp_path / "out").glob("*heatmaps.png"))
 
 
 def test_cell_keys_track_config_and_checkpoint(tiny_ckpt):
     grid = _grid(tiny_ckpt, ["lrp"], ["random"])
-    info = pg.checkpoint_info(tiny_ckpt["checkpoint"], "given")
-    k1, _ = pg.cell_spec("d", "m", "lrp", "random", info, grid, "r", "d")
+    info = ckpts.checkpoint_info(tiny_ckpt["checkpoint"], "given")
+    k1, _ = store.cell_spec("d", "m", "lrp", "random", info, grid, "r", "d")
     grid.sizes.fidelity_images = 8
-    k2, _ = pg.cell_spec("d", "m", "lrp", "random", info, grid, "r", "d")
-    k3, _ = pg.cell_spec("d", "m", "lrp", "random", {**info, "sha256": "0" * 64}, grid, "r", "d")
+    k2, _ = store.cell_spec("d", "m", "lrp", "random", info, grid, "r", "d")
+    k3, _ = store.cell_spec("d", "m", "lrp", "random", {**info, "sha256": "0" * 64}, grid, "r", "d")
     assert len({k1, k2, k3}) == 3
 
 
 def test_run_log_per_grid_and_per_dataset(tmp_path):
-    cache = pg.Cache(tmp_path)
-    one = pg.Grid(datasets=["pneumoniamnist"])
-    pg._record_run(cache, one, 12.0, {"computed": 2, "cached": 0, "failed": 0, "interrupted": True}, "a")
-    pg._record_run(cache, one, 30.0, {"computed": 1, "cached": 2, "failed": 0}, "a")
-    assert [r["wall_s"] for r in pg.read_runs(cache, one)] == [12.0, 30.0]
-    both = pg.Grid(datasets=["pneumoniamnist", "breastmnist"])
-    assert pg.read_runs(cache, both) == []
-    by = pg.runs_by_dataset(cache, both)
+    cache = store.Cache(tmp_path)
+    one = cfg_mod.Grid(datasets=["pneumoniamnist"])
+    sweep._record_run(cache, one, 12.0, {"computed": 2, "cached": 0, "failed": 0, "interrupted": True}, "a")
+    sweep._record_run(cache, one, 30.0, {"computed": 1, "cached": 2, "failed": 0}, "a")
+    assert [r["wall_s"] for r in sweep.read_runs(cache, one)] == [12.0, 30.0]
+    both = cfg_mod.Grid(datasets=["pneumoniamnist", "breastmnist"])
+    assert sweep.read_runs(cache, both) == []
+    by = sweep.runs_by_dataset(cache, both)
     assert len(by["pneumoniamnist"]) == 2 and by["breastmnist"] == []
 
 
@@ -121,18 +123,18 @@ def test_train_configs_reuse_baselines(tmp_path, monkeypatch):
              "train_config": {"model": "vgg19", "data": "breastmnist_64", "epochs": 40, "lr": 1e-4,
                               "device": "auto"}}]
     (tmp_path / "baselines.json").write_text(json.dumps({"runs": runs}))
-    monkeypatch.setattr(pg, "RESULTS", tmp_path)
-    assert any(e["model"] == "vit_b16" for e in pg._baseline_runs())  # benchmarks.studies.baselines.RUNS
-    monkeypatch.setattr(pg, "_baseline_runs", lambda: [])
-    grid = pg.Grid(datasets=["breastmnist", "chest_xray_224"], models=["vgg19", "resnet50"])
-    cfg, source = pg.train_config_for("breastmnist", "vgg19", grid)
+    monkeypatch.setattr(ckpts, "RESULTS", tmp_path)
+    assert any(e["model"] == "vit_b16" for e in ckpts._baseline_runs())  # benchmarks.studies.baselines.RUNS
+    monkeypatch.setattr(ckpts, "_baseline_runs", lambda: [])
+    grid = cfg_mod.Grid(datasets=["breastmnist", "chest_xray_224"], models=["vgg19", "resnet50"])
+    cfg, source = ckpts.train_config_for("breastmnist", "vgg19", grid)
     assert (cfg.data, cfg.epochs, cfg.lr, source) == ("breastmnist_64", 40, 1e-4, "baselines.json")
-    cfg, source = pg.train_config_for("chest_xray_224", "vgg19", grid)  # same model, other dataset
+    cfg, source = ckpts.train_config_for("chest_xray_224", "vgg19", grid)  # same model, other dataset
     assert (cfg.data, cfg.load_size, cfg.epochs, cfg.train_subset) == ("chest_xray_224", 64, 40, 2000)
     assert "hyperparameters" in source
-    cfg, source = pg.train_config_for("chest_xray_224", "resnet50", grid)
+    cfg, source = ckpts.train_config_for("chest_xray_224", "resnet50", grid)
     assert source == "TrainConfig defaults" and cfg.train_subset == 2000
-    assert pg._baseline_checkpoint("breastmnist", "vgg19") is None  # recorded path does not exist
+    assert ckpts._baseline_checkpoint("breastmnist", "vgg19") is None  # recorded path does not exist
 
 
 # ---------------------------------------------------------------- claims from synthetic results
@@ -164,7 +166,7 @@ def _synthetic(lossless: dict, acc_shift: dict, dense_acc=0.8, low_gain=0.0, sam
 
 
 def _verdicts(results) -> dict[int, str]:
-    return {c.number: c.verdict for c in rep.judge_claims(results)}
+    return {c.number: c.verdict for c in claims.judge_claims(results)}
 
 
 def test_claims_confirmed_when_results_match_the_paper():
@@ -173,7 +175,7 @@ def test_claims_confirmed_when_results_match_the_paper():
                 "vit_b16": {"lrp": 0.75, "dlb": 0.7, "ig": 0.65, "random": 0.2}}
     res = _synthetic(lossless, {"lrp": 0.05, "dlb": 0.03, "ig": 0.02, "random": -0.1}, low_gain=0.05,
                      samp_bonus={"confidence": 0.0, "random": -0.01, "clustering": 0.02})
-    assert _verdicts(res) == {i: rep.CONFIRMED for i in range(1, 7)}
+    assert _verdicts(res) == {i: claims.CONFIRMED for i in range(1, 7)}
 
 
 def test_claims_refuted_when_results_contradict_the_paper():
@@ -182,7 +184,7 @@ def test_claims_refuted_when_results_contradict_the_paper():
                 "vit_b16": {"lrp": 0.05, "dlb": 0.1, "ig": 0.1, "random": 0.3}}
     res = _synthetic(lossless, {"lrp": -0.1, "dlb": 0.0, "ig": 0.0, "random": 0.05}, low_gain=-0.05,
                      samp_bonus={"confidence": 0.02, "random": 0.0, "clustering": -0.02})
-    assert _verdicts(res) == {i: rep.REFUTED for i in range(1, 7)}
+    assert _verdicts(res) == {i: claims.REFUTED for i in range(1, 7)}
 
 
 def test_claims_partial_and_untested():
@@ -192,27 +194,27 @@ def test_claims_partial_and_untested():
                      samp_bonus={"confidence": 0.0, "random": 0.05, "clustering": 0.2},
                      samp_acc={"confidence": 0.0, "random": 0.0, "clustering": 0.0})
     v = _verdicts(res)
-    assert v[1] == rep.UNTESTED  # no ViT in the grid
-    assert v[2] == rep.PARTIAL  # mean 0.38, only clustering (0.5) inside 45-55 %
-    assert v[4] == rep.PARTIAL
-    assert v[5] == rep.PARTIAL  # clustering first by lossless, all samplings tie on accuracy
-    assert v[6] == rep.PARTIAL  # +0.5 points < one image of 100
+    assert v[1] == claims.UNTESTED  # no ViT in the grid
+    assert v[2] == claims.PARTIAL  # mean 0.38, only clustering (0.5) inside 45-55 %
+    assert v[4] == claims.PARTIAL
+    assert v[5] == claims.PARTIAL  # clustering first by lossless, all samplings tie on accuracy
+    assert v[6] == claims.PARTIAL  # +0.5 points < one image of 100
 
 
 def test_report_renders_synthetic_results(tmp_path):
     lossless = {"vgg19": {"lrp": 0.5, "magnitude": 0.2}, "vit_b16": {"lrp": 0.7, "magnitude": 0.3}}
     res = _synthetic(lossless, {"lrp": 0.02})
-    res["command"] = "python -m benchmarks.studies.paper.grid --models vgg19,vit_b16"
+    res["command"] = "medprune study paper_grid --models vgg19,vit_b16"
     path = rep.write_report(res, tmp_path)
     text = path.read_text()
-    assert "python -m benchmarks.studies.paper.grid --models vgg19,vit_b16" in text
+    assert "medprune study paper_grid --models vgg19,vit_b16" in text
     assert "| vit_b16 | lrp |" in text and "0.90 ± 0.05" in text
     assert (tmp_path / "paper_grid_pneumoniamnist_accuracy.png").exists()
 
 
 def test_report_cites_a_corner_biased_model_from_relevance_flow(tmp_path):
     res = _synthetic({"resnet50": {"lrp": 0.5}}, {"lrp": 0.0})
-    res["command"] = "python -m benchmarks.studies.paper.grid"
+    res["command"] = "medprune study paper_grid"
     flow = {"runs": [
         {"dataset": "pneumoniamnist", "model": "resnet50",
          "methods": {"lrp:epsilon_plus_flat": {"corner_share_mean": 0.55}, "grad_x_input": {"corner_share_mean": 0.09}}},
@@ -229,7 +231,7 @@ def test_report_cites_a_corner_biased_model_from_relevance_flow(tmp_path):
 
 def test_report_flags_a_checkpoint_whose_best_epoch_was_the_first(tmp_path):
     res = _synthetic({"vit_b16": {"lrp": 0.5}}, {"lrp": 0.0})
-    res["command"] = "python -m benchmarks.studies.paper.grid"
+    res["command"] = "medprune study paper_grid"
     res["models"]["pneumoniamnist"]["vit_b16"]["checkpoint"] = "/ck/vit.safetensors"
     runs = [{"checkpoint": "/ck/vit.safetensors", "best_epoch": 1, "epochs_run": 5, "test": {"accuracy": 0.81}},
             {"checkpoint": "/ck/other.safetensors", "best_epoch": 1, "epochs_run": 5, "test": {"accuracy": 0.5}}]

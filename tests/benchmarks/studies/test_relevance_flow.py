@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import tiny_model  # noqa: E402
-
 from benchmarks.studies import relevance_flow as rf  # noqa: E402
+from tests.conftest import tiny_model  # noqa: E402
 from toolchain.fidelity import heatmaps  # noqa: E402
 
 
