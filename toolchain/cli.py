@@ -7,6 +7,7 @@ group, so this module never imports them. User errors print one line and exit no
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -70,10 +71,41 @@ def main(argv: list[str] | None = None) -> None:
         _fail("interrupted; no partial artifacts were kept", 130)
     except SystemExit:
         raise
-    except Exception as exc:  # an internal bug, not user input: still one line unless asked
-        if os.environ.get("MEDPRUNE_DEBUG"):
+    except Exception as exc:
+        fixable = user_fixable_os_error(exc)
+        if fixable:  # a read-only, full or misplaced output is the user's to fix: exit 2, one line
+            _fail(fixable, 2)
+        if os.environ.get("MEDPRUNE_DEBUG"):  # an internal bug, not user input: still one line unless asked
             raise
         _fail(f"internal error: {type(exc).__name__}: {exc} (set MEDPRUNE_DEBUG=1 for a traceback)", 1)
+
+
+# errno values an output path causes, with what the user can do about them; any other OSError is a bug
+_FIXABLE_ERRNO = {
+    errno.EROFS: "choose a writable path (--out, --json, MEDPRUNE_CACHE)",
+    errno.EACCES: "check its permissions or choose another path (--out, --json, MEDPRUNE_CACHE)",
+    errno.ENOSPC: "free some space and run again",
+    errno.EDQUOT: "free some space and run again",
+    errno.EEXIST: "a file is in the way; remove it or choose another path",
+    errno.ENOTDIR: "a file stands where a folder is expected; remove it or choose another path",
+    errno.EISDIR: "a folder stands where a file is expected; choose a file name",
+}
+
+
+def user_fixable_os_error(exc: BaseException) -> str | None:
+    """One line for an OSError of :data:`_FIXABLE_ERRNO` anywhere in ``exc``'s cause chain, or a library
+    message carrying its text (safetensors/onnx report "No space left on device" as their own errors)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _FIXABLE_ERRNO:
+            where = f"{exc.filename}: " if exc.filename else ""
+            return f"{where}{exc.strerror or os.strerror(exc.errno)}; {_FIXABLE_ERRNO[exc.errno]}"
+        for code in (errno.ENOSPC, errno.EROFS):
+            if os.strerror(code) in str(exc):
+                return f"{os.strerror(code)}; {_FIXABLE_ERRNO[code]}"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 if __name__ == "__main__":

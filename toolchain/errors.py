@@ -27,6 +27,10 @@ class ConfigError(MedpruneError):
     pass
 
 
+class OutputError(MedpruneError):
+    """An output medprune cannot write: read-only, full, or a file where a folder belongs."""
+
+
 class GateError(MedpruneError):
     """A clinical or parity gate refused the result (accuracy, sensitivity, export parity)."""
 

@@ -50,7 +50,8 @@ def evaluate(model: nn.Module, ds, split: str, preprocess, batch_size: int = 128
     return compute_metrics(labels, probs, list(ds.class_names), intervals=intervals)
 
 
-def dataset_for_checkpoint(meta: dict[str, Any], data: str | None = None, data_dir: str | None = None):
+def dataset_for_checkpoint(meta: dict[str, Any], data: str | None = None, data_dir: str | None = None,
+                           allow_missing_class: bool | None = None):
     """``(dataset, preprocess)`` a checkpoint expects: ``data`` or the dataset it was trained on, loaded
     with the training run's split settings, and the preprocessing stored with the model."""
     from .data import Preprocess, load_dataset
@@ -59,8 +60,10 @@ def dataset_for_checkpoint(meta: dict[str, Any], data: str | None = None, data_d
     spec = data or cfg.get("data") or (meta.get("dataset") or {}).get("name")
     if not spec:
         raise DataError("checkpoint does not record its dataset: pass --data")
+    if allow_missing_class is None:  # as the model was trained
+        allow_missing_class = bool(cfg.get("allow_missing_class", False))
     ds = load_dataset(spec, data_dir, load_size=cfg.get("load_size"), val_fraction=cfg.get("val_fraction", 0.1),
-                      seed=cfg.get("seed", 0))
+                      seed=cfg.get("seed", 0), allow_missing_class=allow_missing_class)
     if ds.num_classes != int(meta["num_classes"]):
         raise DataError(f"dataset {ds.name} has {ds.num_classes} classes but the checkpoint predicts "
                         f"{meta['num_classes']}")
@@ -70,11 +73,11 @@ def dataset_for_checkpoint(meta: dict[str, Any], data: str | None = None, data_d
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None, split: str = "test", *,
-                        data_dir: str | None = None, batch_size: int = 128,
-                        device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
+                        data_dir: str | None = None, batch_size: int = 128, device: str = "cpu",
+                        allow_missing_class: bool | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(metrics, meta)`` of a saved checkpoint on ``data`` (default: the dataset it was trained on)."""
     from .models import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint, device=device)
-    ds, preprocess = dataset_for_checkpoint(meta, data, data_dir)
+    ds, preprocess = dataset_for_checkpoint(meta, data, data_dir, allow_missing_class)
     return evaluate(model, ds, split, preprocess, batch_size, device), meta

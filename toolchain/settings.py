@@ -16,7 +16,12 @@ def cache_dir() -> Path:
     """Root of cached checkpoints, scores and stage outputs (``MEDPRUNE_CACHE``, default ``./.cache/medprune``)."""
     value = os.environ.get("MEDPRUNE_CACHE", "").strip()
     root = Path(value).expanduser() if value else Path.cwd() / ".cache" / "medprune"
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way or a read-only parent: the user's to fix, in one line
+        from .errors import OutputError
+
+        raise OutputError(f"cache folder {root} (MEDPRUNE_CACHE) cannot be created: {exc.strerror or exc}") from exc
     return root
 
 

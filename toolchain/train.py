@@ -38,7 +38,7 @@ from . import settings
 from .atomic import atomic_dir
 from .errors import ConfigError
 
-_NOT_HASHED = ("device", "data_dir", "quiet")
+_NOT_HASHED = ("device", "data_dir", "quiet", "allow_missing_class")  # empty classes are in the fingerprint
 SELECT_METRICS = ("balanced_accuracy", "auc", "accuracy")
 
 
@@ -69,6 +69,7 @@ class TrainConfig:
     build_args: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
     data_dir: str | None = None
+    allow_missing_class: bool = False  # keep classes without images (see toolchain.data.labels)
     quiet: bool = False
 
     def validate(self) -> None:
@@ -198,7 +199,8 @@ def train(cfg: TrainConfig, force: bool = False) -> Path:
 
     cfg.validate()
     console = _console(cfg.quiet)
-    ds = load_dataset(cfg.data, cfg.data_dir, load_size=cfg.load_size, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    ds = load_dataset(cfg.data, cfg.data_dir, load_size=cfg.load_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                      allow_missing_class=cfg.allow_missing_class)
     out_dir = checkpoint_dir(cfg, ds.name, ds.fingerprint)
     weights = out_dir / "model.safetensors"
     if weights.exists() and not force:

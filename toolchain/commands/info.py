@@ -25,11 +25,14 @@ def register(app: typer.Typer) -> None:
         """Parameters, MACs per image, on-disk size and the layer list of a model."""
         from rich.console import Console
 
+        from ..atomic import ensure_writable_file
         from ..errors import ConfigError
         from ..models.summary import model_info, render_info
 
         if (checkpoint is None) == (model is None):
             raise ConfigError("give exactly one of --checkpoint or --model")
+        if json_out is not None:
+            ensure_writable_file(json_out, "--json")
         info = model_info(checkpoint=checkpoint, model=model, num_classes=num_classes, in_chans=in_chans,
                           img_size=img_size, build_args=build_arg, layers=layers)
         console = Console()

@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
         """Prune by importance: dense vs masked metrics per ratio (+ the largest lossless ratio)."""
         from rich.console import Console
 
-        from ..atomic import atomic_dir, atomic_file
+        from ..atomic import atomic_dir, atomic_file, ensure_replaceable_dir, ensure_writable_file
         from ..errors import ConfigError
         from ..importance import get_criterion
         from ..masking import SCOPES, normalize_option
@@ -108,6 +108,10 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(f"{name} must be train, val or test, got {value!r}")
         if n_per_class < 1:
             raise ConfigError(f"--n-per-class must be a positive integer, got {n_per_class}")
+        if save_masks is not None:  # never replace a user's file or folder with masks
+            ensure_replaceable_dir(save_masks, "--save-masks", ("masks_r", "scores"))
+        if json_out is not None:
+            ensure_writable_file(json_out, "--json")
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

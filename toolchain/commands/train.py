@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from .options import allow_missing_class_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command("train")
@@ -32,6 +34,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
         build_arg: list[str] = typer.Option(None, "--build-arg", help="architecture override key=value (repeatable)"),
         data_dir: str = typer.Option(None, "--data-dir", help="data root (default: MEDPRUNE_DATA)"),
+        allow_missing_class: bool = allow_missing_class_option(),
         out: Path = typer.Option(None, "--out", help="also copy the checkpoint here (.safetensors or a folder)"),
         force: bool = typer.Option(False, "--force", help="retrain even if a cached checkpoint exists"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
@@ -49,8 +52,9 @@ def register(app: typer.Typer) -> None:
             warmup_epochs=warmup_epochs, patience=patience, select_metric=select, class_weighting=class_weights,
             augment=augment, label_smoothing=label_smoothing, train_subset=train_subset or None,
             load_size=load_size or None, seed=seed, device=device, build_args=parse_build_args(build_arg),
-            data_dir=data_dir, quiet=quiet,
+            data_dir=data_dir, quiet=quiet, allow_missing_class=allow_missing_class,
         )
+        _check_outputs(out)
         weights = train(cfg, force=force)
         meta = checkpoint_meta(weights)
         console = Console()
@@ -58,3 +62,16 @@ def register(app: typer.Typer) -> None:
         if out is not None:
             weights = copy_checkpoint(weights, out)
         print(f"checkpoint: {weights}")  # plain print: one unwrapped line scripts can parse
+
+
+def _check_outputs(out: Path | None) -> None:
+    """A read-only cache or --out fails now, not after the training it would have held."""
+    from ..atomic import ensure_writable_dir, ensure_writable_file
+    from ..settings import cache_dir
+
+    ensure_writable_dir(cache_dir(), "cache folder (MEDPRUNE_CACHE)")
+    if out is not None:
+        if out.suffix == ".safetensors":
+            ensure_writable_file(out, "--out")
+        else:
+            ensure_writable_dir(out, "--out")

@@ -21,9 +21,10 @@ from PIL import Image
 
 from .. import settings
 from ..atomic import atomic_file
-from ..errors import DataError
+from ..errors import DataError, OutputError
 from .dataset import Dataset, Split, stratified_cut
 from .fingerprint import fingerprint_files
+from .labels import folder_classes
 from .resize import resize_image
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -53,8 +54,11 @@ def _images_under(class_dir: Path) -> list[Path]:
                   and not any(part.startswith((".", "_")) for part in p.relative_to(class_dir).parts))
 
 
-def scan(root: Path) -> tuple[str, list[Entry], list[str]]:
-    """(layout, entries sorted by path, class names) for an image folder."""
+def scan(root: Path, allow_missing_class: bool = False) -> tuple[str, list[Entry], list[str], list[str]]:
+    """(layout, entries sorted by path, class names, empty class folders) for an image folder.
+
+    Train's class folders are the classes (see ``labels.folder_classes`` for val/test and empty ones).
+    """
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a directory")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
@@ -64,29 +68,32 @@ def scan(root: Path) -> tuple[str, list[Entry], list[str]]:
             if d.name.lower() in aliases and split not in split_dirs:
                 split_dirs[split] = d
     entries: list[Entry] = []
+    counts: dict[str | None, dict[str, int]] = {}
     if split_dirs:
         layout = "splits"
         if "train" not in split_dirs:
             raise DataError(f"image folder {root} has {', '.join(d.name for d in split_dirs.values())} "
                             "folders but no train folder")
-        for split, sdir in split_dirs.items():
-            for cdir in sorted(p for p in sdir.iterdir() if p.is_dir() and _visible(p)):
-                entries += [Entry(f.relative_to(root).as_posix(), split, cdir.name) for f in _images_under(cdir)]
+        folders = [(split, cdir) for split, sdir in split_dirs.items()
+                   for cdir in sorted(p for p in sdir.iterdir() if p.is_dir() and _visible(p))]
     else:
         layout = "flat"
-        for cdir in subdirs:
-            entries += [Entry(f.relative_to(root).as_posix(), None, cdir.name) for f in _images_under(cdir)]
+        folders = [(None, cdir) for cdir in subdirs]
+    for split, cdir in folders:
+        found = [Entry(f.relative_to(root).as_posix(), split, cdir.name) for f in _images_under(cdir)]
+        counts.setdefault(split, {})[cdir.name] = len(found)
+        entries += found
     if not entries:
         raise DataError(f"no images found in {root}: expected {root}/<class>/*.png|jpg or "
                         f"{root}/{{train,val,test}}/<class>/*.png|jpg")
-    classes = sorted({e.cls for e in entries})
+    if layout == "splits" and not any(e.split == "train" for e in entries):
+        raise DataError(f"image folder {root}: the train folder holds no images")
+    classes, empty = folder_classes(counts, str(root), allow_missing_class)
     if len(classes) < 2:
         raise DataError(f"image folder {root} has a single class ({classes[0]}); classification needs at "
                         "least two class folders")
-    if layout == "splits" and not any(e.split == "train" for e in entries):
-        raise DataError(f"image folder {root}: the train folder holds no images")
     entries.sort(key=lambda e: e.rel)
-    return layout, entries, classes
+    return layout, entries, classes, empty
 
 
 def assign_splits(layout: str, entries: Sequence[Entry], classes: list[str], val_fraction: float,
@@ -171,8 +178,11 @@ def _parallel(fn: Callable, items: Sequence, progress, description: str) -> list
     return out
 
 
-def _cache_path(fingerprint: str) -> Path:
-    return settings.cache_dir() / "datasets" / f"{fingerprint}.v{CACHE_VERSION}.npz"
+def _cache_path(fingerprint: str) -> Path | None:
+    try:
+        return settings.cache_dir() / "datasets" / f"{fingerprint}.v{CACHE_VERSION}.npz"
+    except OutputError:
+        return None  # no usable cache folder only costs speed
 
 
 def _read_cache(path: Path, classes: list[str]) -> tuple[dict[str, Split], int] | None:
@@ -196,14 +206,17 @@ def _write_cache(path: Path, splits: dict[str, Split], classes: list[str], chann
     try:
         with atomic_file(path) as fh:
             np.savez(fh, **arrays)
-    except OSError:
+    except (OSError, OutputError):
         pass  # a read-only or full cache directory only costs speed
 
 
 def load_folder(root: Path, *, name: str | None = None, load_size: int | None = None, val_fraction: float = 0.1,
-                seed: int = 0, cache: bool = True, progress: bool | None = None) -> Dataset:
-    layout, entries, classes = scan(root)
+                seed: int = 0, cache: bool = True, progress: bool | None = None,
+                allow_missing_class: bool = False) -> Dataset:
+    layout, entries, classes, empty = scan(root, allow_missing_class)
     indices, params = assign_splits(layout, entries, classes, val_fraction, seed)
+    if empty:  # an allowed empty class changes the class list, so the fingerprint must see it
+        params["empty_class_folders"] = empty
     if load_size:
         params["load_size"] = int(load_size)
 

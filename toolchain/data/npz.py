@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import DataError
 from .dataset import Dataset, Split, stratified_cut
 from .fingerprint import fingerprint_arrays
+from .labels import npz_num_classes
 from .locate import medmnist_class_names
 from .resize import resize_batch
 
@@ -62,7 +63,7 @@ def _as_labels(labels: np.ndarray, key: str, n: int, path: Path) -> np.ndarray:
 
 
 def load_npz(path: Path, *, name: str | None = None, load_size: int | None = None, val_fraction: float = 0.1,
-             seed: int = 0) -> Dataset:
+             seed: int = 0, allow_missing_class: bool = False) -> Dataset:
     arrays = _read_arrays(path)
     name = name or path.stem
     splits: dict[str, Split] = {}
@@ -79,8 +80,10 @@ def load_npz(path: Path, *, name: str | None = None, load_size: int | None = Non
     if len(shapes) > 1:
         raise DataError(f"npz file {path}: splits have different image shapes {sorted(shapes)}")
 
+    num_classes, missing = npz_num_classes({k: sp.labels for k, sp in splits.items()}, str(path),
+                                           allow_missing_class)
     # The fingerprint covers the arrays as stored plus every choice made while loading them.
-    params: dict = {}
+    params: dict = {"classes_without_train_images": missing} if missing else {}
     if "val" not in splits:
         keep, cut = stratified_cut(splits["train"].labels, val_fraction, seed)
         train = splits["train"]
@@ -91,7 +94,6 @@ def load_npz(path: Path, *, name: str | None = None, load_size: int | None = Non
         splits = {k: Split(resize_batch(s.images, int(load_size)), s.labels) for k, s in splits.items()}
     fingerprint = fingerprint_arrays(arrays, params)
 
-    num_classes = int(max(s.labels.max() for s in splits.values())) + 1
     channels = int(splits["train"].images.shape[-1])
     return Dataset(
         name=name, source=str(path), class_names=medmnist_class_names(name, num_classes), channels=channels,
