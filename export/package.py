@@ -2,40 +2,39 @@
 
 A package is built in a temp dir and renamed into place, then tarred reproducibly (sorted entries,
 fixed mtime/owner, gzip without timestamp) so the same inputs give byte-identical archives.
-The manifest carries a checksum of itself, so flipping any byte of any file is detected.
+The manifest carries a checksum of itself, so flipping any byte of any file is detected; with a
+signing key (``export.signing``) ``manifest.sig`` adds an Ed25519 signature over that checksum,
+so an edit with recomputed checksums is detected too. The manifest records the whole preprocessing
+chain, including the load-size resize the training images went through, and the samples are
+stored as raw files, so the smoke test replays exactly what predict.py does with a new image.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
 import json
 import os
 import shutil
-import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from toolchain.atomic import atomic_file
-from toolchain.errors import GateError, MedpruneError
 from toolchain.models.checkpoint import sha256_file
 
-TEMPLATE_DIR = Path(__file__).parent / "templates"
-PREDICT_TEMPLATE = TEMPLATE_DIR / "predict.py"
-FORMAT_VERSION = 1
+from .package_archive import PackageError, fsync_tree, refuse_pickle, safe_extract, write_tarball
+from .package_verify import PREDICT_TEMPLATE, predict_template, verify_package
 
+__all__ = ["PackageError", "PackageSpec", "Sample", "build_package", "canonical_sha256", "package_preprocess",
+           "reference_predict", "refuse_pickle", "safe_extract", "verify_package", "write_tarball"]
 
-class PackageError(MedpruneError):
-    pass
+FORMAT_VERSION = 2  # 2: preprocess chain with the load-size step, raw samples, manifest.sig, openvino_config
+PRECISIONS = ("fp32", "fp16", "int8")
+SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 
 
 def canonical_sha256(manifest: dict) -> str:
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return predict_template().canonical_sha256(manifest)
 
 
 @dataclass
@@ -43,9 +42,10 @@ class Sample:
     """A reference image carried in the package for the on-device parity smoke test."""
 
     name: str
-    pixels: np.ndarray  # uint8 (S, S) or (S, S, 3) at the model's input size
+    pixels: np.ndarray | None  # uint8 (H, W) or (H, W, 3), stored as PNG when there is no ``source``
     label: str
     probabilities: list[float]  # what the verified export computed at packaging time
+    source: Path | None = None  # the raw image file (as in the data folder), copied byte for byte
 
 
 @dataclass
@@ -54,13 +54,45 @@ class PackageSpec:
     runtime: str  # onnxruntime | openvino | tensorrt
     model_files: dict[str, Path]  # role ("onnx", "openvino", "openvino_bin") -> source file
     class_names: list[str]
-    preprocess: dict
+    preprocess: dict  # see package_preprocess
     manifest: dict = field(default_factory=dict)  # metrics, recipe, dataset, seeds, versions ...
     model_card: str = ""
     samples: list[Sample] = field(default_factory=list)
     reports: dict[str, Path] = field(default_factory=dict)  # arcname under reports/ -> file
     scripts: dict[str, str] = field(default_factory=dict)  # arcname -> text (e.g. build_engine.sh)
     sample_tolerance: float = 1e-4  # max |Δprob| allowed in the smoke test (fp16/int8 looser)
+    precision: str = "fp32"  # of the shipped model: picks the OpenVINO compile settings recorded
+
+
+def package_preprocess(preprocess: dict, load_size: int | None = None) -> dict:
+    """The manifest's preprocessing: the checkpoint's Preprocess (``to_dict()``) plus the load-size
+    resize its training images went through (``train_config.load_size``), and the chain in order."""
+    out = {"img_size": int(preprocess["img_size"]), "in_chans": int(preprocess["in_chans"]),
+           "mean": [float(v) for v in preprocess["mean"]], "std": [float(v) for v in preprocess["std"]]}
+    chain = ["decode: PIL; 16-bit scaled to 0..255; RGB whose channels differ by <= "
+             f"{predict_template().GREY_TOLERANCE} is grey (toolchain.data.folder)"]
+    if load_size:
+        out["load_size"], out["load_resample"] = int(load_size), "bilinear"
+        chain.append(f"load resize to {int(load_size)} px: PIL Image.resize BILINEAR on uint8 "
+                     "(JPEG decoded with draft at that size), as the training data was loaded")
+    chain += ["scale: uint8 / 255", "channels: RGB → grey by channel mean when in_chans is 1",
+              f"resize to {out['img_size']} px: antialiased bilinear, half-pixel centres "
+              "(torch interpolate antialias=True)", "channels: grey → RGB by repetition when in_chans is 3",
+              "normalise: (x - mean) / std per channel"]
+    out["chain"] = chain
+    return out
+
+
+def _check_preprocess(pre: dict) -> None:
+    missing = [k for k in ("img_size", "in_chans", "mean", "std") if k not in pre]
+    if missing:
+        raise PackageError(f"package preprocess lacks {', '.join(missing)}")
+    if int(pre["in_chans"]) not in (1, 3) or len(pre["mean"]) != int(pre["in_chans"]) != len(pre["std"]):
+        raise PackageError(f"package preprocess: in_chans {pre['in_chans']} does not match mean/std")
+    if "load_size" in pre and (not isinstance(pre["load_size"], int) or pre["load_size"] < 1):
+        raise PackageError(f"package preprocess: load_size must be a positive int, got {pre['load_size']!r}")
+    if pre.get("load_resample", "bilinear") not in predict_template().LOAD_RESAMPLE:
+        raise PackageError(f"package preprocess: unknown load_resample {pre['load_resample']!r}")
 
 
 def _write_samples(root: Path, samples: list[Sample]) -> list[dict]:
@@ -69,33 +101,21 @@ def _write_samples(root: Path, samples: list[Sample]) -> list[dict]:
     (root / "samples").mkdir()
     out = []
     for s in samples:
-        rel = f"samples/{s.name}.png"
-        Image.fromarray(s.pixels).save(root / rel, format="PNG", optimize=False)
+        if not s.name or Path(s.name).name != s.name or s.name.startswith("."):
+            raise PackageError(f"invalid sample name {s.name!r}")
+        if s.source is not None:
+            suffix = Path(s.source).suffix.lower()
+            if suffix not in SAMPLE_SUFFIXES:
+                raise PackageError(f"sample {s.source} is not an image file ({', '.join(SAMPLE_SUFFIXES)})")
+            rel = f"samples/{s.name}{suffix}"
+            shutil.copyfile(s.source, root / rel)
+        elif s.pixels is not None:
+            rel = f"samples/{s.name}.png"
+            Image.fromarray(s.pixels).save(root / rel, format="PNG", optimize=False)
+        else:
+            raise PackageError(f"sample {s.name} has neither a source file nor pixels")
         out.append({"file": rel, "label": s.label, "probabilities": [float(p) for p in s.probabilities]})
     return out
-
-
-PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
-
-
-def refuse_pickle(path: Path) -> None:
-    """Packages carry no pickle (loading one runs arbitrary code): by suffix, pickle magic or torch zip."""
-    import zipfile
-
-    name = path.name.lower()
-    if name.endswith(PICKLE_SUFFIXES):
-        raise PackageError(f"refusing pickle-based file in package: {path.name}")
-    with open(path, "rb") as fh:
-        head = fh.read(2)
-        fh.seek(max(path.stat().st_size - 1, 0))
-        tail = fh.read(1)
-    # a pickle (protocol 2-5) opens with PROTO and ends with STOP ('.')
-    if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and tail == b".":
-        raise PackageError(f"refusing pickle data in package: {path.name}")
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            if any(n.endswith((".pkl", "data.pkl")) for n in zf.namelist()):
-                raise PackageError(f"refusing torch/pickle archive in package: {path.name}")
 
 
 def _file_roles(spec: PackageSpec, root: Path) -> dict[str, str]:
@@ -134,7 +154,7 @@ def _fill(spec: PackageSpec, root: Path) -> None:
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": spec.name,
-        "model": {"runtime": spec.runtime, "files": roles},
+        "model": _model_record(spec, roles),
         "class_names": spec.class_names,
         "preprocess": spec.preprocess,
         "samples": samples,
@@ -146,17 +166,50 @@ def _fill(spec: PackageSpec, root: Path) -> None:
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
+def _model_record(spec: PackageSpec, roles: dict[str, str]) -> dict:
+    """Runtime, files and the settings the runtime must compile with (OpenVINO FP32 IR: f32 hint, so
+    predict.py on a bf16-capable CPU computes what verification computed)."""
+    from .openvino import RUNTIME_CONFIG
+
+    record = {"runtime": spec.runtime, "files": roles, "precision": spec.precision}
+    if "openvino" in roles:
+        record["openvino_config"] = dict(RUNTIME_CONFIG[spec.precision])
+    return record
+
+
+def export_probabilities(model_file: str | os.PathLike, precision: str, x: np.ndarray) -> np.ndarray:
+    """(N, K) softmax of an exported model on preprocessed ``x``, run exactly as export verification
+    runs it (export.verify.runner_for: OpenVINO FP32 compiled with the f32 hint): the reference
+    probabilities a package's samples carry."""
+    from .verify import logits_of, runner_for
+
+    logits = logits_of(runner_for(model_file, precision), np.asarray(x, dtype=np.float32)).astype(np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def build_package(spec: PackageSpec, out_root: str | os.PathLike, *, verify: bool = True,
-                  report: dict | None = None) -> tuple[Path, Path]:
+                  report: dict | None = None, sign_key: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """Write ``out_root/<name>/`` and ``out_root/<name>.tar.gz``; nothing partial is ever left.
 
     Both are built (and, with ``verify``, checked by :func:`verify_package`) in a hidden staging
     folder inside ``out_root`` and only then renamed into place, replacing an older package of the
     same name; an error or Ctrl-C at any point leaves the previous state (old package or nothing).
-    ``report`` (a dict) receives the verify_package report of the staged tarball.
+    ``report`` (a dict) receives the verify_package report of the staged tarball. ``sign_key`` (a PEM
+    Ed25519 private key, ``medprune keygen``) adds ``manifest.sig``; the staged package is then
+    verified against the matching public key.
     """
     if not spec.name or Path(spec.name).name != spec.name or spec.name.startswith("."):
         raise PackageError(f"invalid package name {spec.name!r}")
+    if spec.precision not in PRECISIONS:
+        raise PackageError(f"package precision must be one of {', '.join(PRECISIONS)}, got {spec.precision!r}")
+    _check_preprocess(spec.preprocess)
+    key = None
+    if sign_key is not None:
+        from .signing import load_private_key
+
+        key = load_private_key(sign_key)  # before any work: a bad key is a one-line error, not a late one
     out_root = Path(out_root)
     if out_root.exists() and not out_root.is_dir():
         raise PackageError(f"output {out_root} exists and is not a folder")
@@ -166,12 +219,20 @@ def build_package(spec: PackageSpec, out_root: str | os.PathLike, *, verify: boo
         root = stage / spec.name
         root.mkdir()
         _fill(spec, root)
+        trusted = None
+        if key is not None:
+            from .signing import public_pem, sign_package
+
+            sign_package(root, key)
+            trusted = stage / "signer.pub"  # outside the package folder: not part of what is shipped
+            trusted.write_bytes(public_pem(key))
         staged_tar = stage / f"{spec.name}.tar.gz"
         write_tarball(root, staged_tar)
         if verify:
-            checked = verify_package(staged_tar)
+            checked = verify_package(staged_tar, trusted_key=trusted)
             if report is not None:
                 report.update(checked)
+        fsync_tree(root)
         return _publish(stage, out_root, spec.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -203,145 +264,26 @@ def _publish(stage: Path, out_root: Path, name: str) -> tuple[Path, Path]:
     return pairs[0][1], pairs[1][1]
 
 
-def write_tarball(src_dir: Path, tarball: Path, compresslevel: int = 6) -> None:
-    """Reproducible tar.gz: sorted entries, mtime 0, uid/gid 0, gzip header without a timestamp.
-
-    Streamed straight into gzip (no in-memory copy of a large model); level 6 because level 9 is
-    several times slower on float weights for ~1 % smaller archives.
-    """
-    with atomic_file(tarball) as fh:
-        with gzip.GzipFile(fileobj=fh, mode="wb", mtime=0, filename="", compresslevel=compresslevel) as gz, \
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for path in [src_dir, *sorted(src_dir.rglob("*"))]:
-                info = tar.gettarinfo(str(path), arcname=str(Path(src_dir.name) / path.relative_to(src_dir)))
-                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-                info.mode = 0o755 if (path.is_dir() or os.access(path, os.X_OK)) else 0o644
-                if path.is_file():
-                    with open(path, "rb") as src:
-                        tar.addfile(info, src)
-                else:
-                    tar.addfile(info)
-        os.fchmod(fh.fileno(), 0o644)  # mkstemp creates 0600; a package is meant to be copied around
-
-
-def safe_extract(tarball: Path, dest: Path) -> Path:
-    """Extract refusing absolute paths, ``..``, links and special files; returns the package dir."""
-    try:
-        tar = tarfile.open(tarball, "r:gz")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise PackageError(f"{tarball}: not a readable .tar.gz ({exc})") from exc
-    with tar:
-        members = tar.getmembers()
-        tops = set()
-        for m in members:
-            name = m.name
-            if name.startswith("/") or os.path.isabs(name) or ".." in Path(name).parts:
-                raise PackageError(f"{tarball}: refusing unsafe path in archive: {name}")
-            if not (m.isfile() or m.isdir()):
-                raise PackageError(f"{tarball}: refusing link or special file in archive: {name}")
-            tops.add(Path(name).parts[0])
-        if len(tops) != 1:
-            raise PackageError(f"{tarball}: expected one top-level package folder, found {len(tops)}")
-        tar.extractall(dest, members=members, filter="data")
-    return dest / tops.pop()
-
-
-def _load_predict_module(root: Path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"medprune_pkg_predict_{abs(hash(root))}", root / "predict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.HERE = root
-    return module
-
-
-def verify_package(path: str | os.PathLike, runtime: str | None = None) -> dict:
-    """Check every checksum and run the carried samples; raises PackageError/GateError on any problem.
-
-    The predict.py used is the package's own, but only after its checksum has been checked here
-    with this module's code, so a tampered predict.py is refused before it runs.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise PackageError(f"package not found: {path}")
-    with tempfile.TemporaryDirectory(prefix="medprune-verify-") as tmp:
-        root = safe_extract(path, Path(tmp)) if path.is_file() else path
-        manifest = _check_manifest(root)
-        predict = _load_predict_module(root)
-        runner = predict.Runner(manifest, runtime, root=root)
-        worst, agree = 0.0, 0
-        for s in manifest["samples"]:
-            pixels = predict.read_image(root / s["file"])
-            probs = runner.probabilities(predict.preprocess(pixels, manifest["preprocess"]))[0]
-            expected = np.asarray(s["probabilities"])
-            worst = max(worst, float(np.abs(probs - expected).max()))
-            agree += int(probs.argmax() == expected.argmax())
-        n = len(manifest["samples"])
-        tol = float(manifest.get("sample_tolerance", 1e-4))
-        if n and (worst > tol or agree < n):
-            raise GateError(
-                f"{path}: smoke test failed: max |Δprob| {worst:.2e} (tolerance {tol:.0e}), "
-                f"top-1 agreement {agree}/{n}"
-            )
-        return {"package": str(path), "name": manifest["name"], "files_checked": len(manifest["files"]),
-                "samples": n, "max_abs_prob_diff": worst, "top1_agreement": agree,
-                "runtime": runner.runtime, "ok": True}
-
-
-def _check_manifest(root: Path) -> dict:
-    try:
-        manifest = json.loads((root / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise PackageError(f"{root}: manifest.json unreadable ({exc})") from exc
-    if not isinstance(manifest, dict) or "files" not in manifest:
-        raise PackageError(f"{root}: manifest.json has no file list")
-    if manifest.get("manifest_sha256") != canonical_sha256(manifest):
-        raise PackageError(f"{root}: manifest.json was modified (self-checksum mismatch)")
-    for rel, digest in manifest["files"].items():
-        p = root / rel
-        if ".." in Path(rel).parts or Path(rel).is_absolute():
-            raise PackageError(f"{root}: unsafe path in manifest: {rel}")
-        if not p.is_file():
-            raise PackageError(f"{root}: missing file {rel}")
-        if sha256_file(p) != digest:
-            raise PackageError(f"{root}: checksum mismatch for {rel} (file was modified)")
-        refuse_pickle(p)
-    listed = set(manifest["files"]) | {"manifest.json"}
-    for p in root.rglob("*"):
-        rel = str(p.relative_to(root))
-        if p.is_file() and rel not in listed and "__pycache__" not in p.parts:
-            raise PackageError(f"{root}: unlisted file in package: {rel}")
-    return manifest
-
-
 def reference_predict(checkpoint: str | os.PathLike, images: list[str | os.PathLike]) -> np.ndarray:
-    """(N, K) probabilities the toolchain itself computes for image files: its image-folder decoder,
-    the checkpoint's Preprocess (torch, antialiased bilinear) and the torch model.
+    """(N, K) probabilities the toolchain itself computes for image files: its image-folder decoder
+    (with the checkpoint's training load size), the checkpoint's Preprocess (torch, antialiased bilinear) and the torch model.
 
     predict.py must agree with this (same class, |Δprob| within the package's sample tolerance).
     """
     import torch
 
     from toolchain.data import Preprocess
+    from toolchain.data.folder import _decode as decode  # the image-folder loader's own decoder
     from toolchain.models import load_checkpoint
-
-    try:  # the exact decoder the toolchain's image-folder loader uses (grey detection, 16-bit scaling)
-        from toolchain.data.folder import _decode as decode
-    except ImportError:  # pragma: no cover - older toolchain
-        def decode(path, data, _size):
-            from PIL import Image
-
-            with Image.open(io.BytesIO(data)) as im:
-                return np.asarray(im.convert("L" if im.mode in ("1", "L", "LA") else "RGB"))
 
     model, meta = load_checkpoint(checkpoint)
     pre = Preprocess.from_dict(meta["preprocess"])
+    load_size = (meta.get("train_config") or {}).get("load_size")  # the resize applied while loading
     out = []
     with torch.no_grad():
         for path in images:
             path = Path(path)
-            arr = decode(path, path.read_bytes(), None)
+            arr = decode(path, path.read_bytes(), load_size)
             arr = np.array(arr[..., None] if arr.ndim == 2 else arr)  # writable copy for torch
             out.append(torch.softmax(model(pre(arr)).double(), 1)[0].numpy())
     return np.stack(out)

@@ -1,26 +1,41 @@
 #!/usr/bin/env python3
-"""Bedside inference for a medprune package. Needs only numpy, pillow and the runtime
-(onnxruntime or openvino); pydicom is used for DICOM files when installed.
+"""Bedside inference for a medprune package. Needs numpy, pillow and the runtime (onnxruntime or
+openvino); `cryptography` for --trusted-key; pydicom for DICOM files when installed.
 
-    python predict.py IMAGE [IMAGE ...] [--runtime onnxruntime|openvino] [--json]
-    python predict.py --check        # only verify the package's checksums
+    python3 -I predict.py IMAGE [IMAGE ...] [--trusted-key KEY.pub] [--runtime onnxruntime|openvino] [--json]
+    python3 -I predict.py --check [--trusted-key KEY.pub]      # only verify the package
 
-Every file listed in manifest.json is checked against its sha256 before the model is loaded;
-any mismatch refuses to run. Research use only; not a certified medical device.
+Before numpy, pillow or the runtime is imported, every file listed in manifest.json is checked
+against its sha256 with the standard library alone, any unlisted file (a planted numpy.py or
+__pycache__ included) is refused, and with --trusted-key the Ed25519 signature is checked against
+a public key installed on this device (never one taken from the package). Run it with `-I`
+(isolated mode); without it the script still drops its own folder from the module search path first.
+Research use only; not a certified medical device.
 """
 
-from __future__ import annotations
-
-import argparse
-import hashlib
-import json
-import os
 import sys
-from pathlib import Path
 
-import numpy as np
+if __name__ == "__main__":
+    # First of all, before any other import: a module planted beside this script (numpy.py, json.py)
+    # must not shadow the real one. `os` is frozen (3.11+) or already imported by site at start-up.
+    sys.dont_write_bytecode = True
+    import os
+
+    _HERE = os.path.dirname(os.path.realpath(__file__))
+    sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) != _HERE]
+
+import argparse  # noqa: E402  (standard library only until the package has been verified)
+import base64  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+SIGNATURE_FILE = "manifest.sig"
+SIGNATURE_CONTEXT = "medprune-package-ed25519-v1:"  # signed message: this prefix + manifest_sha256
+GREY_TOLERANCE = 2  # RGB files whose channels differ by at most this are grey (as the toolchain loads them)
+LOAD_RESAMPLE = ("bilinear",)  # PIL filters the load-size step may name (toolchain.data.resize)
 
 
 class PackageError(Exception):
@@ -41,78 +56,148 @@ def canonical_sha256(manifest: dict) -> str:
 
 
 def load_manifest(root: Path = HERE) -> dict:
-    """Read manifest.json and check it, then every file it lists, against their sha256."""
+    """manifest.json after checking it, every file it lists, and that nothing else is in the folder."""
     try:
         manifest = json.loads((root / "manifest.json").read_text())
     except (OSError, ValueError) as exc:
         raise PackageError(f"manifest.json unreadable: {exc}") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise PackageError("manifest.json has no file list")
     if manifest.get("manifest_sha256") != canonical_sha256(manifest):
         raise PackageError("manifest.json was modified (its self-checksum does not match)")
-    if not isinstance(manifest.get("files"), dict):
-        raise PackageError("manifest.json has no file list")
+    folders = {"."}
     for rel, digest in manifest["files"].items():
         path = root / rel
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise PackageError(f"unsafe path in manifest: {rel}")
-        if not path.is_file():
+        if path.is_symlink() or not path.is_file():
             raise PackageError(f"missing file {rel}")
         if sha256_file(path) != digest:
             raise PackageError(f"checksum mismatch for {rel}: the package was modified")
-    listed = set(manifest["files"]) | {"manifest.json"}
-    extra = sorted(
-        str(p.relative_to(root)) for p in root.rglob("*")
-        if p.is_file() and str(p.relative_to(root)) not in listed and "__pycache__" not in p.parts
-    )
-    if extra:
-        raise PackageError(f"unlisted file in package: {extra[0]}")
+        folders.update(str(p) for p in Path(rel).parents)
+    listed = set(manifest["files"]) | {"manifest.json", SIGNATURE_FILE}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink() or (path.is_dir() and rel not in folders) or (path.is_file() and rel not in listed):
+            raise PackageError(f"unlisted file in package: {rel} (nothing outside manifest.json may be present)")
     return manifest
 
 
-GREY_TOLERANCE = 2  # RGB files whose channels differ by at most this are grey (as the toolchain loads them)
+def signature_status(manifest: dict, trusted_key=None, root: Path = HERE) -> str:
+    """'UNSIGNED', 'signed, not checked ...' or 'signed by trusted key …'; with ``trusted_key`` (a PEM
+    Ed25519 public key file) anything but a valid signature by that key raises PackageError."""
+    sig_path = root / SIGNATURE_FILE
+    if not sig_path.is_file():
+        if trusted_key is not None:
+            raise PackageError("package is UNSIGNED but --trusted-key requires a signature")
+        return "UNSIGNED (integrity checked; authenticity not: no manifest.sig)"
+    try:
+        sig = json.loads(sig_path.read_text())
+        signature = base64.b64decode(sig["signature"], validate=True)
+        claimed = str(sig.get("key_id", "?"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PackageError(f"{SIGNATURE_FILE} unreadable: {exc}") from exc
+    if sig.get("algorithm") != "ed25519":
+        raise PackageError(f"{SIGNATURE_FILE}: unsupported algorithm {sig.get('algorithm')!r}")
+    if trusted_key is None:
+        return f"signed (claims key {claimed}), signature NOT checked: pass --trusted-key"
+    public, key_id = load_public_key(Path(trusted_key))
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        public.verify(signature, (SIGNATURE_CONTEXT + manifest["manifest_sha256"]).encode())
+    except InvalidSignature:
+        raise PackageError(f"signature is not valid for trusted key {key_id}: the package was modified "
+                           "or signed by another key") from None
+    return f"signed by trusted key {key_id}"
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Pixels as uint8 (H, W) or (H, W, 3), decoded as the toolchain decodes image folders;
+def load_public_key(path: Path):
+    """(Ed25519 public key, key id) from a PEM file; cryptography is imported only here, after checks."""
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    except ImportError as exc:
+        raise PackageError("checking signatures needs cryptography: pip install cryptography") from exc
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise PackageError(f"trusted key {path} unreadable: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise PackageError(f"trusted key {path} is not an Ed25519 public key")
+    return key, key_id(key)
+
+
+def key_id(public) -> str:
+    """Short fingerprint of an Ed25519 public key: sha256 of its 32 raw bytes, 16 hex digits."""
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def read_image(path: Path, spec: dict):
+    """uint8 (H, W) or (H, W, 3) pixels decoded as the toolchain decodes image folders, then the
+    load-size step of ``spec`` (PIL resample on uint8, JPEG draft) when the model was trained with one;
     DICOM via pydicom (rescaled to 0..255) when installed."""
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        try:
-            import pydicom
-        except ImportError as exc:
-            raise PackageError("reading DICOM needs pydicom: pip install pydicom") from exc
-        ds = pydicom.dcmread(str(path))
-        arr = ds.pixel_array.astype(np.float64)
-        arr = arr * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
-        if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-            arr = arr.max() - arr
-        if arr.ndim == 3 and arr.shape[-1] not in (1, 3):
-            arr = arr[arr.shape[0] // 2]  # a multi-frame series: its middle frame
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo if hi > lo else 1.0) * 255.0
-        return np.round(arr).astype(np.uint8)
+    import numpy as np
     from PIL import Image
 
-    with Image.open(path) as img:
-        img.load()
-        if img.mode in ("I;16", "I;16B", "I", "F"):
-            arr = np.asarray(img, dtype=np.float64)
-            scale = 255.0 / 65535.0 if arr.max() > 255 else 1.0
-            return np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
-        if img.mode in ("1", "L", "LA"):
-            return np.asarray(img.convert("L"))
-        rgb = np.asarray(img.convert("RGB"))
-    spread = rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1)
-    if spread.max(initial=0) <= GREY_TOLERANCE:
-        return rgb[..., 0].copy() if not spread.any() else np.rint(rgb.mean(axis=-1)).astype(np.uint8)
-    return rgb
+    load_size = int(spec.get("load_size") or 0)
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        img = Image.fromarray(_dicom_pixels(path))
+    else:
+        with Image.open(path) as im:
+            if load_size and im.format == "JPEG":
+                im.draft(im.mode, (load_size, load_size))  # as toolchain.data.folder decodes big JPEGs
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I", "F"):
+                arr = np.asarray(im, dtype=np.float64)
+                scale = 255.0 / 65535.0 if arr.max() > 255 else 1.0
+                img = Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8))
+            else:
+                img = im.convert("L" if im.mode in ("1", "L", "LA") else "RGB")
+    if img.mode == "RGB":
+        rgb = np.asarray(img)
+        spread = rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1)
+        if spread.max(initial=0) <= GREY_TOLERANCE:
+            img = Image.fromarray(rgb[..., 0] if not spread.any() else np.rint(rgb.mean(axis=-1)).astype(np.uint8))
+    if load_size and img.size != (load_size, load_size):
+        resample = spec.get("load_resample", "bilinear")
+        if resample not in LOAD_RESAMPLE:
+            raise PackageError(f"unknown load resample filter {resample!r} in manifest")
+        img = img.resize((load_size, load_size), getattr(Image, "Resampling", Image).BILINEAR)
+    return np.asarray(img)
 
 
-def resize_weights(n_in: int, n_out: int) -> np.ndarray:
+def _dicom_pixels(path: Path):
+    import numpy as np
+
+    try:
+        import pydicom
+    except ImportError as exc:
+        raise PackageError("reading DICOM needs pydicom: pip install pydicom") from exc
+    ds = pydicom.dcmread(str(path))
+    arr = ds.pixel_array.astype(np.float64)
+    arr = arr * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+        arr = arr.max() - arr
+    if arr.ndim == 3 and arr.shape[-1] not in (1, 3):
+        arr = arr[arr.shape[0] // 2]  # a multi-frame series: its middle frame
+    lo, hi = float(arr.min()), float(arr.max())
+    arr = (arr - lo) / (hi - lo if hi > lo else 1.0) * 255.0
+    return np.round(arr).astype(np.uint8)
+
+
+def resize_weights(n_in: int, n_out: int):
     """(n_out, n_in) matrix of antialiased bilinear resampling along one axis.
 
     The same triangle filter, widened by the scale when shrinking, with half-pixel centres and
     edge renormalisation as torch's ``interpolate(mode="bilinear", antialias=True)`` used in
     training, so this resize agrees with the toolchain's to float rounding (~1e-7).
     """
+    import numpy as np
+
     scale = n_in / n_out
     support = scale if scale > 1.0 else 1.0
     inv = 1.0 / scale if scale > 1.0 else 1.0
@@ -127,9 +212,11 @@ def resize_weights(n_in: int, n_out: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
-def preprocess(pixels: np.ndarray, spec: dict) -> np.ndarray:
+def preprocess(pixels, spec: dict):
     """uint8 image → float32 (1, C, S, S), exactly as the model was trained (see manifest preprocess):
-    [0, 1] scaling, channel matching, antialiased bilinear resize, per-channel normalisation."""
+    [0, 1] scaling, RGB → grey by channel mean, antialiased bilinear resize, grey → RGB, normalisation."""
+    import numpy as np
+
     size, chans = int(spec["img_size"]), int(spec["in_chans"])
     arr = np.asarray(pixels)
     if arr.ndim == 2:
@@ -150,7 +237,10 @@ def preprocess(pixels: np.ndarray, spec: dict) -> np.ndarray:
 
 
 class Runner:
-    def __init__(self, manifest: dict, runtime: str | None = None, root: Path = HERE):
+    """The package's model on onnxruntime or OpenVINO; OpenVINO compiles with the manifest's
+    recorded settings (INFERENCE_PRECISION_HINT f32 for an FP32 IR, so a bf16-capable CPU stays FP32)."""
+
+    def __init__(self, manifest: dict, runtime=None, root: Path = HERE):
         files = manifest["model"]["files"]
         runtime = runtime or manifest["model"]["runtime"]
         if runtime in ("tensorrt",):
@@ -175,22 +265,42 @@ class Runner:
                 raise PackageError("runtime openvino not installed: pip install openvino") from exc
             if "openvino" not in files:
                 raise PackageError("this package has no OpenVINO IR")
-            compiled = ov.Core().compile_model(str(root / files["openvino"]), "CPU")
+            config = {str(k): str(v) for k, v in (manifest["model"].get("openvino_config") or {}).items()}
+            compiled = ov.Core().compile_model(str(root / files["openvino"]), "CPU", config)
+            hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: f32, bf16 or f16
+            self.precision_hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
             self._run = lambda x: compiled(x)[compiled.output(0)]
         else:
             raise PackageError(f"unknown runtime {runtime!r}: use onnxruntime or openvino")
 
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+    def probabilities(self, batch):
+        import numpy as np
+
         logits = np.asarray(self._run(batch), dtype=np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         e = np.exp(logits)
         return e / e.sum(axis=1, keepdims=True)
 
 
+def classify(manifest: dict, runner: Runner, path: Path):
+    """Probabilities (K,) of one image file through the package's full preprocessing chain."""
+    if not path.is_file():
+        raise PackageError(f"image not found: {path}")
+    try:
+        pixels = read_image(path, manifest["preprocess"])
+    except PackageError:
+        raise
+    except Exception as exc:
+        raise PackageError(f"cannot read image {path}: {exc}") from exc
+    return runner.probabilities(preprocess(pixels, manifest["preprocess"]))[0]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Classify images with this medprune package.")
     parser.add_argument("images", nargs="*", type=Path)
-    parser.add_argument("--check", action="store_true", help="only verify every checksum, then exit")
+    parser.add_argument("--check", action="store_true", help="only verify the package, then exit")
+    parser.add_argument("--trusted-key", type=Path, default=None,
+                        help="Ed25519 public key (PEM) installed on this device: refuse unless signed by it")
     parser.add_argument("--runtime", choices=["onnxruntime", "openvino"], default=None)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
@@ -198,22 +308,16 @@ def main(argv=None) -> int:
         parser.error("give at least one image (or --check)")
     try:
         manifest = load_manifest()
+        status = signature_status(manifest, args.trusted_key)
         if args.check:
-            print(f"OK {manifest['name']}: {len(manifest['files'])} files match manifest.json")
+            print(f"OK {manifest['name']}: {len(manifest['files'])} files match manifest.json; {status}")
             return 0
+        print(f"package {manifest['name']}: {status}", file=sys.stderr)
         runner = Runner(manifest, args.runtime)
         classes = manifest["class_names"]
         results = []
         for path in args.images:
-            if not path.is_file():
-                raise PackageError(f"image not found: {path}")
-            try:
-                pixels = read_image(path)
-            except PackageError:
-                raise
-            except Exception as exc:
-                raise PackageError(f"cannot read image {path}: {exc}") from exc
-            probs = runner.probabilities(preprocess(pixels, manifest["preprocess"]))[0]
+            probs = classify(manifest, runner, path)
             named = dict(zip(classes, (float(p) for p in probs)))  # noqa: B905 (no strict= on py3.8 Jetsons)
             results.append({"image": str(path), "prediction": classes[int(probs.argmax())],
                             "probabilities": named})
