@@ -1,17 +1,24 @@
-"""A resumable, content-addressed stage runner (the engine behind ``medprune deploy``).
+"""A resumable, content-addressed stage runner (the engine behind ``medprune deploy``), and the code
+versions that go into every cache key.
 
-Each stage has a key (its inputs: config values and the digests of upstream stages). The key's hash
-names the stage's folder under ``<root>/stages/``; a finished stage holds ``result.json`` and is
-reused on the next run, so an interrupted run resumes where it stopped. A stage writes into a temp
-folder that is renamed into place only when it succeeds (Ctrl-C leaves nothing half-done).
+Each stage has a key (its inputs: config values and the digests of upstream stages) plus the version
+of the code that computes it (``code_version`` of the stage function and anything it declares). The
+key's hash names the stage's folder under ``<root>/stages/``; a finished stage holds ``result.json``
+and is reused on the next run, so an interrupted run resumes where it stopped, and a change to the
+stage's code (a criterion's module, say) runs it again instead of reusing stale results. A stage
+writes into a temp folder that is renamed into place only when it succeeds (Ctrl-C leaves nothing
+half-done).
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib
 import json
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +27,107 @@ from rich.console import Console
 
 from .atomic import atomic_dir
 
+# Packages of this project: an import of one of them is followed when computing a code version.
+FIRST_PARTY = ("toolchain", "devices", "export", "benchmarks")
+
 
 def digest(obj: Any) -> str:
     """Stable sha256 of a JSON-able object (sorted keys, no whitespace)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def _module_of(obj: Any) -> tuple[str, Path]:
+    """``(module name, file)`` defining ``obj``: a module, module name, class, function, method or instance."""
+    if isinstance(obj, str):
+        obj = importlib.import_module(obj)
+    name = obj.__name__ if isinstance(obj, type(sys)) else getattr(obj, "__module__", None)
+    module = sys.modules.get(name or "")
+    file = getattr(module, "__file__", None)
+    if not file:
+        raise ValueError(f"cannot find the source file of {obj!r} (module {name!r})")
+    return name, Path(file).resolve()
+
+
+def _root_of(name: str, file: Path) -> Path:
+    """The folder holding the top-level package of module ``name`` (one level up per dotted part)."""
+    return file.parents[len(name.split(".")) - (0 if file.name == "__init__.py" else 1)]
+
+
+def _locate(root: Path, name: str) -> list[tuple[str, Path]]:
+    """Files an import of ``name`` executes or can reach: parent ``__init__``s, the module, and for a
+    package every module in it (packages such as the criterion registry discover their modules)."""
+    parts = name.split(".")
+    found = [(".".join(parts[:i]), root.joinpath(*parts[:i], "__init__.py")) for i in range(1, len(parts))]
+    path = root.joinpath(*parts)
+    if path.with_suffix(".py").is_file():
+        found.append((name, path.with_suffix(".py")))
+    elif (path / "__init__.py").is_file():
+        found += [(name if f.name == "__init__.py" else f"{name}.{f.stem}", f) for f in sorted(path.glob("*.py"))]
+    return [(n, f) for n, f in found if f.is_file()]
+
+
+_PARSED: dict[tuple[Path, int, int], list[str]] = {}  # (file, mtime_ns, size) -> imports: parse each once
+
+
+def _imports(name: str, file: Path) -> list[str]:
+    """Module names ``file`` imports anywhere (including inside functions), relative ones resolved."""
+    stat = file.stat()
+    cache_key = (file, stat.st_mtime_ns, stat.st_size)
+    if cache_key not in _PARSED:
+        package = name if file.name == "__init__.py" else name.rpartition(".")[0]
+        found = []
+        for node in ast.walk(ast.parse(file.read_bytes(), filename=str(file))):
+            if isinstance(node, ast.Import):
+                found += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([node.module] if node.module else []))
+                found += [base] + [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]
+        _PARSED[cache_key] = found
+    return _PARSED[cache_key]
+
+
+def source_files(*objs: Any, follow_imports: bool = True) -> list[Path]:
+    """The source files ``objs`` depend on: each one's module (every module of a package) and, with
+    ``follow_imports``, transitively every first-party module it imports (``FIRST_PARTY`` and the
+    object's own top-level package). Following imports errs on the side of including too much: a
+    superfluous file costs a rerun, a missing one a stale cache."""
+    seen: dict[Path, str] = {}
+    todo: list[tuple[str, Path, Path, tuple[str, ...]]] = []
+    for obj in objs:
+        if isinstance(obj, Path) or (isinstance(obj, str) and obj.endswith(".py")):
+            seen[Path(obj).resolve()] = ""  # a plain file: hashed, imports not followed
+            continue
+        name, file = _module_of(obj)
+        root = _root_of(name, file)
+        tops = tuple({*FIRST_PARTY, name.split(".")[0]})
+        todo += [(n, f, root, tops) for n, f in _locate(root, name)]
+    while todo:
+        name, file, root, tops = todo.pop()
+        if file in seen:
+            continue
+        seen[file] = name
+        if follow_imports:
+            for imported in _imports(name, file):
+                if imported.split(".")[0] in tops:
+                    todo += [(n, f, root, tops) for n, f in _locate(root, imported) if f not in seen]
+    return sorted(seen)
+
+
+def code_version(*objs: Any, follow_imports: bool = True) -> str:
+    """sha256 of the source files ``objs`` depend on (``source_files``), for cache keys.
+
+    Files are named relative to their package root, so the version is the same in every clone.
+    """
+    files = source_files(*objs, follow_imports=follow_imports)
+    h = hashlib.sha256()
+    for file in files:
+        rel = next((file.relative_to(file.parents[i]) for i in range(len(file.parents))
+                    if not (file.parents[i] / "__init__.py").is_file()), file)
+        h.update(str(rel).encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
+    return h.hexdigest()
 
 
 @dataclass
@@ -43,10 +147,15 @@ class Pipeline:
     results: dict[str, StageResult] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
-    def stage(self, name: str, key: dict, fn: Callable[[Path], dict]) -> StageResult:
-        """Run ``fn(workdir) -> dict`` unless a finished stage with the same key exists."""
-        key_digest = digest({"stage": name, **key})
-        folder = Path(self.root) / "stages" / f"{name}-{key_digest[:16]}"
+    def stage(self, name: str, key: dict, fn: Callable[[Path], dict], *, code: Iterable[Any] = ()) -> StageResult:
+        """Run ``fn(workdir) -> dict`` unless a finished stage with the same key and code exists.
+
+        The code version covers ``fn``'s module and its first-party imports, plus ``code`` (modules,
+        classes or objects the stage depends on beyond those, e.g. the criterion it runs).
+        """
+        full = self.full_key(name, key, fn, code)
+        key_digest = digest(full)
+        folder = self._folder(name, key_digest)
         index = len(self.results) + 1
         if (folder / "result.json").is_file():
             data = json.loads((folder / "result.json").read_text())
@@ -57,13 +166,25 @@ class Pipeline:
             t0 = time.perf_counter()
             with atomic_dir(folder) as tmp:
                 data = fn(tmp) or {}
-                (tmp / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
+                (tmp / "key.json").write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
                 (tmp / "result.json").write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
             seconds = time.perf_counter() - t0
             result = StageResult(name, key_digest, folder, data, False, seconds)
             self.console.print(f"[green][{index}] {name}: done in {seconds:.1f} s[/]")
         self.results[name] = result
         return result
+
+    @staticmethod
+    def full_key(name: str, key: dict, fn: Callable, code: Iterable[Any] = ()) -> dict:
+        """What a stage's digest covers: its name, its key and the version of its code."""
+        return {"stage": name, **key, "code_version": code_version(fn, *code)}
+
+    def folder(self, name: str, key: dict, fn: Callable, code: Iterable[Any] = ()) -> Path:
+        """Where the stage ``name`` with ``key`` run by ``fn`` lives (the one home of the folder rule)."""
+        return self._folder(name, digest(self.full_key(name, key, fn, code)))
+
+    def _folder(self, name: str, key_digest: str) -> Path:
+        return Path(self.root) / "stages" / f"{name}-{key_digest[:16]}"
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

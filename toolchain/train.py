@@ -11,8 +11,12 @@ Choices (documented here because every later stage inherits these checkpoints):
   equally; AUC alone can pick a model whose default threshold is badly placed. ``select_metric="auc"``
   switches. Early stopping after ``patience`` epochs without improvement (0 disables it).
 * Cache: ``cache_dir()/checkpoints/<model>-<data>-<hash>/model.safetensors`` where the hash covers
-  every config field that changes the result plus the dataset fingerprint; ``device``/``data_dir``
-  are excluded (same code path on CPU and CUDA, and the fingerprint already identifies the data).
+  every config field that changes the result, the dataset fingerprint, the device it trains on (CPU
+  and CUDA kernels give different weights; ``auto`` counts as the device it resolves to) and the code
+  version of ``TRAINING_CODE`` (a changed loader, model or training loop retrains). ``data_dir`` is
+  excluded: the fingerprint already identifies the data.
+* Determinism: same config, data, seed, torch build and threads → bit-identical CPU weights
+  (``toolchain.determinism``).
 """
 
 from __future__ import annotations
@@ -36,10 +40,13 @@ from torch import nn
 
 from . import settings
 from .atomic import atomic_dir
+from .determinism import deterministic
 from .errors import ConfigError
 
 _NOT_HASHED = ("device", "data_dir", "quiet", "allow_missing_class")  # empty classes are in the fingerprint
 SELECT_METRICS = ("balanced_accuracy", "auc", "accuracy")
+# What decides the trained weights besides the config: its code version is part of every cache key.
+TRAINING_CODE = ("toolchain.train", "toolchain.data", "toolchain.models", "toolchain.evaluate", "toolchain.metrics")
 
 
 @dataclass
@@ -91,8 +98,17 @@ class TrainConfig:
     def cache_key(self, fingerprint: str) -> str:
         payload = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED}
         payload["dataset_fingerprint"] = fingerprint
+        payload["device"] = settings.resolve_device("auto") if self.device == "auto" else self.device
+        payload["code_version"] = training_code_version()
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def training_code_version() -> str:
+    """The code version of ``TRAINING_CODE`` (see ``toolchain.pipeline.code_version``)."""
+    from .pipeline import code_version
+
+    return code_version(*TRAINING_CODE, follow_imports=False)
 
 
 def configure_threads() -> int:
@@ -218,14 +234,16 @@ def train(cfg: TrainConfig, force: bool = False) -> Path:
     model = build_model(cfg.model, ds.num_classes, in_chans, cfg.img_size, **cfg.build_args).to(device)
     preprocess = Preprocess.for_dataset(ds, cfg.img_size, in_chans)
 
-    result = fit(model, ds, preprocess, cfg, device=device, console=console)
+    with deterministic(device):
+        result = fit(model, ds, preprocess, cfg, device=device, console=console)
     meta = {
         "class_names": list(ds.class_names),
         "preprocess": preprocess.to_dict(),
         "dataset": {"name": ds.name, "fingerprint": ds.fingerprint, "source": str(ds.source)},
         "metrics": result["metrics"],
         "train_config": {k: v for k, v in cfg.to_dict().items() if k not in ("quiet",)},
-        "train": {**result["summary"], "device": device, "threads": threads},
+        "train": {**result["summary"], "device": device, "threads": threads, "torch": torch.__version__,
+                  "deterministic": True, "cache_key": out_dir.name},
         "train_history": result["history"],
     }
     from .models import save_checkpoint
