@@ -9,13 +9,14 @@ criterion and its options, ratios, ``CELL_VERSION``), never paths or batch size.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
 
 from toolchain.atomic import atomic_file
-from toolchain.pipeline import digest
+from toolchain.pipeline import code_version, digest
 
 from .cell import CELL_VERSION
 from .config import Grid
@@ -84,10 +85,18 @@ def _base_spec(dataset: str, info: dict, grid: Grid) -> dict:
             "batch_size": s.batch_size, "test_limit": s.test_limit, "val_limit": s.val_limit}
 
 
+@functools.cache
+def _cell_code_version() -> str:
+    # the cell tasks and every first-party module they import (criteria included): edited code reruns
+    return code_version("benchmarks.studies.paper.cell")
+
+
 def _key_of(spec: dict, kind: str, sha: str, extra: dict) -> str:
-    # paths and batch size do not change results; the checkpoint's sha256 and data fingerprint do
+    # paths and batch size do not change results; the checkpoint's sha256, data fingerprint, the device
+    # (cell tasks run on CPU) and the code do
     ignore = {"checkpoint", "data_dir", "batch_size", "dense", "reference_indices"}
-    return digest({"kind": kind, "version": CELL_VERSION, "sha256": sha,
+    return digest({"kind": kind, "version": CELL_VERSION, "sha256": sha, "device": "cpu",
+                   "code_version": _cell_code_version(),
                    **{k: v for k, v in spec.items() if k not in ignore}, **extra})
 
 

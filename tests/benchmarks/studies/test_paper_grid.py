@@ -239,3 +239,12 @@ def test_report_flags_a_checkpoint_whose_best_epoch_was_the_first(tmp_path):
     text = rep.write_report(res, tmp_path).read_text()
     assert "pneumoniamnist/vit_b16: the checkpoint's best validation epoch was its first (early stop after 5" in text
     assert text.count("best validation epoch was its first") == 1
+
+
+def test_cell_keys_change_when_the_cell_code_changes(tiny_ckpt, monkeypatch):
+    grid = _grid(tiny_ckpt, ["lrp"], ["random"])
+    info = ckpts.checkpoint_info(tiny_ckpt["checkpoint"], "given")
+    before, _ = store.cell_spec("d", "m", "lrp", "random", info, grid, "r", "d")
+    monkeypatch.setattr(store, "_cell_code_version", lambda: "edited criterion")
+    after, _ = store.cell_spec("d", "m", "lrp", "random", info, grid, "r", "d")
+    assert before != after
