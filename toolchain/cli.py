@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover
 
 from .errors import MedpruneError
 
-BUILTIN = ("train", "evaluate", "info", "prune")
+BUILTIN = ("train", "evaluate", "info", "prune", "import_model", "predict")
 
 
 def build_app() -> typer.Typer:

@@ -55,8 +55,10 @@ def dataset_for_checkpoint(meta: dict[str, Any], data: str | None = None, data_d
     """``(dataset, preprocess)`` a checkpoint expects: ``data`` or the dataset it was trained on, loaded
     with the training run's split settings, and the preprocessing stored with the model."""
     from .data import Preprocess, load_dataset
+    from .data.class_names import apply_recorded_names
 
-    cfg = meta.get("train_config") or {}
+    # imported models record how their evaluation data is loaded as data_config (they were not trained here)
+    cfg = meta.get("train_config") or meta.get("data_config") or {}
     spec = data or cfg.get("data") or (meta.get("dataset") or {}).get("name")
     if not spec:
         raise DataError("checkpoint does not record its dataset: pass --data")
@@ -64,6 +66,7 @@ def dataset_for_checkpoint(meta: dict[str, Any], data: str | None = None, data_d
         allow_missing_class = bool(cfg.get("allow_missing_class", False))
     ds = load_dataset(spec, data_dir, load_size=cfg.get("load_size"), val_fraction=cfg.get("val_fraction", 0.1),
                       seed=cfg.get("seed", 0), allow_missing_class=allow_missing_class)
+    apply_recorded_names(ds, meta)
     if ds.num_classes != int(meta["num_classes"]):
         raise DataError(f"dataset {ds.name} has {ds.num_classes} classes but the checkpoint predicts "
                         f"{meta['num_classes']}")

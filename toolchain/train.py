@@ -74,6 +74,7 @@ class TrainConfig:
     load_size: int | None = None
     train_subset: int | None = None  # stratified subset of the train split (quick trials, tests)
     build_args: dict[str, Any] = field(default_factory=dict)
+    class_names: list[str] | None = None  # replace the dataset's own names (files that carry only indices)
     device: str = "auto"
     data_dir: str | None = None
     allow_missing_class: bool = False  # keep classes without images (see toolchain.data.labels)
@@ -96,7 +97,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def cache_key(self, fingerprint: str) -> str:
-        payload = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED}
+        # class_names=None is left out so that adding the field kept every earlier cache key
+        payload = {k: v for k, v in self.to_dict().items()
+                   if k not in _NOT_HASHED and not (k == "class_names" and v is None)}
         payload["dataset_fingerprint"] = fingerprint
         payload["device"] = settings.resolve_device("auto") if self.device == "auto" else self.device
         payload["code_version"] = training_code_version()
@@ -211,12 +214,15 @@ def _console(quiet: bool):
 def train(cfg: TrainConfig, force: bool = False) -> Path:
     """Train (or reuse the cached run of) ``cfg``; returns the checkpoint's ``model.safetensors`` path."""
     from .data import Preprocess, load_dataset
+    from .data.class_names import rename_classes
+    from .data.input_profile import input_profile
     from .models import build_model, read_sidecar
 
     cfg.validate()
     console = _console(cfg.quiet)
     ds = load_dataset(cfg.data, cfg.data_dir, load_size=cfg.load_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
                       allow_missing_class=cfg.allow_missing_class)
+    source_names = rename_classes(ds, cfg.class_names)
     out_dir = checkpoint_dir(cfg, ds.name, ds.fingerprint)
     weights = out_dir / "model.safetensors"
     if weights.exists() and not force:
@@ -239,7 +245,9 @@ def train(cfg: TrainConfig, force: bool = False) -> Path:
     meta = {
         "class_names": list(ds.class_names),
         "preprocess": preprocess.to_dict(),
-        "dataset": {"name": ds.name, "fingerprint": ds.fingerprint, "source": str(ds.source)},
+        "dataset": {"name": ds.name, "fingerprint": ds.fingerprint, "source": str(ds.source),
+                    **({"source_class_names": source_names} if source_names else {})},
+        "input_profile": input_profile(ds),
         "metrics": result["metrics"],
         "train_config": {k: v for k, v in cfg.to_dict().items() if k not in ("quiet",)},
         "train": {**result["summary"], "device": device, "threads": threads, "torch": torch.__version__,

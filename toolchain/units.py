@@ -56,7 +56,8 @@ def find_unit_layers(model: nn.Module, kinds: tuple[str, ...] = ("conv", "mlp", 
     layers: list[UnitLayer] = []
     for name, module in model.named_modules():
         if "conv" in kinds and isinstance(module, nn.Conv2d):
-            if "patch_embed" in name or module.groups != 1:
+            # torchvision's ViT calls its patch embedding "conv_proj"
+            if "patch_embed" in name or name == "conv_proj" or module.groups != 1:
                 continue
             layers.append(UnitLayer(name, "conv", module.out_channels, name, "output", 1))
         elif "mlp" in kinds and isinstance(module, nn.Linear) and name.endswith("mlp.fc1"):

@@ -33,6 +33,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
         build_arg: list[str] = typer.Option(None, "--build-arg", help="architecture override key=value (repeatable)"),
+        class_names: str = typer.Option(None, "--class-names",
+                                        help="comma-separated names for the dataset's classes, in label order"),
         data_dir: str = typer.Option(None, "--data-dir", help="data root (default: MEDPRUNE_DATA)"),
         allow_missing_class: bool = allow_missing_class_option(),
         out: Path = typer.Option(None, "--out", help="also copy the checkpoint here (.safetensors or a folder)"),
@@ -42,6 +44,7 @@ def register(app: typer.Typer) -> None:
         """Train a model from scratch; prints val/test metrics and the checkpoint path."""
         from rich.console import Console
 
+        from ..data.class_names import parse_class_names
         from ..metrics import metrics_table
         from ..models import checkpoint_meta, parse_build_args
         from ..train import TrainConfig, copy_checkpoint, train
@@ -53,6 +56,7 @@ def register(app: typer.Typer) -> None:
             augment=augment, label_smoothing=label_smoothing, train_subset=train_subset or None,
             load_size=load_size or None, seed=seed, device=device, build_args=parse_build_args(build_arg),
             data_dir=data_dir, quiet=quiet, allow_missing_class=allow_missing_class,
+            class_names=parse_class_names(class_names),
         )
         _check_outputs(out)
         weights = train(cfg, force=force)

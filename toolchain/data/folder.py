@@ -27,7 +27,7 @@ from .fingerprint import fingerprint_files
 from .labels import folder_classes
 from .resize import resize_image
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}  # .dcm: see dicom.py
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 # A flat folder (no split sub-folders) keeps this fraction of every class for testing.
 TEST_FRACTION = 0.2
@@ -118,6 +118,11 @@ def assign_splits(layout: str, entries: Sequence[Entry], classes: list[str], val
 
 def _decode(path: Path, data: bytes, load_size: int | None) -> np.ndarray:
     """(H,W) grey or (H,W,3) colour uint8; a one-line DataError naming the file if it cannot be read."""
+    if path.suffix.lower() == ".dcm":
+        from .dicom import decode_dicom
+
+        pixels = decode_dicom(path, data)
+        return np.asarray(resize_image(Image.fromarray(pixels), load_size)) if load_size else pixels
     try:
         with Image.open(io.BytesIO(data)) as im:
             if load_size and im.format == "JPEG":
@@ -143,6 +148,15 @@ def _decode(path: Path, data: bytes, load_size: int | None) -> np.ndarray:
     if load_size:
         im2 = resize_image(im2, load_size)
     return np.asarray(im2)
+
+
+def read_image(path: Path, load_size: int | None = None) -> np.ndarray:
+    """One file decoded exactly as ``load_folder`` decodes it (``medprune predict`` uses this)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    return _decode(Path(path), data, load_size)
 
 
 def _progress(total: int, show: bool | None):

@@ -150,7 +150,11 @@ def canonizers_for(conv_bn_pairs: list[tuple[tuple[str], str]]) -> list[Canonize
 
     ``conv_bn_pairs`` come from :func:`find_conv_bn_pairs` on the same model.
     """
-    return [TracedMergeBatchNorm(conv_bn_pairs), TimmCanonizer()]
+    from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
+
+    # zennit's own residual-sum canonizers for torchvision ResNets (``medprune import torchvision:resnet50``)
+    return [TracedMergeBatchNorm(conv_bn_pairs), TimmCanonizer(), ResNetBottleneckCanonizer(),
+            ResNetBasicBlockCanonizer()]
 
 
 class NonNegativeZPlus(ZPlus):

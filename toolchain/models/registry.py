@@ -1,4 +1,5 @@
-"""Model construction: the three paper architectures by alias, or any timm model by name.
+"""Model construction: the three paper architectures by alias, any timm model by name, or a torchvision
+classifier as ``torchvision:<name>`` (see ``torchvision_models``).
 
 Models are always built from scratch (``pretrained=False``): medprune never reaches the network.
 Every argument that shapes the architecture is resolved here and recorded in the checkpoint
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from . import torchvision_models
 
 ALIASES: dict[str, str] = {
     "vgg19": "vgg19",
@@ -39,12 +41,15 @@ def resolve_arch(name: str) -> str:
     import timm
 
     key = name.strip()
+    if torchvision_models.is_torchvision(key):
+        return torchvision_models.resolve(key)
     if key in ALIASES:
         return ALIASES[key]
     if timm.is_model(key):
         return key
     raise ModelError(
-        f"unknown model {name!r}: use one of {', '.join(ALIASES)} or a timm model name (timm.list_models())"
+        f"unknown model {name!r}: use one of {', '.join(ALIASES)}, a timm model name (timm.list_models()) "
+        "or torchvision:<name>"
     )
 
 
@@ -92,6 +97,11 @@ def build_model(
         raise ModelError(f"num_classes must be >= 1, got {num_classes}")
     if in_chans < 1:
         raise ModelError(f"in_chans must be >= 1, got {in_chans}")
+    if torchvision_models.is_torchvision(arch):
+        model, args = torchvision_models.build(arch, num_classes, in_chans, img_size, **build_args)
+        model.medprune_spec = {"arch": arch, "build_args": args, "num_classes": num_classes,
+                               "in_chans": in_chans, "img_size": img_size}
+        return model
     args = {**default_build_args(arch, img_size), **build_args}
     kwargs = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, **args)
     try:

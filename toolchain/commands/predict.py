@@ -1,0 +1,146 @@
+"""`medprune predict IMAGE_OR_FOLDER... --checkpoint X`: class probabilities for image files, as JSON or CSV.
+
+Every file is decoded exactly as training decoded it (``folder.read_image``: the same load-time
+resize, grey detection and DICOM display pipeline) and goes through the checkpoint's stored
+``Preprocess``. A file far outside what the model was trained on (size, channels, brightness; see
+``data.input_profile``) still gets a prediction, with a warning on stderr and in the output.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import typer
+
+FORMATS = ("json", "csv")
+
+
+def collect_files(inputs: list[Path]) -> list[Path]:
+    """Image files named or found (recursively, hidden ones skipped) under ``inputs``, in order, once each."""
+    from ..data.folder import IMAGE_EXTS
+    from ..errors import DataError
+
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS
+                           and not any(part.startswith(".") for part in p.relative_to(item).parts))
+            if not found:
+                raise DataError(f"no image files ({', '.join(sorted(IMAGE_EXTS))}) under {item}")
+            files += found
+        elif item.is_file():
+            if item.suffix.lower() not in IMAGE_EXTS:
+                raise DataError(f"{item} is not an image file medprune reads ({', '.join(sorted(IMAGE_EXTS))})")
+            files.append(item)
+        else:
+            raise DataError(f"input not found: {item}")
+    return list(dict.fromkeys(files))
+
+
+def raw_size(path: Path) -> tuple[int, int]:
+    """(height, width) of the file itself, read from its header."""
+    from PIL import Image
+
+    from ..data.dicom import dicom_size
+    from ..errors import DataError
+
+    if path.suffix.lower() == ".dcm":
+        return dicom_size(path)
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"corrupt or unreadable image {path}: {exc}".replace("\n", " ")) from None
+
+
+def predict_files(model, meta: dict, files: list[Path], *, batch_size: int = 32, device: str = "cpu") -> list[dict]:
+    """One record per file: predicted class, its probability, all probabilities and input warnings."""
+    import numpy as np
+    import torch
+
+    from ..data import Preprocess
+    from ..data.folder import read_image
+    from ..data.input_profile import input_warnings
+    from ..errors import CheckpointError
+
+    if not meta.get("preprocess"):
+        raise CheckpointError("checkpoint records no preprocessing (meta.preprocess); re-import or retrain it")
+    preprocess = Preprocess.from_dict(meta["preprocess"])
+    load_size = (meta.get("train_config") or meta.get("data_config") or {}).get("load_size")
+    profile = meta.get("input_profile")
+    names = list(meta.get("class_names") or [f"class_{i}" for i in range(int(meta["num_classes"]))])
+    records: list[dict] = []
+    model.eval()
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        images = [read_image(f, load_size) for f in chunk]
+        # sizes may differ between files; Preprocess resizes each to the model's input
+        x = torch.cat([preprocess(img) for img in images]).to(device)
+        with torch.no_grad():
+            probs = torch.softmax(model(x).float(), dim=1).cpu().numpy()
+        for f, img, p in zip(chunk, images, probs, strict=True):
+            k = int(np.argmax(p))
+            records.append({"file": str(f), "prediction": names[k], "probability": float(p[k]),
+                            "probabilities": {n: float(v) for n, v in zip(names, p, strict=True)},
+                            "warnings": input_warnings(profile, img, raw_size(f))})
+    return records
+
+
+def to_csv(records: list[dict], names: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", "prediction", "probability", *[f"p_{n}" for n in names], "warnings"])
+    for r in records:
+        writer.writerow([r["file"], r["prediction"], f"{r['probability']:.6f}",
+                         *[f"{r['probabilities'][n]:.6f}" for n in names], "; ".join(r["warnings"])])
+    return buf.getvalue()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("predict")
+    def predict_cmd(
+        inputs: list[Path] = typer.Argument(..., help="image files (PNG, JPEG, TIFF, DICOM, ...) or folders"),
+        checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="model .safetensors (with its .json)"),
+        out: Path = typer.Option(None, "--out", "-o", help="write the predictions here (.json or .csv)"),
+        fmt: str = typer.Option(None, "--format", help="json or csv (default: from --out, else json)"),
+        batch_size: int = typer.Option(32, "--batch-size"),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    ) -> None:
+        """Predict the class of each image with a checkpoint (the preprocessing it was trained with)."""
+        import sys
+
+        from ..atomic import atomic_file
+        from ..errors import ConfigError
+        from ..models import load_checkpoint, recorded_sha256, resolve_checkpoint
+        from ..settings import resolve_device
+
+        fmt = (fmt or (out.suffix.lstrip(".").lower() if out is not None else "json")).lower()
+        if fmt not in FORMATS:
+            raise ConfigError(f"output format must be json or csv (from --format or the --out suffix), got {fmt!r}")
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+        files = collect_files(inputs)
+        dev = resolve_device(device)
+        weights = resolve_checkpoint(checkpoint)
+        model, meta = load_checkpoint(weights, device=dev)
+        records = predict_files(model, meta, files, batch_size=batch_size, device=dev)
+        names = list(meta.get("class_names") or records[0]["probabilities"])
+        for r in records:
+            for w in r["warnings"]:
+                print(f"medprune: warning: {r['file']}: {w}", file=sys.stderr)
+        if fmt == "csv":
+            text = to_csv(records, names)
+        else:
+            text = json.dumps({"checkpoint": str(weights), "checkpoint_sha256": recorded_sha256(weights),
+                               "arch": meta.get("arch"), "class_names": names,
+                               "preprocess": meta.get("preprocess"), "predictions": records}, indent=1) + "\n"
+        if out is None:
+            sys.stdout.write(text)
+            return
+        with atomic_file(out, "w") as fh:
+            fh.write(text)
+        print(f"predictions: {out} ({len(records)} files, "
+              f"{sum(bool(r['warnings']) for r in records)} with input warnings)")
