@@ -267,6 +267,8 @@ def model_from_meta(meta: dict[str, Any]) -> nn.Module:
         )
     except KeyError as exc:
         raise CheckpointError(f"checkpoint meta lacks {exc.args[0]!r}") from exc
+    except (TypeError, ValueError) as exc:  # e.g. "img_size": "large" in an edited sidecar
+        raise CheckpointError(f"checkpoint meta num_classes/in_chans/img_size must be integers ({exc})") from exc
     except ModelError as exc:
         raise CheckpointError(f"checkpoint architecture cannot be rebuilt: {exc}") from exc
 
