@@ -26,9 +26,8 @@ import torch
 from torch import nn
 
 from .atomic import atomic_file, atomic_path
-from .errors import ConfigError
-from .models.registry import inference_pass
-from .units import UnitLayer, find_unit_layers, get_module
+from .errors import ConfigError, ModelError
+from .units import UnitLayer, find_unit_layers, get_module, norm_followers
 
 FORMAT = "medprune-masks/1"
 SCOPES = ("global", "layer")
@@ -66,7 +65,7 @@ class MaskSet:
         kinds = tuple(sorted({layer.kind for layer in self.layers}))
         try:
             found = {layer.name: layer for layer in find_unit_layers(model, kinds)}
-        except Exception as exc:  # a model without units cannot match any mask
+        except ModelError as exc:  # a model without units cannot match any mask
             raise ConfigError(f"masks do not match the model: {exc}") from None
         for layer in self.layers:
             other = found.get(layer.name)
@@ -243,72 +242,9 @@ def build_masks(
 
 
 # ---- applying --------------------------------------------------------------------------------
-def _example_input(model: nn.Module) -> torch.Tensor | None:
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if first is None:
-        return None
-    size = None
-    spec = getattr(model, "medprune_spec", None)
-    if isinstance(spec, Mapping):
-        size = spec.get("img_size")
-    if size is None:
-        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-        size = (cfg.get("input_size") or (None, None, 32))[-1] if isinstance(cfg, Mapping) else 32
-    p = next(model.parameters())
-    return torch.zeros(2, first.in_channels, int(size), int(size), dtype=p.dtype, device=p.device)
-
-
-def _trace_followers(model: nn.Module, conv_names: Sequence[str], example: torch.Tensor) -> dict[str, str]:
-    """Which BatchNorm consumes each conv's output, found by matching tensors in one forward pass."""
-    produced: dict[int, str] = {}
-    followers: dict[str, str] = {}
-    keep_alive: list[torch.Tensor] = []  # ids are only unique while the tensors live
-    wanted = set(conv_names)
-    handles = []
-    for name, module in model.named_modules():
-        if name in wanted:
-
-            def out_hook(_m, _i, out, name=name):
-                produced[id(out)] = name
-                keep_alive.append(out)
-
-            handles.append(module.register_forward_hook(out_hook))
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-
-            def in_hook(_m, inp, name=name):
-                src = produced.get(id(inp[0]))
-                if src is not None:
-                    followers.setdefault(src, name)
-
-            handles.append(module.register_forward_pre_hook(in_hook))
-    with inference_pass(model, handles):
-        model(example)
-    return followers
-
-
-def _order_followers(model: nn.Module, conv_names: Sequence[str]) -> dict[str, str]:
-    """Fallback (timm naming): the BatchNorm registered right after a conv, with matching width."""
-    mods = list(model.named_modules())
-    wanted = set(conv_names)
-    out: dict[str, str] = {}
-    for (name, m), (next_name, nxt) in zip(mods, mods[1:], strict=False):
-        if name in wanted and isinstance(nxt, nn.modules.batchnorm._BatchNorm) and nxt.num_features == m.out_channels:
-            out[name] = next_name
-    return out
-
-
 def conv_followers(model: nn.Module, layers: Sequence[UnitLayer], example_input: torch.Tensor | None = None) -> dict[str, str]:
     """``{conv layer name: name of the BatchNorm fed by its output}`` for the conv unit layers."""
-    convs = [ly.name for ly in layers if ly.kind == "conv"]
-    if not convs:
-        return {}
-    example = example_input if example_input is not None else _example_input(model)
-    if example is not None:
-        try:
-            return _trace_followers(model, convs, example[:2])
-        except Exception:  # an input the model rejects: timm's naming still tells us
-            pass
-    return _order_followers(model, convs)
+    return norm_followers(model, [ly.name for ly in layers if ly.kind == "conv"], example_input)
 
 
 def _unit_slices(model: nn.Module, layer: UnitLayer, followers: Mapping[str, str]):

@@ -52,7 +52,7 @@ def test_magnitude_is_l1_of_unit_weights():
     attn = get_module(model, "blocks.0.attn")
     hd, dim = attn.head_dim, attn.qkv.out_features // 3
     rows = [attn.qkv.weight[p * dim + hd : p * dim + 2 * hd] for p in range(3)]  # head 1
-    expected = sum(r.abs().sum() for r in rows) + attn.proj.weight[:, hd : 2 * hd].abs().sum()
+    expected = (sum(r.abs().sum() for r in rows) + attn.proj.weight[:, hd : 2 * hd].abs().sum()) / (4 * hd)
     assert torch.allclose(s["blocks.0.attn"][1], expected)
 
 

@@ -6,17 +6,21 @@ replaced by the interpolation, so the path lives in that layer's space). Heads r
 ``attn.proj`` (``attribute_to_layer_input``). Per sample |attribution| is summed over positions and
 a unit's channels (``reduce_to_units``), then over samples — the same aggregation as LRP.
 
-Cost: one IG run per layer (captum's multi-layer mode replaces every hooked layer at once, which
-cuts the gradient path to earlier layers), i.e. ``layers x n_steps`` forward+backward passes per image.
+``path="input"`` (the default) is the one-pass form: the *image* is interpolated and every layer
+accumulates ``sum_i g(x_i) * (a(x_i) - a(x_{i-1}))`` (layer conductance, Dhamdhere et al. 2018; like IG
+it is complete when the layer is a cut of the network). The interpolation steps of all images go
+through the model together, ``internal_batch_size`` images per forward pass as in captum, so scoring
+every layer costs what one ``captum.attr.IntegratedGradients`` call on the input costs.
 
-``path="input"`` is the one-pass alternative for large models: the *image* is interpolated and every
-layer accumulates ``sum_i g(x_i) * (a(x_i) - a(x_{i-1}))`` (layer conductance, Dhamdhere et al. 2018;
-like IG it is complete when the layer is a cut of the network) — ``n_steps`` passes for all layers.
+``path="layer"``: captum's ``LayerIntegratedGradients`` at each layer in turn (its multi-layer mode
+replaces every hooked layer at once, which cuts the gradient path to earlier layers), i.e.
+``layers x n_steps`` forward+backward passes per image.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -48,7 +52,8 @@ class IntegratedGradients(Criterion):
         n_steps: int = 32,
         baseline: str | float = "zero",
         method: str = "gausslegendre",
-        path: str = "layer",
+        path: str = "input",
+        internal_batch_size: int = 256,
         **options,
     ):
         super().__init__(**options)
@@ -67,6 +72,9 @@ class IntegratedGradients(Criterion):
             raise ConfigError(f"criterion 'ig': path must be one of {', '.join(PATHS)}, got {path!r}")
         if self.batch_size < 1:
             raise ConfigError(f"criterion 'ig': batch_size must be >= 1, got {self.batch_size}")
+        if not isinstance(internal_batch_size, int) or internal_batch_size < 1:
+            raise ConfigError(f"criterion 'ig': internal_batch_size must be an integer >= 1, got {internal_batch_size!r}")
+        self.internal_batch_size = internal_batch_size
         self.n_steps = n_steps
         self.path = path
         self.baseline = baseline
@@ -83,15 +91,14 @@ class IntegratedGradients(Criterion):
         """captum's layer IG for one batch at ``layer``'s hook (the raw tensor, not unit scores)."""
         from captum.attr import LayerIntegratedGradients
 
-        lig = LayerIntegratedGradients(model, get_module(model, layer.hook))
-        with no_inplace(model):
-            return lig.attribute(
+        with no_inplace(model), _copied_output(model, layer) as module:
+            return LayerIntegratedGradients(model, module).attribute(
                 inputs,
                 baselines=make_baseline(inputs, self.baseline),
                 target=targets,
                 n_steps=self.n_steps,
                 method=self.method,
-                internal_batch_size=max(self.batch_size, len(inputs)),
+                internal_batch_size=max(self.internal_batch_size, len(inputs)),
                 attribute_to_layer_input=layer.port == "input",
                 return_convergence_delta=return_convergence_delta,
             )
@@ -99,25 +106,34 @@ class IntegratedGradients(Criterion):
     def conductance(
         self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layers: Sequence[UnitLayer]
     ) -> dict[str, torch.Tensor]:
-        """Per-element conductance at every layer's hook along the image path (``path="input"``)."""
+        """Per-element conductance at every layer's hook along the image path (``path="input"``).
+
+        Step 0 (the baseline) needs no gradient; steps 1..n go through the model in chunks of about
+        ``internal_batch_size`` images (whole steps, so a chunk's activations line up with the previous one).
+        """
+        n = len(inputs)
         base = make_baseline(inputs, self.baseline)
         attrs: dict[str, torch.Tensor] = {}
-        previous: dict[str, torch.Tensor] = {}
+        per_chunk = max(1, self.internal_batch_size // n)
         with capture(model, layers) as acts:
-            for i in range(self.n_steps + 1):
-                alpha = i / self.n_steps
-                x = (base + alpha * (inputs - base)).detach().requires_grad_(True)
+            with torch.no_grad():
+                model(base)
+            previous = {ly.name: acts[ly.name].detach() for ly in layers}
+            for first in range(1, self.n_steps + 1, per_chunk):
+                steps = torch.arange(first, min(self.n_steps, first + per_chunk - 1) + 1, dtype=inputs.dtype)
+                alphas = (steps / self.n_steps).to(inputs.device).view(-1, *([1] * inputs.dim()))
+                x = (base + alphas * (inputs - base)).reshape(-1, *inputs.shape[1:]).requires_grad_(True)
                 logits = model(x)
-                current = {ly.name: acts[ly.name] for ly in layers}
-                if i > 0:
-                    picked = logits.gather(1, targets.unsqueeze(1)).sum()
-                    grads = torch.autograd.grad(picked, [current[ly.name] for ly in layers], allow_unused=True)
-                    for ly, g in zip(layers, grads, strict=True):
-                        step = current[ly.name].detach() - previous[ly.name]
-                        term = step * g if g is not None else torch.zeros_like(step)
+                picked = logits.gather(1, targets.repeat(len(steps)).unsqueeze(1)).sum()
+                grads = torch.autograd.grad(picked, [acts[ly.name] for ly in layers], allow_unused=True)
+                for ly, g in zip(layers, grads, strict=True):
+                    a = acts[ly.name].detach().reshape(len(steps), n, *acts[ly.name].shape[1:])
+                    before = torch.cat([previous[ly.name].unsqueeze(0), a[:-1]])
+                    if g is not None:
+                        term = ((a - before) * g.reshape(a.shape)).sum(0)
                         attrs[ly.name] = attrs[ly.name] + term if ly.name in attrs else term
-                previous = {name: t.detach() for name, t in current.items()}
-        return attrs
+                    previous[ly.name] = a[-1]
+        return {ly.name: attrs.get(ly.name, torch.zeros_like(previous[ly.name])) for ly in layers}
 
     def attribute(
         self, model: nn.Module, inputs: torch.Tensor | None, targets, layers: Sequence[UnitLayer]
@@ -128,9 +144,8 @@ class IntegratedGradients(Criterion):
         was_training = model.training
         model.eval()
         totals = {layer.name: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
-        # a chunk of samples goes through one interpolation step per forward pass, so a forward
-        # pass holds ``batch_size`` images whatever n_steps is
-        chunk = max(1, self.batch_size)
+        # ``path="input"``: chunks of images small enough that one step of a chunk fits an internal batch
+        chunk = max(1, self.batch_size) if self.path == "layer" else max(1, self.internal_batch_size)
         try:
             with no_inplace(model), frozen_params(model):
                 tgt = resolve_targets(model, inputs, targets, self.batch_size)
@@ -151,5 +166,37 @@ class IntegratedGradients(Criterion):
     def __repr__(self) -> str:
         return (
             f"IntegratedGradients(n_steps={self.n_steps}, baseline={self.baseline!r}, "
-            f"method={self.method!r}, path={self.path!r})"
+            f"method={self.method!r}, path={self.path!r}, internal_batch_size={self.internal_batch_size})"
         )
+
+
+class _CopyOutput(nn.Module):
+    """Wraps a module and returns a copy of its output (see ``_copied_output``)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args, **kwargs):
+        out = self.inner(*args, **kwargs)
+        return out.clone() if isinstance(out, torch.Tensor) else out
+
+
+@contextlib.contextmanager
+def _copied_output(model: nn.Module, layer: UnitLayer) -> Iterator[nn.Module]:
+    """The module captum should hook, wrapped so that its output reaches the rest of the model as a copy.
+
+    captum replaces the layer's output by a leaf tensor; timm's residual blocks add to a BatchNorm's
+    output in place (``x += shortcut``), which autograd refuses on a leaf. The wrapper is removed on exit.
+    """
+    module = get_module(model, layer.hook)
+    if layer.port != "output" or not layer.hook:
+        yield module
+        return
+    parent_name, _, child = layer.hook.rpartition(".")
+    parent = get_module(model, parent_name) if parent_name else model
+    setattr(parent, child, _CopyOutput(module))
+    try:
+        yield module
+    finally:
+        setattr(parent, child, module)
