@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolchain.errors import MedpruneError
 from toolchain.models.checkpoint import sha256_file
 
 from .package_archive import PackageError, fsync_tree, refuse_pickle, safe_extract, write_tarball
@@ -262,6 +263,42 @@ def _publish(stage: Path, out_root: Path, name: str) -> tuple[Path, Path]:
             os.replace(old / dst.name, dst)
         raise
     return pairs[0][1], pairs[1][1]
+
+
+def raw_sources(ds, split: str, indices: list[int]) -> list[Path | None]:
+    """The source file of each ``split`` image at ``indices`` of an image-folder dataset, or None
+    where there is none (npz data) or it no longer decodes to the loaded pixels; packages carry these
+    raw files as samples, so the smoke test replays the whole chain, the load-size resize included.
+    """
+    from toolchain.data.folder import _decode, assign_splits, scan
+
+    root = Path(str(ds.source or ""))
+    if not root.is_dir():
+        return [None] * len(indices)
+    val_cut = ds.params.get("val_cut_from_train") or {}
+    seed = int((val_cut or ds.params.get("test_cut_from_train") or {}).get("seed", 0))
+    try:
+        layout, entries, classes = scan(root)[:3]
+    except MedpruneError:  # the folder changed since it was loaded: no raw samples, not an error
+        return [None] * len(indices)
+    by_split, _ = assign_splits(layout, entries, classes, float(val_cut.get("fraction", 0.1)), seed)
+    images = ds.split(split).images
+    if classes != list(ds.class_names) or len(by_split[split]) != len(images):
+        return [None] * len(indices)
+    out: list[Path | None] = []
+    for i in indices:
+        path = root / entries[int(by_split[split][i])].rel
+        arr = _decode(path, path.read_bytes(), ds.params.get("load_size"))
+        out.append(path if _same_pixels(arr, images[i]) else None)
+    return out
+
+
+def _same_pixels(decoded: np.ndarray, loaded: np.ndarray) -> bool:
+    """A decoded (H, W) or (H, W, 3) file equals a dataset's (H, W, C) image (grey broadcast to RGB)."""
+    arr = decoded[..., None] if decoded.ndim == 2 else decoded
+    if arr.shape[:2] != loaded.shape[:2] or arr.shape[2] not in (1, loaded.shape[2]):
+        return False
+    return bool(np.array_equal(np.broadcast_to(arr, loaded.shape), loaded))
 
 
 def reference_predict(checkpoint: str | os.PathLike, images: list[str | os.PathLike]) -> np.ndarray:

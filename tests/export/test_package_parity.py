@@ -57,11 +57,49 @@ def test_raw_folder_parity_with_the_toolchain(made):
     assert np.abs(skipped - want).max() > 10 * np.abs(got - want).max()
 
 
-def test_openvino_fp32_package_runs_fp32(made):
+def test_openvino_fp32_package_runs_fp32(made, monkeypatch):
+    import openvino
+
     manifest = json.loads((made["ov"] / "manifest.json").read_text())
     assert manifest["model"]["openvino_config"] == {"INFERENCE_PRECISION_HINT": "f32"}
+    seen, real = [], openvino.Core
+
+    class Recording(real):  # this CPU may lack bf16, so check the setting is passed, not only its effect
+        def compile_model(self, model, device, config=None):
+            seen.append(dict(config or {}))
+            return super().compile_model(model, device, config or {})
+
+    monkeypatch.setattr(openvino, "Core", Recording)
+    predict_template().Runner(manifest, root=made["ov"])
+    assert seen == [{"INFERENCE_PRECISION_HINT": "f32"}]
+    monkeypatch.undo()
     report = verify_package(made["ov"])
     assert report["runtime"] == "openvino" and report["precision_hint"] == "f32"
     ov = predict_probs(made["ov"], made["images"], "--runtime", "openvino")
     ort = predict_probs(made["ort"], made["images"], "--runtime", "onnxruntime")
     assert np.abs(ov - ort).max() <= 1e-4
+
+
+def test_raw_sources_of_an_image_folder(tmp_path):
+    from PIL import Image
+
+    from export.package import raw_sources
+    from tests.conftest import write_tiny_npz
+    from toolchain.data import load_dataset
+    from toolchain.data.folder import _decode
+
+    rng = np.random.default_rng(0)
+    for cls in ("normal", "pneumonia"):
+        (tmp_path / "xr" / cls).mkdir(parents=True)
+        for i in range(10):
+            h, w = rng.integers(20, 40, 2)
+            Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(tmp_path / "xr" / cls / f"{i}.png")
+    ds = load_dataset(tmp_path / "xr", load_size=LOAD_SIZE, cache=False, progress=False)
+    test = ds.split("test")
+    found = raw_sources(ds, "test", list(range(len(test))))
+    assert len(found) == len(test) and all(p is not None for p in found)
+    for p, img, label in zip(found, test.images, test.labels, strict=True):
+        assert p.parent.name == ds.class_names[label]
+        assert np.array_equal(_decode(p, p.read_bytes(), LOAD_SIZE), img[..., 0])
+    npz = load_dataset(write_tiny_npz(tmp_path / "tiny.npz"))
+    assert raw_sources(npz, "test", [0, 1]) == [None, None]
