@@ -99,7 +99,8 @@ def _check_preprocess(pre: dict) -> None:
 def _write_samples(root: Path, samples: list[Sample]) -> list[dict]:
     from PIL import Image
 
-    (root / "samples").mkdir()
+    if samples:
+        (root / "samples").mkdir()
     out = []
     for s in samples:
         if not s.name or Path(s.name).name != s.name or s.name.startswith("."):
