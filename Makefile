@@ -17,7 +17,7 @@ GRANULARITY ?= neuron
 PRECISION ?= default
 OUT ?= dist
 
-.PHONY: install test lint deploy bench baselines importance removal export-bench paper clean
+.PHONY: install test lint deploy bench baselines importance removal export-bench paper studies clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -37,23 +37,26 @@ deploy: install
 	  --sampling $(SAMPLING) --ratio $(RATIO) --granularity $(GRANULARITY) --precision $(PRECISION) --out $(OUT)
 
 bench: install
-	$(PY) -m benchmarks.studies.harness_report
-	$(PY) -m devices.roofline_fit
+	$(MEDPRUNE) study harness_report
+	$(MEDPRUNE) study jetson_prediction
 
 baselines: install
-	$(PY) -m benchmarks.studies.baselines
+	$(MEDPRUNE) study baselines
 
 importance: install
-	$(PY) -m benchmarks.studies.importance_grid
+	$(MEDPRUNE) study importance_grid
 
 removal: install
-	$(PY) -m benchmarks.studies.removal_parity
+	$(MEDPRUNE) study removal_parity
 
 export-bench: install
-	$(PY) -m benchmarks.studies.export_quality
+	$(MEDPRUNE) study export_quality
 
 paper: install
-	$(PY) -m benchmarks.studies.paper.grid --datasets pneumoniamnist,breastmnist,chest_xray_224
+	$(MEDPRUNE) study paper_grid --datasets pneumoniamnist,breastmnist,chest_xray_224
+
+studies: install
+	$(MEDPRUNE) study --help
 
 clean:
 	rm -rf $(VENV) .cache runs dist build *.egg-info .pytest_cache .ruff_cache

@@ -12,9 +12,8 @@ def register(app: typer.Typer) -> None:
                  context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def study_cmd(ctx: typer.Context, name: str = typer.Argument(None, metavar="NAME")) -> None:
         """Run a study that writes committed results (`medprune study --help` lists them)."""
-        from .studies.registry import get_study, listing
+        from .studies.registry import run_study
 
-        if name in (None, "-h", "--help"):
-            typer.echo(listing())
-            return
-        get_study(name).run(list(ctx.args))
+        code = run_study([name, *ctx.args] if name else list(ctx.args))
+        if code:
+            raise typer.Exit(code)

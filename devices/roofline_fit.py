@@ -1,4 +1,5 @@
-"""Calibrate the roofline model on this machine.
+"""Fit the roofline model's efficiency factors on this machine (``medprune bench`` reads the cached fit;
+``medprune study jetson_prediction`` writes the committed report).
 
 A small suite of CNNs and ViTs (random weights: latency does not depend on them) spanning two orders
 of magnitude in MACs is exported to ONNX, measured with the benchmark harness on ONNX Runtime at batch 1,
@@ -8,19 +9,14 @@ peaks. The result is cached per machine (CPU model, threads, ORT version) under 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import os
-import shlex
-import sys
 import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.harness import BenchConfig, benchmark, machine_info
-from benchmarks.report import write_report
 from toolchain.settings import cache_dir
 
 from .roofline import (
@@ -119,46 +115,3 @@ def cached_calibration(threads: int, refresh: bool = False, progress=None) -> Ca
     cal = run_calibration(threads, progress=progress)
     save_calibration(cal, path)
     return cal
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Calibrate on the suite plus ``--models`` ONNX files and predict their latency on the Jetsons."""
-    from .profiles import load_profile
-    from .roofline import predict_for_profile
-
-    p = argparse.ArgumentParser(description="Calibrate the roofline on this machine; predict Jetson latency.")
-    p.add_argument("--models", type=Path, nargs="*", default=None,
-                   help="ONNX files or folders (default: $MEDPRUNE_CACHE/bench_models from make bench)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--runs", type=int, default=30)
-    p.add_argument("--targets", default="jetson-orin-nano,jetson-agx-orin")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "benchmarks" / "results")
-    p.add_argument("--stem", default="roofline")
-    a = p.parse_args(argv)
-    command = "python -m devices.roofline_fit " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
-    sources = a.models if a.models is not None else [cache_dir() / "bench_models"]
-    files = []
-    for src in sources:
-        files += sorted(src.glob("*.onnx")) if src.is_dir() else [src]
-    extra = [(f.stem, f) for f in files]
-    cal = run_calibration(a.threads, runs=a.runs, extra=extra, progress=print)
-    predictions = []
-    for target in a.targets.split(","):
-        profile = load_profile(target)
-        for name, path in extra:
-            pred = predict_for_profile(onnx_layer_costs(path), profile, cal)
-            pred.update({"model": name, "batch": 1})
-            predictions.append(pred)
-    notes = [f"fit on {len(cal.points)} models measured here with ONNX Runtime at batch 1, {a.threads} threads "
-             f"(minimum of {a.runs} runs, since contention on this shared machine only adds time): "
-             f"MAPE {cal.mape:.1f}%, leave-one-out MAPE {cal.loo_mape if cal.loo_mape is None else round(cal.loo_mape, 1)}%",
-             "Jetson latencies are PREDICTED from published peaks and these efficiency factors, never measured here"]
-    report = {"title": "medprune roofline calibration and predicted Jetson latency", "command": command,
-              "machine": machine_info(), "target": None, "models": [], "comparisons": [],
-              "calibration": cal.to_dict(), "predictions": predictions, "device_commands": {}, "notes": notes}
-    paths = write_report(report, a.out, stem=a.stem)
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-
-
-if __name__ == "__main__":
-    main()

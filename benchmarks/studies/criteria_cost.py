@@ -1,6 +1,6 @@
 """Scoring cost of every criterion relative to one forward+backward pass over the same references.
 
-    python -m benchmarks.studies.criteria_cost [--n-per-class 10] [--criteria lrp,dlb,ig,taylor,magnitude,random]
+    medprune study criteria_cost [--n-per-class 10] [--criteria lrp,dlb,ig,taylor,magnitude,random]
 
 For each PneumoniaMNIST baseline (benchmarks/results/baselines.json) and criterion: seconds to score all
 units on 2 × n-per-class confidence-sampled train images, divided by the median of forward+backward
@@ -10,7 +10,6 @@ as far as it can). Writes benchmarks/results/criteria_cost.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -18,21 +17,24 @@ import statistics
 import time
 from pathlib import Path
 
+from .registry import StudyParser, command_line, study
+
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-def main() -> None:
+@study("criteria_cost", outputs=("criteria_cost.json", "criteria_cost.md"))
+def main(argv: list[str] | None = None) -> None:
     import torch
 
     from toolchain.importance import get_criterion
     from toolchain.prune_eval import forward_backward_seconds, load_context, reference_inputs, score_units
     from toolchain.units import find_unit_layers
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = StudyParser("criteria_cost", __doc__)
     ap.add_argument("--n-per-class", type=int, default=10)
     ap.add_argument("--criteria", default="lrp,dlb,ig,taylor,magnitude,random")
     ap.add_argument("--models", default="vgg19,resnet50,vit_b16")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     doc = json.loads((RESULTS / "baselines.json").read_text())
     ckpts = {r["model"]: r["checkpoint"] for r in doc["runs"] if r["data"] == "pneumoniamnist"}
@@ -52,7 +54,7 @@ def main() -> None:
                          "fwd_bwd_s": round(fb, 3), "ratio": round(seconds / fb, 2),
                          "load_avg": os.getloadavg()[0]})
             print(f"{model_name:9s} {name:10s} {seconds:7.2f} s = {seconds / fb:6.2f} x fwd+bwd", flush=True)
-    out = {"command": "python -m benchmarks.studies.criteria_cost", "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    out = {"command": command_line("criteria_cost", argv), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
            "machine": platform.machine(), "threads": torch.get_num_threads(), "rows": rows}
     (RESULTS / "criteria_cost.json").write_text(json.dumps(out, indent=1))
     lines = ["# Criterion scoring cost vs one forward+backward pass", "",
@@ -66,7 +68,3 @@ def main() -> None:
               f"{r['load_avg']:.1f} |" for r in rows]
     (RESULTS / "criteria_cost.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / 'criteria_cost.md'}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """End-to-end deploy runs on the baseline checkpoints: gates, parity, size, fidelity per model and target.
 
-    python -m benchmarks.studies.deploy_runs [--out dist/deploy_runs]
+    medprune study deploy_runs [--out dist/deploy_runs]
 
 Runs ``medprune deploy --json`` (as a user would, so benchmarks never imports the later ``devices``
 stage) for each recipe below on the PneumoniaMNIST baseline checkpoints listed in
@@ -10,7 +10,6 @@ stage) for each recipe below on the PneumoniaMNIST baseline checkpoints listed i
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import subprocess
@@ -19,6 +18,8 @@ import time
 from pathlib import Path
 
 from toolchain.atomic import atomic_file
+
+from .registry import StudyParser, study
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 RECIPES = [
@@ -55,7 +56,7 @@ def _pct(v) -> str:
 
 def markdown(rows: list[dict]) -> str:
     lines = ["# Deploy runs on the baseline checkpoints (PneumoniaMNIST test split)", "",
-             "Command: `python -m benchmarks.studies.deploy_runs` (each row's own command below; stages are cached).", "",
+             "Command: `medprune study deploy_runs` (each row's own command below; stages are cached).", "",
              "| model | target | ratio | acc dense → pruned | max sens. drop (pts) | params ÷ | MACs ÷ | "
              "export parity max\\|Δlogit\\| | fidelity ρ | ECE dense → pruned → deployed (T) | package |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|---|---|"]
@@ -85,10 +86,11 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+@study("deploy_runs", outputs=("deploy_runs.json", "deploy_runs.md"))
+def main(argv: list[str] | None = None) -> None:
+    ap = StudyParser("deploy_runs", __doc__)
     ap.add_argument("--out", default="dist/deploy_runs")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     ckpts = checkpoints()
     rows = []
     for recipe in RECIPES:
@@ -103,7 +105,3 @@ def main() -> None:
     with atomic_file(RESULTS / "deploy_runs.md", "w") as fh:
         fh.write(markdown(rows))
     print(f"wrote {RESULTS / 'deploy_runs.md'}")
-
-
-if __name__ == "__main__":
-    main()

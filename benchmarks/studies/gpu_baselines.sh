@@ -8,7 +8,7 @@ OUT_DIR=${1:?output dir}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 MEDPRUNE_CACHE=${MEDPRUNE_CACHE:-/tmp/medprune-gpu-cache}
 mkdir -p "$OUT_DIR"
 python3 -c 'import torch, timm; print("torch", torch.__version__, "timm", timm.__version__, torch.cuda.get_device_name())'
-timeout 330 python3 -m benchmarks.studies.baselines --quiet 2>&1 | tail -40
+timeout 330 python3 -m benchmarks.studies baselines --quiet 2>&1 | tail -40
 cp benchmarks/results/baselines.json "$OUT_DIR/baselines_cuda.json"
 cp benchmarks/results/baselines.md "$OUT_DIR/baselines_cuda.md"
 # ResNet50 with the settings of the recorded run; ViT-B/16 with its native 16 px patches

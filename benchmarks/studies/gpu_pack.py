@@ -2,19 +2,20 @@
 
 Weights are rounded to fp16 (halving the bytes); the receiving side restores fp32 tensors, re-saves
 them with a sidecar that records the rounding, and re-evaluates the test metrics on its own CPU.
-    python -m benchmarks.studies.gpu_pack pack CACHE_DIR PATTERN PARTS_DIR [--part-mib 15]
-    python -m benchmarks.studies.gpu_pack unpack PARTS_DIR DEST_CACHE_DIR
+    medprune study gpu_pack pack CACHE_DIR PATTERN PARTS_DIR [--part-mib 15]
+    medprune study gpu_pack unpack PARTS_DIR DEST_CACHE_DIR
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import io
 import json
 import os
 import tarfile
 from pathlib import Path
+
+from .registry import StudyParser, study
 
 
 def pack(cache: str, pattern: str, parts: str, part_mib: int) -> None:
@@ -82,8 +83,10 @@ def unpack(parts: str, dest: str) -> None:
     _ = torch
 
 
-if __name__ == "__main__":
-    p = argparse.ArgumentParser()
+
+@study("gpu_pack")
+def main(argv: list[str] | None = None) -> None:
+    p = StudyParser("gpu_pack", __doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("pack")
     a.add_argument("cache")
@@ -93,5 +96,5 @@ if __name__ == "__main__":
     b = sub.add_parser("unpack")
     b.add_argument("parts")
     b.add_argument("dest")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     pack(args.cache, args.pattern, args.parts, args.part_mib) if args.cmd == "pack" else unpack(args.parts, args.dest)

@@ -6,20 +6,17 @@ baseline, LRP, ...) so that load from other processes hits both alike; the ratio
 pair and its median reported. The LRP time is the whole ``criterion(model, x, y, layers)`` call:
 deep copy, canonization, the logit check, and propagation.
 
-    MEDPRUNE_DATA=/work/shared/data python -m benchmarks.studies.lrp_cost [--archs vgg19,resnet50,vit_b16]
+    MEDPRUNE_DATA=/work/shared/data medprune study lrp_cost [--archs vgg19,resnet50,vit_b16]
 
 Writes benchmarks/results/lrp_cost.{json,md}.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -31,6 +28,8 @@ from toolchain.data import Preprocess, load_dataset
 from toolchain.importance import get_criterion
 from toolchain.models import build_model
 from toolchain.units import find_unit_layers
+
+from .registry import StudyParser, command_line, study
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -115,8 +114,9 @@ def write(results: dict) -> None:
         fh.write("\n".join(lines) + "\n")
 
 
+@study("lrp_cost", outputs=("lrp_cost.json", "lrp_cost.md"))
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = StudyParser("lrp_cost", __doc__)
     parser.add_argument("--archs", default="vgg19")
     parser.add_argument("--dataset", default="pneumoniamnist")
     parser.add_argument("--n", type=int, default=20)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     x, y = reference_images(args.dataset, args.n, args.img_size, seed=0)
     results = {
-        "command": "python -m benchmarks.studies.lrp_cost " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "command": command_line("lrp_cost", argv),
         "dataset": args.dataset,
         "n_samples": len(x),
         "img_size": args.img_size,
@@ -149,7 +149,3 @@ def main(argv: list[str] | None = None) -> dict:
         results["models"].append(r)
     write(results)
     return results
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Compare predict.py run in a minimal venv (numpy + onnxruntime + pillow only) with the toolchain.
 
-Called by ``benchmarks/predict_minimal_venv.sh`` (which builds the venv, extracts the package and runs
+Called by ``benchmarks/studies/predict_minimal_venv.sh`` (which builds the venv, extracts the package and runs
 predict.py there); this side loads the pruned torch checkpoint the package was exported from and
 computes the toolchain's own probabilities for the same image files (its image-folder decoder, torch
 antialiased-bilinear preprocessing, torch model). Writes ``benchmarks/results/predict_minimal.{json,md}``.
@@ -8,7 +8,6 @@ antialiased-bilinear preprocessing, torch model). Writes ``benchmarks/results/pr
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
@@ -16,19 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+from .registry import StudyParser, study
+
 TOLERANCE = 1e-4  # max |Δprob|: the same resize maths in numpy and torch differ by float rounding only
 
 
+@study("predict_minimal", outputs=("predict_minimal.json", "predict_minimal.md"))
 def main(argv: list[str] | None = None) -> int:
     from export.package import reference_predict
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = StudyParser("predict_minimal", __doc__)
     ap.add_argument("--deploy-json", type=Path, required=True, help="`medprune deploy --json` summary")
     ap.add_argument("--predict-json", type=Path, required=True, help="`predict.py --json` output")
     ap.add_argument("--venv-info", type=Path, required=True, help="JSON with the venv's python/packages")
-    ap.add_argument("--command", default="benchmarks/predict_minimal_venv.sh")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--command", default="benchmarks/studies/predict_minimal_venv.sh")
+    ap.add_out()
     args = ap.parse_args(argv)
 
     summary = json.loads(args.deploy_json.read_text())
@@ -87,7 +88,3 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "predict_minimal.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

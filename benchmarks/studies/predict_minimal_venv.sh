@@ -36,5 +36,5 @@ mapfile -t IMAGES < <(ls "$XRAYS"/NORMAL/*.jpeg | head -2; ls "$XRAYS"/PNEUMONIA
 "$VENV/bin/python" -I "$PKG/predict.py" "${IMAGES[@]}"
 
 echo "== 4/4 compare with the toolchain (torch, pruned checkpoint)"
-.venv/bin/python -m benchmarks.studies.predict_minimal --deploy-json "$WORK/deploy.json" \
+.venv/bin/medprune study predict_minimal --deploy-json "$WORK/deploy.json" \
   --predict-json "$WORK/predict.json" --venv-info "$WORK/venv.json" --command "benchmarks/studies/predict_minimal_venv.sh"

@@ -86,6 +86,15 @@ def listing() -> str:
     return "\n".join(lines)
 
 
+def run_study(argv: list[str]) -> int:
+    """``NAME [OPTIONS]`` → run that study (``--help`` or nothing: the listing); its exit status."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(listing())
+        return 0
+    code = get_study(argv[0]).run(list(argv[1:]))
+    return code if type(code) is int else 0  # studies that gate something return their exit status
+
+
 def command_line(name: str, argv: list[str] | None) -> str:
     """The command that reproduces a result, recorded in its JSON/Markdown."""
     return f"medprune study {name} {shlex.join(argv or [])}".rstrip()
@@ -113,9 +122,10 @@ def comma_list(kind: Callable[[str], object] = str, choices: Iterable[str] | Non
 class StudyParser(argparse.ArgumentParser):
     """``argparse`` with the shared style of the studies (see the module docstring)."""
 
-    def __init__(self, name: str, doc: str | None, **kwargs):
-        super().__init__(prog=f"medprune study {name}", description=doc,
-                         formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    def __init__(self, name: str | None = None, doc: str | None = None, **kwargs):
+        if name is not None:  # sub-parsers (add_subparsers) arrive with their prog in kwargs
+            kwargs.update(prog=f"medprune study {name}", description=doc)
+        super().__init__(formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
     def error(self, message: str):  # one line through the medprune CLI (exit 2), not usage + traceback
         raise ConfigError(f"{self.prog}: {message}")

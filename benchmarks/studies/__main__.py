@@ -1,0 +1,13 @@
+"""``python -m benchmarks.studies NAME [OPTIONS]``: ``medprune study`` for a checkout on PYTHONPATH that is not
+pip-installed (so the ``medprune.commands`` entry points do not exist), e.g. a bare GPU machine."""
+
+import sys
+
+from toolchain.errors import MedpruneError
+
+from .registry import run_study
+
+try:
+    sys.exit(run_study(sys.argv[1:]))
+except MedpruneError as exc:  # one line, like the medprune CLI
+    sys.exit(f"medprune: error: {str(exc).splitlines()[0]}")
