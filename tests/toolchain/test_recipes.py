@@ -1,0 +1,22 @@
+"""Training recipes are defined once (toolchain.recipes) and read by the baselines study."""
+
+from benchmarks.studies.baselines import RUNS
+from toolchain.recipes import RECIPES, recipe_for
+from toolchain.train import TrainConfig
+
+
+def test_train_args_are_valid_trainconfig_fields_and_fresh():
+    for recipe in RECIPES.values():
+        args = recipe.train_args()
+        TrainConfig(**args).validate()
+        args.setdefault("build_args", {})["x"] = 1  # callers may update it without touching the recipe
+        assert "x" not in recipe.build_args
+    assert recipe_for("no_such_family") is None
+
+
+def test_baseline_runs_come_from_the_recipes():
+    for key, run in RUNS.items():
+        recipe = RECIPES[run["model"]]
+        assert run.get("build_args", {}) == recipe.build_args, key
+        if key != "vit_b16:chest_xray_224":  # its lr was re-chosen on that dataset's val split
+            assert run["lr"] == recipe.lr, key
