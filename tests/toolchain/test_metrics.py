@@ -208,3 +208,21 @@ def test_metric_names_checked():
             metric_function(bad, ["normal", "pneumonia"])
     with pytest.raises(ValueError):
         paired_bootstrap_diff(Y, PROBS, PROBS[:3], "accuracy")
+
+
+def test_hanley_mcneil_matches_simulated_auc_spread():
+    """The formula is exact when scores are exponential: its SE must match the spread of simulated AUCs."""
+    from toolchain.intervals import hanley_mcneil
+    from toolchain.metrics import binary_auc
+
+    rng = np.random.default_rng(0)
+    n_pos, n_neg, rate = 40, 60, 3.0  # positives ~ Exp(1), negatives ~ Exp(rate): AUC = rate / (1 + rate)
+    aucs = []
+    for _ in range(1500):
+        score = np.concatenate([rng.exponential(1.0, n_pos), rng.exponential(1.0 / rate, n_neg)])
+        aucs.append(binary_auc(np.arange(100) < n_pos, score))
+    lo, hi = hanley_mcneil(rate / (1 + rate), n_pos, n_neg)
+    assert (hi - lo) / 2 / 1.959964 == pytest.approx(np.std(aucs), rel=0.08)
+    assert hanley_mcneil(1.0, 5, 5) == (1.0, 1.0) and hanley_mcneil(0.5, 10, 10)[0] < 0.5
+    with pytest.raises(ValueError):
+        hanley_mcneil(1.2, 10, 10)
