@@ -127,14 +127,19 @@ def save_scores(path, scores: Mapping[str, torch.Tensor], meta: Mapping) -> None
 
 
 def load_scores(path) -> tuple[dict[str, torch.Tensor], dict] | None:
-    """``(scores, meta)`` or None when absent/unreadable (a cache miss, never an error)."""
+    """``(scores, meta)``; None when not cached yet, or (with a warning) when the entry is damaged."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
+    meta_path, weights_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
+    if not (meta_path.is_file() and weights_path.is_file()):  # the JSON is written last: no JSON, no entry
+        return None
     try:
-        meta = json.loads(path.with_suffix(".json").read_text())
-        return load_file(str(path.with_suffix(".safetensors"))), meta
-    except Exception:  # missing, partial or foreign files all mean: recompute
+        return load_file(str(weights_path)), json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, SafetensorError, OSError) as exc:  # damaged: say so, then recompute
+        warnings.warn(f"score cache entry {path} is unreadable ({type(exc).__name__}: {exc}); recomputing",
+                      stacklevel=2)
         return None
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +83,6 @@ def test_rss_subprocess_positive(tiny_onnx):
 
 
 def test_accuracy_through_runtime(tiny_onnx, tiny_npz):
-    if importlib.util.find_spec("toolchain.metrics") is None:
-        pytest.skip("toolchain.metrics not written yet")
     r = benchmark(tiny_onnx, None, BenchConfig(**FAST, rss=False, data=str(tiny_npz)))
     acc = r["accuracy"]
     assert acc["n"] == 8 and 0 <= acc["accuracy"] <= 1
