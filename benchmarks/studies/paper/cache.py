@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,9 @@ class Cache:
             return None
         try:
             return json.loads(p.read_text())
-        except json.JSONDecodeError:
-            return None  # cannot happen with atomic writes, but a damaged entry is recomputed, not trusted
+        except json.JSONDecodeError as exc:  # atomic writes make this rare; recomputed, not trusted, and said
+            warnings.warn(f"paper-grid cache entry {p} is unreadable ({exc}); recomputing", stacklevel=2)
+            return None
 
     def put(self, kind: str, key: str, value: dict) -> None:
         heatmaps = value.pop("_heatmaps", None)

@@ -9,13 +9,13 @@ Prep tasks (``dense_task``, ``reference_task``) compute what many cells share on
 metrics and the reference indices of a sampling strategy (they do not depend on the criterion).
 
 Everything here returns plain JSON-ready data (plus numpy heatmaps for the figure); the driver in
-``benchmarks.studies.paper.grid`` owns caching, so workers never write files (a Ray cluster without a shared
+``benchmarks.studies.paper.sweep`` owns caching, so workers never write files (a Ray cluster without a shared
 filesystem works too, as long as checkpoints and data are reachable at the same paths).
 
 Reused from the toolchain: data loading, checkpoints, ``select_reference`` (sampling), criteria,
 ``toolchain.prune_eval`` (``score_units``, ``RatioEvaluator`` for masks/evaluation per ratio,
 ``find_lossless``), ``apply_masks`` and the heatmaps of ``toolchain.fidelity``. ``_adapters`` holds
-thin glue and the stand-ins used only when ``toolchain.fidelity`` is missing.
+thin glue between the grid's key names and those of the toolchain.
 """
 
 from __future__ import annotations
