@@ -229,6 +229,17 @@ def evaluate_ratios(ev: RatioEvaluator, ratios: Sequence[float], split: str = "t
     return out
 
 
+def bisect_boundary(lo: int, hi: int, low_side: Callable[[int], bool]) -> tuple[int, int]:
+    """Narrow ``[lo, hi]`` to adjacent integers; ``low_side(k)`` says whether ``k`` is on ``lo``'s side."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if low_side(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, hi
+
+
 def find_lossless(
     ev: RatioEvaluator,
     tolerance: float = 1.0,
@@ -279,12 +290,7 @@ def find_lossless(
             hi = above[0] if above else top + 1
         else:
             hi = grid[0]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid
+    lo, hi = bisect_boundary(lo, hi, ok)
     ratio = lo / steps
     trace.sort(key=lambda r: r["ratio"])
     monotone = all(a["passes"] or not b["passes"] for a, b in zip(trace, trace[1:], strict=False))

@@ -261,8 +261,13 @@ def train(cfg: TrainConfig, force: bool = False) -> Path:
     return weights
 
 
-def fit(model: nn.Module, ds, preprocess, cfg: TrainConfig, *, device: str = "cpu", console=None) -> dict[str, Any]:
-    """Train ``model`` in place (ending on the best-validation weights); returns metrics/history/summary."""
+def fit(model: nn.Module, ds, preprocess, cfg: TrainConfig, *, device: str = "cpu", console=None,
+        make_loss=None) -> dict[str, Any]:
+    """Train ``model`` in place (ending on the best-validation weights); returns metrics/history/summary.
+
+    ``make_loss(class_weight) -> loss(logits, y, x)`` replaces the weighted cross-entropy (recovery
+    distils from a teacher that needs the batch ``x``); the class weights are computed here either way.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .data import make_loader
@@ -279,7 +284,11 @@ def fit(model: nn.Module, ds, preprocess, cfg: TrainConfig, *, device: str = "cp
     if len(loader) == 0:
         raise ConfigError(f"no training batches: {loader.n} images with batch size {cfg.batch_size}")
     weight = class_weights(labels, ds.num_classes).to(device) if cfg.class_weighting else None
-    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    if make_loss is None:
+        ce = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        criterion = lambda logits, y, _x: ce(logits, y)  # noqa: E731
+    else:
+        criterion = make_loss(weight)
     optimizer = make_optimizer(cfg, model)
     total = cfg.epochs * len(loader)
     schedule = make_schedule(optimizer, total, int(round(cfg.warmup_epochs * len(loader))), cfg.min_lr_ratio)
@@ -303,7 +312,7 @@ def fit(model: nn.Module, ds, preprocess, cfg: TrainConfig, *, device: str = "cp
             for x, y in loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 logits = model(x)
-                loss = criterion(logits, y)
+                loss = criterion(logits, y, x)
                 if not torch.isfinite(loss):
                     raise ConfigError(
                         f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower --lr (now {cfg.lr})"

@@ -1,0 +1,150 @@
+"""Recovery fine-tuning of a physically pruned model, distilled from its dense parent, cached.
+
+    cfg = RecoveryConfig(epochs=2)
+    recovered, info = recover_cached(pruned, dense, ds, preprocess, cfg, meta=pruned_meta, teacher_sha=sha)
+
+The training loop is :func:`toolchain.train.fit` (AdamW, warmup + cosine per step, class-weighted
+cross-entropy, progress bar, best epoch by *val balanced accuracy*, early stopping) with the
+distillation loss of :mod:`.distill` plugged in. The learning rate defaults to the dense model's own
+training rate (recorded in its checkpoint), so one recipe serves VGG (1e-4) and ResNet (1e-3) alike.
+
+Cache: ``cache_dir()/recovered/<key>/`` holds the recovered checkpoint and ``result.json``; the key is
+the digest of (``VERSION``, teacher checkpoint sha256, the pruned student's weights, the config, the
+dataset fingerprint). A finished recovery is reused; an interrupted one leaves nothing behind (atomic
+folder) and is redone whole on the next run (no mid-epoch resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .distill import check_weights, distill_loss_factory
+
+VERSION = 1  # bump when the recovery procedure changes what it produces
+_NOT_HASHED = ("quiet", "device")
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    epochs: int = 2
+    lr: float | None = None  # None: the dense model's training lr
+    batch_size: int = 64
+    temperature: float = 4.0
+    kd_weight: float = 1.0
+    ce_weight: float = 1.0
+    weight_decay: float | None = None  # None: the dense model's
+    warmup_epochs: float = 0.1
+    min_lr_ratio: float = 0.01
+    patience: int = 2
+    train_subset: int | None = None
+    augment: bool = True
+    class_weighting: bool = True
+    seed: int = 0
+    quiet: bool = False
+    device: str = "cpu"
+
+    def validate(self) -> RecoveryConfig:
+        if self.epochs < 1:
+            raise ConfigError(f"recovery epochs must be >= 1, got {self.epochs}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"recovery lr must be positive, got {self.lr}")
+        if self.batch_size < 1:
+            raise ConfigError(f"recovery batch size must be >= 1, got {self.batch_size}")
+        check_weights(self.temperature, self.kd_weight, self.ce_weight)
+        return self
+
+    def recipe(self) -> dict[str, Any]:
+        """What changes the result (the cache key's config part, also written to manifests)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_HASHED}
+
+    def train_config(self, dense_meta: dict, ds_name: str, label: str):
+        """The :class:`TrainConfig` ``fit`` runs, dense training values filling the unset fields."""
+        from ..train import TrainConfig
+
+        dense = dense_meta.get("train_config") or {}
+        return TrainConfig(
+            model=label, data=ds_name, img_size=int(dense_meta.get("img_size") or 32), epochs=self.epochs,
+            batch_size=self.batch_size, lr=self.lr or float(dense.get("lr") or 1e-4),
+            weight_decay=self.weight_decay if self.weight_decay is not None else float(dense.get("weight_decay", 0.05)),
+            warmup_epochs=self.warmup_epochs, min_lr_ratio=self.min_lr_ratio, patience=self.patience,
+            class_weighting=self.class_weighting, augment=self.augment, seed=self.seed,
+            train_subset=self.train_subset, device=self.device, quiet=self.quiet,
+        )
+
+
+def state_digest(model: nn.Module) -> str:
+    """sha256 of the model's tensors (names, shapes, values): identifies a pruned student."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(cfg: RecoveryConfig, teacher_sha: str, student: nn.Module, ds_fingerprint: str) -> str:
+    from ..pipeline import digest
+
+    return digest({"stage": "recover", "version": VERSION, "teacher": teacher_sha, "student": state_digest(student),
+                   "config": cfg.recipe(), "dataset": ds_fingerprint})
+
+
+def recover(student: nn.Module, teacher: nn.Module, ds, preprocess, cfg: RecoveryConfig, dense_meta: dict,
+            console=None) -> dict[str, Any]:
+    """Fine-tune ``student`` in place with distillation from ``teacher``; returns fit's result."""
+    from ..train import configure_threads, fit, seed_everything
+
+    cfg.validate()
+    if not isinstance(student, nn.Module) or not isinstance(teacher, nn.Module):
+        raise ConfigError("recover needs the pruned student and the dense teacher as torch modules")
+    configure_threads()
+    seed_everything(cfg.seed)
+    label = f"recover {dense_meta.get('arch') or type(student).__name__}"
+    tcfg = cfg.train_config(dense_meta, ds.name, label)
+    teacher = teacher.to(cfg.device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = student.to(cfg.device)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    make_loss = distill_loss_factory(teacher, cfg.temperature, cfg.kd_weight, cfg.ce_weight)
+    return fit(student, ds, preprocess, tcfg, device=cfg.device, console=console, make_loss=make_loss)
+
+
+def recover_cached(student: nn.Module, teacher: nn.Module, ds, preprocess, cfg: RecoveryConfig, *,
+                   meta: dict, teacher_sha: str, console=None, cache_root: Path | None = None
+                   ) -> tuple[nn.Module, dict[str, Any]]:
+    """``(recovered model, info)``; reuses a finished recovery with the same key.
+
+    ``meta`` is the checkpoint meta the recovered model is saved with (the dense meta with its
+    ``pruning`` entry); ``info`` holds the key, the recipe, fit's history/summary and ``cached``.
+    """
+    from .. import settings
+    from ..atomic import atomic_dir
+    from ..models import load_checkpoint, save_checkpoint
+
+    cfg.validate()
+    key = cache_key(cfg, teacher_sha, student, ds.fingerprint)
+    folder = Path(cache_root or settings.cache_dir() / "recovered") / key[:16]
+    weights = folder / "model.safetensors"
+    if (folder / "result.json").is_file() and weights.is_file():
+        info = json.loads((folder / "result.json").read_text())
+        model, _ = load_checkpoint(weights, device=cfg.device)
+        return model.eval(), {**info, "cached": True, "checkpoint": str(weights)}
+    result = recover(student, teacher, ds, preprocess, cfg, meta, console=console)
+    info = {"key": key, "version": VERSION, "recipe": cfg.recipe(), "history": result["history"],
+            "summary": result["summary"], "val": result["metrics"].get("val")}
+    with atomic_dir(folder) as tmp:
+        save_checkpoint(tmp / "model.safetensors", student, {**meta, "recovery": {k: info[k] for k in
+                                                                                   ("key", "version", "recipe")}})
+        (tmp / "result.json").write_text(json.dumps(info, indent=1, default=str))
+    return student.eval(), {**info, "cached": False, "checkpoint": str(weights)}
