@@ -1,0 +1,160 @@
+"""What a deploy run is asked to do: :class:`DeployConfig`, validated once by :meth:`DeployConfig.resolved`.
+
+Every later module reads a resolved config and trusts it; bad input stops here with one line (exit 2)
+before any data is read or any stage runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from toolchain.errors import ConfigError, MedpruneError
+
+TARGET_ALIASES = {"jetson": "jetson-orin-nano", "x86": "x86-edge", "edge": "x86-edge"}
+# lr defaults per family, from the baseline trials (benchmarks/baselines.py): VGG19 has no BN.
+MODEL_LR = {"vgg19": 1e-4, "vit_b16": 3e-4}
+MODEL_BUILD_ARGS: dict[str, dict] = {"vit_b16": {"patch_size": 16}}  # as in benchmarks/baselines.py
+DEFAULT_MODEL, DEFAULT_DATA, DEFAULT_IMG_SIZE = "vgg19", "pneumoniamnist", 32
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class DeployInterrupted(MedpruneError):
+    exit_code = 130
+
+
+@dataclass
+class DeployConfig:
+    model: str | None = None  # None: the checkpoint's model, else vgg19
+    target: str = "cpu"
+    data: str | None = None  # None: the checkpoint's dataset, else pneumoniamnist
+    criterion: str = "lrp"
+    sampling: str = "clustering"
+    n_per_class: int = 10
+    pool_per_class: int | None = 256  # images per class the sampler scores (None: the whole train split)
+    ratio: str = "auto"  # "auto" or a float in [0, 1)
+    granularity: str = "neuron"  # neuron | group (neuron measured better: see README "Deploy")
+    precision: str = "default"  # default = the target profile's
+    out: str = "dist"
+    img_size: int | None = None  # None: the checkpoint's, else 32
+    epochs: int = 3
+    lr: float | None = None
+    seed: int = 0
+    tolerance: float = 1.0  # accuracy drop allowed, points
+    sens_tolerance: float = 2.0  # per-class sensitivity drop allowed, points
+    search_margin: float = 0.5  # the val search uses tolerances x margin, leaving room for the test gate
+    max_ratio: float = 0.9
+    max_backoff: int = 8  # ratio=auto: smaller ratios tried when the test gate refuses the val choice
+    round_to: int | None = None  # None: the profile's channel multiple (8 for TensorRT)
+    fidelity_images: int = 16
+    calibrate: bool = True  # temperature scaling on val, folded into the classifier (predictions unchanged)
+    bench_runs: int = 50
+    cache_bench: bool = True  # False: re-measure even when a bench stage with the same key exists
+    samples: int = 4
+    device: str = "auto"
+    data_dir: str | None = None
+    name: str | None = None
+    cache: str | None = None
+    checkpoint: str | None = None  # deploy this trained checkpoint instead of training one
+
+    def resolved(self) -> DeployConfig:
+        """A validated copy with every default filled in; ConfigError/ModelError/CheckpointError otherwise."""
+        from devices.profiles import load_profile
+        from toolchain.models.registry import resolve_arch
+
+        cfg = DeployConfig(**asdict(self))
+        cfg.target = TARGET_ALIASES.get(cfg.target, cfg.target)
+        profile = load_profile(cfg.target)
+        if cfg.model is not None:
+            resolve_arch(cfg.model)  # unknown names fail here, before any data is read
+        if cfg.checkpoint:
+            cfg._from_checkpoint()
+        cfg.model = cfg.model or DEFAULT_MODEL
+        cfg.data = cfg.data or DEFAULT_DATA
+        cfg.img_size = cfg.img_size or DEFAULT_IMG_SIZE
+        resolve_arch(cfg.model)
+        cfg._check_recipe()
+        cfg._check_ratio()
+        if cfg.precision == "default":
+            cfg.precision = profile.precision
+        if cfg.precision not in PRECISIONS:
+            raise ConfigError(f"unsupported precision {cfg.precision!r}: use {', '.join(PRECISIONS)} or default")
+        if profile.runtime == "tensorrt" and cfg.precision == "int8":
+            raise ConfigError(f"precision int8 is not supported for {profile.name}: TensorRT INT8 needs "
+                              "calibration on the device; use fp16 or fp32")
+        if cfg.round_to is None:
+            cfg.round_to = 8 if profile.runtime == "tensorrt" else 0
+        cfg._check_numbers()
+        if cfg.pool_per_class is not None:
+            cfg.pool_per_class = max(cfg.pool_per_class, cfg.n_per_class)
+        if cfg.name is not None and (not cfg.name or Path(cfg.name).name != cfg.name or cfg.name.startswith(".")):
+            raise ConfigError(f"package name must be a plain file name, got {cfg.name!r}")
+        out = Path(cfg.out)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} exists and is not a folder")
+        return cfg
+
+    # ---- checks (private: they compute on an already-copied config) ---------------------------------
+    def _check_recipe(self) -> None:
+        """Criterion, sampling and granularity come from their registries (the CLI help reads the same)."""
+        from toolchain.importance import available
+        from toolchain.removal import GRANULARITIES
+        from toolchain.sampling import STRATEGIES
+
+        for flag, value, choices in (("criterion", self.criterion, available()),
+                                     ("sampling", self.sampling, STRATEGIES),
+                                     ("granularity", self.granularity, GRANULARITIES)):
+            if value not in choices:
+                raise ConfigError(f"unknown {flag} {value!r}; choose from {', '.join(choices)}")
+
+    def _check_ratio(self) -> None:
+        raw = self.ratio
+        self.ratio = str(raw).strip().lower()
+        if self.ratio == "auto":
+            return
+        try:
+            value = float(self.ratio)
+        except ValueError:
+            raise ConfigError(f"ratio must be 'auto' or a number in [0, 1), got {raw!r}") from None
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"ratio must be in [0, 1), got {value}")
+        self.ratio = f"{value:.4f}"
+
+    def _check_numbers(self) -> None:
+        if self.round_to < 0:
+            raise ConfigError(f"round_to must be >= 0, got {self.round_to}")
+        for name in ("tolerance", "sens_tolerance"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 0 points, got {getattr(self, name)}")
+        if self.n_per_class < 1:
+            raise ConfigError(f"n-per-class must be >= 1, got {self.n_per_class}")
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.img_size < 8:
+            raise ConfigError(f"img-size must be >= 8 pixels, got {self.img_size}")
+        if self.bench_runs < 1 or self.samples < 1 or self.fidelity_images < 0 or self.max_backoff < 0:
+            raise ConfigError("bench-runs and samples must be >= 1, fidelity-images and max-backoff >= 0")
+        if not 0.0 < self.max_ratio < 1.0 or not 0.0 < self.search_margin <= 1.0:
+            raise ConfigError("max-ratio must be in (0, 1) and search-margin in (0, 1]")
+
+    def _from_checkpoint(self) -> None:
+        """Model, data and input size come from the checkpoint; explicit flags must agree with it."""
+        from toolchain.models.checkpoint import checkpoint_meta, resolve_checkpoint
+        from toolchain.models.registry import resolve_arch
+
+        self.checkpoint = str(resolve_checkpoint(self.checkpoint))
+        meta = checkpoint_meta(self.checkpoint)
+        if meta.get("pruning"):
+            raise ConfigError(f"{self.checkpoint} is already pruned; deploy starts from a dense checkpoint")
+        tc = meta.get("train_config") or {}
+        arch = meta.get("arch")
+        if self.model is not None and resolve_arch(self.model) != arch:
+            raise ConfigError(f"--model {self.model} does not match the checkpoint's architecture {arch}")
+        size = int(meta.get("img_size") or 0)
+        if self.img_size is not None and self.img_size != size:
+            raise ConfigError(f"--img-size {self.img_size} does not match the checkpoint's input size {size}")
+        self.model = self.model or tc.get("model") or arch
+        self.img_size = size
+        self.data = self.data or tc.get("data") or (meta.get("dataset") or {}).get("name")
+        if tc.get("epochs"):
+            self.epochs = int(tc["epochs"])
