@@ -1,4 +1,5 @@
-"""Tiny image folders for the bring-your-own-model, DICOM and predict tests (built per test, never shipped)."""
+"""Helpers of the bring-your-own-model, DICOM and predict tests: tiny image folders (built per test,
+never shipped) and in-process CLI runs."""
 
 from __future__ import annotations
 
@@ -19,3 +20,22 @@ def write_png_folder(root: Path, per_class: int = 10, size: int = 32, seed: int 
             img = np.clip(rng.integers(0, 100, (size, size)) + 120 * label, 0, 255).astype(np.uint8)
             Image.fromarray(img).save(root / cls / f"img{i:02d}.png")
     return root
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    """``medprune ARGV`` in-process: (exit code, stdout, stderr)."""
+    import pytest
+
+    from toolchain.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return exc.value.code or 0, out.out, out.err
+
+
+def one_error_line(err: str) -> str:
+    """The single ``medprune: error:`` line of ``err`` (asserting there is exactly one and no traceback)."""
+    lines = [line for line in err.splitlines() if line.startswith("medprune: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

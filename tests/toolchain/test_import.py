@@ -7,23 +7,9 @@ import json
 import pytest
 import torch
 
-from tests.toolchain._byom_data import write_png_folder
-from toolchain.cli import main
+from tests.toolchain._byom_data import one_error_line, run_cli, write_png_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def _run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
-def _one_error(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("medprune: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +24,7 @@ def _cache(tmp_path, monkeypatch):
 
 def _import_and_prune(arch, weights, folder, tmp_path, capsys, in_chans, extra=()):
     out = tmp_path / "imported"
-    code, stdout, err = _run(["import", "--arch", arch, "--weights", weights, "--class-names", "normal,pneumonia",
+    code, stdout, err = run_cli(["import", "--arch", arch, "--weights", weights, "--class-names", "normal,pneumonia",
                               "--img-size", 32, "--in-chans", in_chans, "--data", folder, "--out", out,
                               "--device", "cpu", *extra], capsys)
     assert code == 0, err
@@ -50,7 +36,7 @@ def _import_and_prune(arch, weights, folder, tmp_path, capsys, in_chans, extra=(
     assert meta["imported"]["weights_file"] == weights.name
     assert set(meta["metrics"]) == {"val", "test"} and meta["input_profile"]["channels"] == 1
     js = tmp_path / "prune.json"
-    code, stdout, err = _run(["prune", "-c", out, "--criterion", "lrp", "--sampling", "random",
+    code, stdout, err = run_cli(["prune", "-c", out, "--criterion", "lrp", "--sampling", "random",
                               "--n-per-class", 2, "--ratios", "0.3", "--json", js, "--device", "cpu", "-q"], capsys)
     assert code == 0, err
     doc = json.loads(js.read_text())
@@ -94,7 +80,7 @@ def test_imagenet_defaults_without_data(tmp_path, capsys):
 
     weights = tmp_path / "w.pt"
     torch.save(timm.create_model("test_resnet", num_classes=3).state_dict(), weights)
-    code, _, err = _run(["import", "--arch", "test_resnet", "--weights", weights, "--num-classes", 3,
+    code, _, err = run_cli(["import", "--arch", "test_resnet", "--weights", weights, "--num-classes", 3,
                          "--img-size", 32, "--out", tmp_path / "m.safetensors"], capsys)
     assert code == 0, err
     meta = json.loads((tmp_path / "m.json").read_text())["meta"]
@@ -107,10 +93,10 @@ def test_pickled_module_is_refused(tmp_path, capsys):
 
     weights = tmp_path / "whole.pt"
     torch.save(timm.create_model("test_resnet", num_classes=2), weights)
-    code, _, err = _run(["import", "--arch", "test_resnet", "--weights", weights, "--num-classes", 2,
+    code, _, err = run_cli(["import", "--arch", "test_resnet", "--weights", weights, "--num-classes", 2,
                          "--out", tmp_path / "out"], capsys)
     assert code == 2
-    line = _one_error(err)
+    line = one_error_line(err)
     assert "torch.save(model.state_dict(), path)" in line and "timm.models" in line
     assert not (tmp_path / "out").exists()
 
@@ -120,19 +106,19 @@ def test_mismatched_keys_are_named(tmp_path, capsys):
 
     weights = tmp_path / "r18.pt"
     torch.save(build_model("torchvision:resnet18", 2, 3, 32).state_dict(), weights)
-    code, _, err = _run(["import", "--arch", "torchvision:resnet34", "--weights", weights, "--num-classes", 2,
+    code, _, err = run_cli(["import", "--arch", "torchvision:resnet34", "--weights", weights, "--num-classes", 2,
                          "--img-size", 32, "--out", tmp_path / "o"], capsys)
-    assert code == 2 and "missing layer1.2.conv1.weight" in _one_error(err)
-    code, _, err = _run(["import", "--arch", "torchvision:resnet18", "--weights", weights, "--num-classes", 5,
+    assert code == 2 and "missing layer1.2.conv1.weight" in one_error_line(err)
+    code, _, err = run_cli(["import", "--arch", "torchvision:resnet18", "--weights", weights, "--num-classes", 5,
                          "--img-size", 32, "--out", tmp_path / "o"], capsys)
-    line = _one_error(err)
+    line = one_error_line(err)
     assert code == 2 and "fc.weight (2, 512) vs (5, 512)" in line and "--num-classes" in line
     state = torch.load(weights, weights_only=True)
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, weights)
-    code, _, err = _run(["import", "--arch", "torchvision:resnet18", "--weights", weights, "--num-classes", 2,
+    code, _, err = run_cli(["import", "--arch", "torchvision:resnet18", "--weights", weights, "--num-classes", 2,
                          "--img-size", 32, "--out", tmp_path / "o"], capsys)
-    assert code == 2 and "unexpected extra.weight" in _one_error(err)
+    assert code == 2 and "unexpected extra.weight" in one_error_line(err)
     assert not (tmp_path / "o").exists()
 
 
@@ -154,5 +140,5 @@ def test_bad_flags_one_line(tmp_path, capsys, argv, message):
     for flag, value in zip(argv[::2], argv[1::2], strict=True):
         base[flag] = value
     args = [x for kv in base.items() for x in kv]
-    code, _, err = _run(["import", *args, "--weights", weights, "--out", tmp_path / "o"], capsys)
-    assert code == 2 and message in _one_error(err)
+    code, _, err = run_cli(["import", *args, "--weights", weights, "--out", tmp_path / "o"], capsys)
+    assert code == 2 and message in one_error_line(err)

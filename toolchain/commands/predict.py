@@ -78,7 +78,7 @@ def predict_files(model, meta: dict, files: list[Path], *, batch_size: int = 32,
         chunk = files[start:start + batch_size]
         images = [read_image(f, load_size) for f in chunk]
         # sizes may differ between files; Preprocess resizes each to the model's input
-        x = torch.cat([preprocess(img) for img in images]).to(device)
+        x = torch.cat([preprocess(img[None, ..., None] if img.ndim == 2 else img[None]) for img in images]).to(device)
         with torch.no_grad():
             probs = torch.softmax(model(x).float(), dim=1).cpu().numpy()
         for f, img, p in zip(chunk, images, probs, strict=True):

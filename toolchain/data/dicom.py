@@ -149,16 +149,13 @@ def window(values: np.ndarray, centre: float, width: float, function: str = "LIN
 
 
 def _voi_lut(values: np.ndarray, ds) -> np.ndarray:
-    """The first VOI LUT of the sequence (PS3.3 C.11.2.1.1), output scaled by its bit depth."""
-    item = ds.VOILUTSequence[0]
-    entries, first, bits = (int(v) for v in item.LUTDescriptor)
-    entries = entries or 65536  # 0 means 2**16 entries
-    raw = item.LUTData
-    lut = np.frombuffer(raw, dtype=np.uint16 if bits > 8 else np.uint8) if isinstance(raw, bytes) \
-        else np.asarray(raw if hasattr(raw, "__len__") else [raw], dtype=np.float64)
-    lut = np.asarray(lut[:entries], dtype=np.float64)
-    idx = np.clip(np.rint(values).astype(np.int64) - first, 0, len(lut) - 1)
-    return np.clip(lut[idx] / float((1 << bits) - 1), 0.0, 1.0)
+    """The first VOI LUT of the sequence (PS3.3 C.11.2.1.1; pydicom reads its data in the file's byte
+    order), output scaled by the LUT's bit depth."""
+    from pydicom.pixels import apply_voi
+
+    bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+    out = np.asarray(apply_voi(values, ds, index=0), dtype=np.float64)
+    return np.clip(out / float((1 << bits) - 1), 0.0, 1.0)
 
 
 def _colour(stored: np.ndarray, ds, photometric: str) -> np.ndarray:
