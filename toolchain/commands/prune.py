@@ -65,8 +65,25 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
         data_dir: str = typer.Option(None, "--data-dir", help="data root (default: MEDPRUNE_DATA)"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
+        speedup: str = typer.Option(None, "--speedup", help="budget: measured ONNX Runtime CPU batch-1 speedup, e.g. 3"),
+        macs_budget: str = typer.Option(None, "--macs-budget", help="budget: MACs (<=1: fraction of dense, or 120M)"),
+        params_budget: str = typer.Option(None, "--params-budget", help="budget: parameters (<=1: fraction, or 2M)"),
+        latency_ms: str = typer.Option(None, "--latency-ms", help="budget: measured ONNX Runtime batch-1 ms"),
+        recover_epochs: int = typer.Option(2, "--recover-epochs", help="budget: distillation epochs (0: none)"),
+        recover_lr: float = typer.Option(None, "--recover-lr", help="budget: recovery lr (default: the dense lr)"),
+        recover_subset: int = typer.Option(0, "--recover-subset", help="budget: recover on N train images (0: all)"),
+        temperature: float = typer.Option(4.0, "--kd-temperature", help="budget: distillation temperature"),
+        kd_weight: float = typer.Option(1.0, "--kd-weight", help="budget: weight of the KL (x T^2) term"),
+        ce_weight: float = typer.Option(1.0, "--ce-weight", help="budget: weight of the class-weighted CE term"),
+        iterative: int = typer.Option(1, "--iterative-steps", help="budget: prune/recover/rescore in N steps"),
+        round_to: int = typer.Option(None, "--round-to", help="budget: keep channel counts multiples of N"),
+        out_checkpoint: Path = typer.Option(None, "--out", help="budget: write the returned model here"),
     ) -> None:
-        """Prune by importance: dense vs masked metrics per ratio (+ the largest lossless ratio)."""
+        """Prune by importance: dense vs masked metrics per ratio (+ the largest lossless ratio).
+
+        With a budget (--speedup, --macs-budget, --params-budget or --latency-ms) it instead finds the
+        pruning amount that meets it on the physically removed model, recovers with distillation and
+        gates on val (see toolchain.recovery)."""
         from rich.console import Console
 
         from ..atomic import atomic_dir, atomic_file, ensure_replaceable_dir, ensure_writable_file
@@ -94,6 +111,14 @@ def register(app: typer.Typer) -> None:
             console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}", highlight=False)
 
         # every user input is checked before the (slow) checkpoint and data loading
+        from ..budget import one_budget
+        from ..recovery.command import recovery_config
+
+        budget = one_budget(speedup=speedup, macs=macs_budget, params=params_budget, latency_ms=latency_ms)
+        rcfg = recovery_config(recover_epochs, recover_lr, temperature, kd_weight, ce_weight, recover_subset,
+                               resolve_device(device), quiet) if budget else None
+        if recover_epochs < 0 or iterative < 1:
+            raise ConfigError("--recover-epochs must be >= 0 and --iterative-steps >= 1")
         ratio_list = parse_ratios(ratios)
         crit = get_criterion(criterion, **parse_options(criterion_opt))
         if sampling not in STRATEGIES:
@@ -136,6 +161,14 @@ def register(app: typer.Typer) -> None:
             "n_per_class": n_per_class if crit.needs_data else None, "seed": seed, "targets": targets,
             "reference_indices": idx.tolist() if idx is not None else None,
         }
+        if budget is not None:
+            from ..recovery import Gates
+            from ..recovery.command import run_budget
+
+            run_budget(ctx, crit, scores, layers, x, y if targets == "label" else None, budget, rcfg,
+                       Gates(tolerance, sens_tolerance), steps=iterative, round_to=round_to,
+                       out_path=out_checkpoint, json_out=json_out, meta=meta, say=say, console=console, out=out)
+            return
         ev = RatioEvaluator(ctx, scores, layers, scope, norm, batch_size, meta=meta,
                             log=None if quiet else say)
         columns = evaluate_ratios(ev, ratio_list, split)
