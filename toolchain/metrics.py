@@ -314,7 +314,10 @@ def metrics_table(columns: Mapping[str, Mapping], *, reference: str | None = Non
     from rich.table import Table
 
     columns = _columns(columns)
-    table = Table(title=title, show_lines=False, caption=_caption(columns))
+    from rich.markup import escape
+
+    caption = _caption(columns)
+    table = Table(title=title, show_lines=False, caption=escape(caption) if caption else None)
     table.add_column("metric", style="bold")
     for name in columns:
         table.add_column(name, justify="right")
@@ -327,8 +330,8 @@ def _caption(columns: Mapping[str, Mapping]) -> str | None:
     info = next((c["intervals"] for c in columns.values() if c.get("intervals")), None)
     if not info:
         return None
-    return (f"[lo, hi]: {info['confidence']:.0%} interval; exact Clopper-Pearson for accuracy, sensitivity, "
-            f"specificity; stratified bootstrap ({info['n_boot']} resamples) for balanced accuracy and AUC")
+    return (f"[lo, hi]: {info['confidence']:.0%} interval (accuracy, sensitivity, specificity: exact "
+            f"Clopper-Pearson; balanced accuracy, AUC: stratified bootstrap, {info['n_boot']} resamples)")
 
 
 def metrics_to_markdown(columns: Mapping[str, Mapping], *, reference: str | None = None) -> str:

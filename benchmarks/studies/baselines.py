@@ -9,6 +9,13 @@ wall time per epoch, parameters, MACs, the exact command and the checkpoint path
 stages find the trained checkpoints through ``baselines.json`` (``runs[*].checkpoint``). The report is
 rewritten after every run, so finished checkpoints are usable while later runs still train.
 
+``make baselines`` runs this for every run in ``RUNS``: these are all the checkpoints the committed
+results use. ``--device auto`` trains on CUDA when present, else on the CPU; the training cache key holds
+the device and the training code version, so a checkpoint trained on a GPU (or by older code) is never
+reused as a CPU one. Each finished run prints its fingerprints (weights sha256, dataset fingerprint,
+device, cache key); the report records ``weights_sha256``, which other results cite as ``sha256``.
+The full set is many hours on 2 CPU cores (see ``cpu_timing`` for measured epoch times).
+
 CPU-friendly settings: 32 px inputs; ViT-B/16 keeps its width/depth/heads but uses 16 px patches at
 32 px (a 2x2 grid + CLS token) so it trains in minutes on 2 cores; BreastMNIST is read at 64 px
 (``breastmnist_64``) and downsampled (antialiased) to 32 px.
@@ -89,9 +96,10 @@ def cli_command(cfg) -> str:
 def summarize(key: str, weights: Path) -> dict[str, Any]:
     import torch
 
-    from toolchain.models import checkpoint_meta, count_macs, count_params, load_checkpoint
+    from toolchain.models import count_macs, count_params, load_checkpoint, read_sidecar
 
-    meta = checkpoint_meta(weights)
+    _, sidecar = read_sidecar(weights)
+    meta = sidecar["meta"]
     model, _ = load_checkpoint(weights)
     example = torch.zeros(1, meta["in_chans"], meta["img_size"], meta["img_size"])
     cfg = make_config(key)
@@ -108,6 +116,8 @@ def summarize(key: str, weights: Path) -> dict[str, Any]:
         "params": count_params(model),
         "macs": count_macs(model, example),
         "checkpoint": str(weights),
+        "weights_sha256": sidecar["weights_sha256"],  # the fingerprint results cite (cache_key: device + code)
+        "cache_key": weights.parent.name,
         "disk_bytes": weights.stat().st_size,
         "command": cli_command(cfg),
         "train_config": meta.get("train_config"),
@@ -121,6 +131,16 @@ def summarize(key: str, weights: Path) -> dict[str, Any]:
         "val": (meta.get("metrics") or {}).get("val"),
         "history": meta.get("train_history"),
     }
+
+
+def fingerprints(weights: Path) -> str:
+    """What identifies a trained checkpoint: weights sha256, dataset fingerprint, device, cache key."""
+    from toolchain.models import read_sidecar
+
+    _, side = read_sidecar(weights)
+    meta = side["meta"]
+    return (f"weights sha256 {side['weights_sha256']}, data {(meta.get('dataset') or {}).get('fingerprint')}, "
+            f"trained on {(meta.get('train') or {}).get('device')}, cache {weights.parent.name} → {weights}")
 
 
 def cpu_epoch_timing(model: str, data: str = "pneumoniamnist", img_size: int = 32, batch_size: int = 64,
@@ -302,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg.quiet = args.quiet
         print(f"== {key}: {cli_command(cfg)}", flush=True)
         weights = train(cfg)
-        print(f"== {key}: {weights}", flush=True)
+        print(f"== {key}: {fingerprints(weights)}", flush=True)
         report()
     if args.cpu_timing or (args.cpu_timing is None and not args.report_only):
         timing = []
