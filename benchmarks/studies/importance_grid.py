@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from toolchain.atomic import atomic_file
+from toolchain.pipeline import code_version
 from toolchain.settings import cache_dir
 
 from .registry import StudyParser, command_line, study
@@ -151,7 +152,8 @@ def run_model(model_key: str, checkpoint: str, args, specs: list[str], report: d
     log(f"{model_key}: loading {checkpoint}")
     ctx = load_context(checkpoint, args.data)
     layers = find_unit_layers(ctx.model)
-    root = cache_dir() / "importance" / ctx.sha256[:16]
+    # scores and evaluations are reused only for the same checkpoint, device (cpu) and code (criteria included)
+    root = cache_dir() / "importance" / f"{ctx.sha256[:16]}-cpu-{code_version(run_model)[:12]}"
     root.mkdir(parents=True, exist_ok=True)
     refs_cache = JsonCache(root / "references.json")
     evals = JsonCache(root / "evaluations.json")
