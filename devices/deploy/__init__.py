@@ -28,8 +28,6 @@ from .config import (
     DEFAULT_DATA,
     DEFAULT_IMG_SIZE,
     DEFAULT_MODEL,
-    MODEL_BUILD_ARGS,
-    MODEL_LR,
     TARGET_ALIASES,
     DeployConfig,
     DeployInterrupted,
@@ -39,6 +37,5 @@ from .manifest import git_commit, model_card
 from .packaging import SAMPLE_TOLERANCE
 from .run import deploy
 
-__all__ = ["DEFAULT_DATA", "DEFAULT_IMG_SIZE", "DEFAULT_MODEL", "MODEL_BUILD_ARGS", "MODEL_LR", "SAMPLE_TOLERANCE",
-           "TARGET_ALIASES", "DeployConfig", "DeployInterrupted", "deploy", "export_plan", "git_commit",
+__all__ = ["DEFAULT_DATA", "DEFAULT_IMG_SIZE", "DEFAULT_MODEL", "SAMPLE_TOLERANCE", "TARGET_ALIASES", "DeployConfig", "DeployInterrupted", "deploy", "export_plan", "git_commit",
            "model_card"]

@@ -12,9 +12,6 @@ from pathlib import Path
 from toolchain.errors import ConfigError, MedpruneError
 
 TARGET_ALIASES = {"jetson": "jetson-orin-nano", "x86": "x86-edge", "edge": "x86-edge"}
-# lr defaults per family, from the baseline trials (benchmarks/baselines.py): VGG19 has no BN.
-MODEL_LR = {"vgg19": 1e-4, "vit_b16": 3e-4}
-MODEL_BUILD_ARGS: dict[str, dict] = {"vit_b16": {"patch_size": 16}}  # as in benchmarks/baselines.py
 DEFAULT_MODEL, DEFAULT_DATA, DEFAULT_IMG_SIZE = "vgg19", "pneumoniamnist", 32
 PRECISIONS = ("fp32", "fp16", "int8")
 

@@ -11,7 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import MODEL_BUILD_ARGS, MODEL_LR, DeployConfig
+from toolchain.recipes import recipe_for
+
+from .config import DeployConfig
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,10 @@ def train_checkpoint(cfg: DeployConfig, console) -> Trained:
         _, meta = load_checkpoint(weights)  # validates sidecar, shapes, finiteness
         config, source = meta.get("train_config"), "checkpoint"
     else:
+        recipe = recipe_for(cfg.model)  # the family's lr and build args (toolchain.recipes); warm-up stays default
         tc = TrainConfig(model=cfg.model, data=cfg.data, img_size=cfg.img_size, epochs=cfg.epochs, seed=cfg.seed,
-                         lr=cfg.lr or MODEL_LR.get(cfg.model, TrainConfig.lr), device=cfg.device,
-                         data_dir=cfg.data_dir, build_args=dict(MODEL_BUILD_ARGS.get(cfg.model, {})))
+                         lr=cfg.lr or (recipe.lr if recipe else TrainConfig.lr), device=cfg.device,
+                         data_dir=cfg.data_dir, build_args=dict(recipe.build_args) if recipe else {})
         weights = train(tc)
         config, source = tc.to_dict(), "train (cached by its config)"
     sha = recorded_sha256(weights)
