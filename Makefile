@@ -16,6 +16,7 @@ RATIO ?= auto
 GRANULARITY ?= neuron
 PRECISION ?= default
 OUT ?= dist
+SIGN_KEY ?=
 
 .PHONY: install test lint deploy bench baselines importance removal export-bench paper studies clean
 
@@ -34,7 +35,8 @@ lint: install
 
 deploy: install
 	$(MEDPRUNE) deploy --model $(MODEL) --target $(TARGET) --data $(DATA) --criterion $(CRITERION) \
-	  --sampling $(SAMPLING) --ratio $(RATIO) --granularity $(GRANULARITY) --precision $(PRECISION) --out $(OUT)
+	  --sampling $(SAMPLING) --ratio $(RATIO) --granularity $(GRANULARITY) --precision $(PRECISION) --out $(OUT) \
+	  $(if $(SIGN_KEY),--sign-key $(SIGN_KEY))
 
 bench: install
 	$(MEDPRUNE) study harness_report

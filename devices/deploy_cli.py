@@ -42,6 +42,8 @@ def deploy_cmd(
     name: str = typer.Option(None, help="package name (default: derived from the recipe)"),
     checkpoint: str = typer.Option(None, help="deploy this trained dense checkpoint (skips training)"),
     cache: str = typer.Option(None, help="stage cache folder (default: $MEDPRUNE_CACHE/deploy)"),
+    sign_key: str = typer.Option(None, "--sign-key", help="Ed25519 private key (medprune keygen) to sign the "
+                                                          "package with (manifest.sig)"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
 ) -> None:
     """Train (cached) → sample → score → ratio → remove → gate → export → verify → benchmark → package."""
@@ -54,7 +56,7 @@ def deploy_cmd(
                        round_to=None if round_to < 0 else round_to, fidelity_images=fidelity_images,
                        calibrate=calibrate,
                        bench_runs=bench_runs, cache_bench=bench_cache, samples=samples, device=device,
-                       data_dir=data_dir, name=name, checkpoint=checkpoint, cache=cache)
+                       data_dir=data_dir, name=name, checkpoint=checkpoint, cache=cache, sign_key=sign_key)
     try:
         summary = deploy(cfg)
     except KeyboardInterrupt:

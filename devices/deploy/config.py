@@ -53,6 +53,7 @@ class DeployConfig:
     name: str | None = None
     cache: str | None = None
     checkpoint: str | None = None  # deploy this trained checkpoint instead of training one
+    sign_key: str | None = None  # Ed25519 private key (medprune keygen): the package gets manifest.sig
 
     def resolved(self) -> DeployConfig:
         """A validated copy with every default filled in; ConfigError/ModelError/CheckpointError otherwise."""
@@ -89,6 +90,10 @@ class DeployConfig:
         out = Path(cfg.out)
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out} exists and is not a folder")
+        if cfg.sign_key is not None:
+            from export.signing import load_private_key
+
+            load_private_key(cfg.sign_key)  # a missing, loose or foreign key stops here, not after every stage
         return cfg
 
     # ---- checks (private: they compute on an already-copied config) ---------------------------------

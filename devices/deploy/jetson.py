@@ -25,8 +25,8 @@ def jetson_scripts(profile, precision: str, onnx_path: Path) -> dict[str, str]:
               "set -euo pipefail", 'PKG="$(cd "$(dirname "$0")" && pwd)"',
               'OUT_DIR="${OUT_DIR:-$PKG.trt}"', 'mkdir -p "$OUT_DIR"', 'cd "$OUT_DIR"',
               "export PATH=$PATH:/usr/src/tensorrt/bin"]
-    build_sh = [*header, "# refuse a modified package before building from it",
-                'python3 "$PKG/predict.py" --check',
+    build_sh = [*header, "# refuse a modified (or, with TRUSTED_KEY=<public key>, unsigned) package before building",
+                'python3 -I "$PKG/predict.py" --check ${TRUSTED_KEY:+--trusted-key "$TRUSTED_KEY"}',
                 "command -v trtexec >/dev/null || { echo 'trtexec not found (JetPack TensorRT)' >&2; exit 2; }",
                 *build, 'echo "engine written to $OUT_DIR"']
     run_sh = [*header, "# lock clocks so latency is repeatable (MAXN power mode, fixed clocks)", *clocks,

@@ -37,37 +37,35 @@ def model_files(profile, precision: str, exp) -> dict[str, Path]:
     return files
 
 
-def samples(ctx, files: dict, runtime: str, count: int) -> list:
-    """Test images at their stored size with the probabilities the toolchain computes for them
-    (torch preprocessing → the verified export), so verify-package checks predict.py's own
-    preprocessing as well as the model file."""
-    from export.package import Sample
-    from export.verify import onnx_runner, openvino_runner
+def samples(ctx, files: dict, runtime: str, count: int, precision: str) -> list:
+    """Test images in their raw form (the image folder's own files; npz images as PNG) with the
+    probabilities the toolchain computes for them (its loader and torch preprocessing → the verified
+    export, run with the precision's settings), so verify-package replays predict.py's whole
+    preprocessing chain, the load-size resize included, as well as the model file."""
+    from export.package import Sample, export_probabilities, raw_sources
 
     test = ctx.ds.split("test")
     k = len(ctx.ds.class_names)
     picks: list[int] = []
     for cls in range(k):
         picks += [int(i) for i in np.flatnonzero(test.labels == cls)[: max(1, count // k)]]
-    run = openvino_runner(files["openvino"]) if runtime == "openvino" else onnx_runner(files["onnx"])
+    model_file = files["openvino"] if runtime == "openvino" else files["onnx"]
+    probs = export_probabilities(model_file, precision, ctx.preprocess(test.images[picks]).numpy())
     out = []
-    for i in picks:
+    for i, source, p in zip(picks, raw_sources(ctx.ds, "test", picks), probs, strict=True):
         img = test.images[i]
-        logits = np.asarray(run(ctx.preprocess(img[None]).numpy()), dtype=np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
         label = ctx.ds.class_names[int(test.labels[i])]
         out.append(Sample(f"test_{i:04d}_{label}", img[..., 0] if img.shape[-1] == 1 else img, label,
-                          probs[0].tolist()))
+                          p.tolist(), source=source))
     return out
 
 
 def predict_preprocess(ctx) -> dict:
-    pre = ctx.preprocess.to_dict()
-    return {"img_size": int(pre["img_size"]), "in_chans": int(pre["in_chans"]),
-            "mean": [float(v) for v in pre["mean"]], "std": [float(v) for v in pre["std"]],
-            "resize": "antialiased bilinear, half-pixel centres (torch interpolate antialias=True)",
-            "scale": "uint8 / 255, then (x - mean) / std per channel; RGB → grey by channel mean"}
+    """The chain predict.py replays: the checkpoint's preprocessing after the load-size resize the
+    dataset was loaded with (export.package.package_preprocess)."""
+    from export.package import package_preprocess
+
+    return package_preprocess(ctx.preprocess.to_dict(), ctx.ds.params.get("load_size"))
 
 
 def build(cfg, profile, pipe, ctx, *, pr, exp, bench, fid, cal: dict | None, gates: dict,
@@ -79,7 +77,7 @@ def build(cfg, profile, pipe, ctx, *, pr, exp, bench, fid, cal: dict | None, gat
     ratio = float(pr.data["recipe"]["ratio"])
     name = package_name(cfg, ctx.ds.name, ratio)
     files = model_files(profile, cfg.precision, exp)
-    sample_list = samples(ctx, files, verify_runtime, cfg.samples)
+    sample_list = samples(ctx, files, verify_runtime, cfg.samples, exported)
     make_scripts = TARGET_SCRIPTS.get(profile.runtime)
     scripts = make_scripts(profile, cfg.precision, files["onnx"]) if make_scripts else {}
     reports = {}
@@ -92,15 +90,16 @@ def build(cfg, profile, pipe, ctx, *, pr, exp, bench, fid, cal: dict | None, gat
     spec = PackageSpec(name=name, runtime=profile.runtime, model_files=files, class_names=list(ctx.ds.class_names),
                        preprocess=predict_preprocess(ctx), manifest=manifest,
                        model_card=model_card(cfg, ctx, manifest, profile), samples=sample_list, reports=reports,
-                       scripts=scripts, sample_tolerance=SAMPLE_TOLERANCE[exported])
+                       scripts=scripts, sample_tolerance=SAMPLE_TOLERANCE[exported], precision=exported)
     t0 = time.perf_counter()
     pipe.console.print(f"[bold][{len(pipe.results) + 1}] package[/] …")
     report: dict = {}
-    folder, tarball = build_package(spec, Path(cfg.out), report=report)  # verified before it is published
+    # verified (against the signing key's public half when signed) before it is published
+    folder, tarball = build_package(spec, Path(cfg.out), report=report, sign_key=cfg.sign_key)
     report["package"] = str(tarball)
     pipe.console.print(f"[green]    verify-package: {report['files_checked']} files, "
                        f"{report['top1_agreement']}/{report['samples']} samples agree, "
-                       f"max |Δprob| {report['max_abs_prob_diff']:.1e}[/]")
+                       f"max |Δprob| {report['max_abs_prob_diff']:.1e}; {report['signature']}[/]")
     return {"package": str(folder), "tarball": str(tarball), "name": name, "verify": report,
             "dense": pr.data["dense"], "pruned": pr.data["pruned"], "deployed": manifest["metrics"]["deployed"],
             "calibration": manifest["calibration"], "ratio": ratio, "gates": gates, "gate_check": gate_check,
