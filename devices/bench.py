@@ -24,6 +24,7 @@ from benchmarks.harness import (
     model_meta,
 )
 from benchmarks.report import write_report
+from toolchain.atomic import ensure_writable_dir
 from toolchain.errors import ModelError
 from toolchain.pickle_guard import refuse_pickle
 
@@ -124,7 +125,7 @@ def run_bench(model: str | Path, target: str, *, data: str | None = None, runs: 
     say = progress or (lambda _m: None)
     profile = load_profile(target)
     path = _check_model(Path(model))
-    out = Path(out)
+    out = ensure_writable_dir(out, "--out")  # before minutes of measuring, not after
     report: dict = {"title": f"medprune bench: {path.name} on {profile.name}", "command": command,
                     "machine": machine_info(), "target": profile.to_dict(), "models": [], "comparisons": [],
                     "predictions": [], "calibration": None, "device_commands": {}, "notes": []}

@@ -91,7 +91,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
     with atomic_path(weights) as tmp:
         # the facts the sidecar states about the model also live in the hashed weights file, so a sidecar
         # edited alone (swapped class names, another input size) no longer matches
-        save_file(state, str(tmp), metadata={"format": FORMAT, BOUND_KEY: bound_meta(meta)})
+        save_file(state, str(tmp), metadata={BOUND_KEY: bound_meta(meta, FORMAT)})
         digest = sha256_file(tmp)
         sidecar = {
             "format": FORMAT,

@@ -25,13 +25,16 @@ from torch import nn
 
 from ..errors import CheckpointError
 
-BOUND_KEY = "medprune_bound"
+# ONE header key: safetensors writes several metadata keys in an order that varies between saves,
+# which would make the bytes (and the sha256) of a seeded training run irreproducible
+BOUND_KEY = "medprune"
 BOUND_FIELDS = ("class_names", "num_classes", "in_chans", "img_size")
 
 
-def bound_meta(meta: dict[str, Any]) -> str:
-    """The header entry ``save_checkpoint`` writes: the bound fields of ``meta`` as JSON."""
-    return json.dumps({k: meta[k] for k in BOUND_FIELDS if k in meta}, sort_keys=True, default=_plain)
+def bound_meta(meta: dict[str, Any], fmt: str) -> str:
+    """The header entry ``save_checkpoint`` writes: the format and the bound fields of ``meta`` as JSON."""
+    bound = {k: meta[k] for k in BOUND_FIELDS if k in meta}
+    return json.dumps({"format": fmt, **bound}, sort_keys=True, default=_plain)
 
 
 def _plain(obj: Any) -> Any:
