@@ -16,7 +16,7 @@ Choices (documented here because every later stage inherits these checkpoints):
   version of ``TRAINING_CODE`` (a changed loader, model or training loop retrains). ``data_dir`` is
   excluded: the fingerprint already identifies the data.
 * Determinism: same config, data, seed, torch build and threads → bit-identical CPU weights
-  (``toolchain.determinism``).
+  (``toolchain.determinism``; the thread count changes the bits: pin ``MEDPRUNE_THREADS`` to compare runs).
 """
 
 from __future__ import annotations
