@@ -139,7 +139,7 @@ def key_id(public) -> str:
 def read_image(path: Path, spec: dict):
     """uint8 (H, W) or (H, W, 3) pixels decoded as the toolchain decodes image folders, then the
     load-size step of ``spec`` (PIL resample on uint8, JPEG draft) when the model was trained with one;
-    DICOM via pydicom (rescaled to 0..255) when installed."""
+    DICOM via pydicom (its display pipeline, see _dicom_pixels) when installed."""
     import numpy as np
     from PIL import Image
 
@@ -171,22 +171,75 @@ def read_image(path: Path, spec: dict):
 
 
 def _dicom_pixels(path: Path):
+    """uint8 pixels of a DICOM file through the display pipeline, as medprune's toolchain.data.dicom
+    (tests keep the two equal): modality rescale, VOI LUT or window (LINEAR/LINEAR_EXACT/SIGMOID),
+    else the image's min-max, MONOCHROME1 inverted; colour converted to 8-bit RGB."""
     import numpy as np
 
     try:
         import pydicom
     except ImportError as exc:
         raise PackageError("reading DICOM needs pydicom: pip install pydicom") from exc
+    try:  # pydicom >= 3
+        from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
+        from pydicom.pixels import pixel_array as _decode
+    except ImportError:  # pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_color_lut, apply_modality_lut, convert_color_space
+        from pydicom.pixel_data_handlers.util import apply_voi_lut as apply_voi
+
+        def _decode(ds, as_rgb=True):
+            arr = ds.pixel_array
+            pi = str(ds.get("PhotometricInterpretation", ""))
+            return convert_color_space(arr, pi, "RGB") if pi.startswith("YBR") else arr
     ds = pydicom.dcmread(str(path))
-    arr = ds.pixel_array.astype(np.float64)
-    arr = arr * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        arr = arr.max() - arr
-    if arr.ndim == 3 and arr.shape[-1] not in (1, 3):
-        arr = arr[arr.shape[0] // 2]  # a multi-frame series: its middle frame
-    lo, hi = float(arr.min()), float(arr.max())
-    arr = (arr - lo) / (hi - lo if hi > lo else 1.0) * 255.0
-    return np.round(arr).astype(np.uint8)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise PackageError(f"{path}: a multi-frame DICOM; export the frames as separate files")
+    try:
+        stored = _decode(ds, as_rgb=True)
+    except Exception as exc:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        raise PackageError(f"{path}: cannot decode its pixel data ({getattr(syntax, 'name', syntax)}): "
+                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR"):
+        if photometric == "PALETTE COLOR":
+            rgb = np.asarray(apply_color_lut(stored, ds), dtype=np.float64)
+            bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        else:
+            rgb, bits = np.asarray(stored, dtype=np.float64), int(ds.get("BitsStored", 8) or 8)
+        return np.clip(np.rint(rgb * (255.0 / ((1 << bits) - 1))), 0, 255).astype(np.uint8)
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise PackageError(f"{path}: DICOM photometric interpretation {photometric or '(none)'} is not supported")
+    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    centre, width = _dicom_first(ds.get("WindowCenter")), _dicom_first(ds.get("WindowWidth"))
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        unit = np.clip(np.asarray(apply_voi(values, ds, index=0), dtype=np.float64) / ((1 << bits) - 1), 0, 1)
+    elif centre is not None and width is not None and width > 0:
+        function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() or "LINEAR"
+        if function == "LINEAR_EXACT":
+            unit = np.clip((values - centre) / width + 0.5, 0.0, 1.0)
+        elif function == "SIGMOID":
+            unit = 1.0 / (1.0 + np.exp(-4.0 * (values - centre) / width))
+        elif function == "LINEAR" and width >= 1:
+            unit = np.clip((values - (centre - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+        else:
+            raise PackageError(f"{path}: unsupported DICOM window (function {function}, width {width})")
+    else:
+        lo, hi = float(values.min()), float(values.max())
+        unit = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    if photometric == "MONOCHROME1":
+        unit = 1.0 - unit
+    return np.rint(unit * 255.0).astype(np.uint8)
+
+
+def _dicom_first(value):
+    if value is None or value == "":
+        return None
+    try:
+        return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def resize_weights(n_in: int, n_out: int):

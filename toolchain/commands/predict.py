@@ -1,9 +1,11 @@
-"""`medprune predict IMAGE_OR_FOLDER... --checkpoint X`: class probabilities for image files, as JSON or CSV.
+"""`medprune predict IMAGE_OR_FOLDER... --checkpoint X | --package DIR`: class probabilities, as JSON or CSV.
 
-Every file is decoded exactly as training decoded it (``folder.read_image``: the same load-time
+With ``--checkpoint`` every file is decoded exactly as training decoded it (``folder.read_image``: the same load-time
 resize, grey detection and DICOM display pipeline) and goes through the checkpoint's stored
 ``Preprocess``. A file far outside what the model was trained on (size, channels, brightness; see
 ``data.input_profile``) still gets a prediction, with a warning on stderr and in the output.
+With ``--package`` the bedside package is verified and its model runs through the manifest's
+preprocessing (``export.package_predict``), i.e. what the package's own predict.py computes.
 """
 
 from __future__ import annotations
@@ -103,13 +105,16 @@ def register(app: typer.Typer) -> None:
     @app.command("predict")
     def predict_cmd(
         inputs: list[Path] = typer.Argument(..., help="image files (PNG, JPEG, TIFF, DICOM, ...) or folders"),
-        checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="model .safetensors (with its .json)"),
+        checkpoint: Path = typer.Option(None, "--checkpoint", "-c", help="model .safetensors (with its .json)"),
+        package: Path = typer.Option(None, "--package", help="a bedside package (folder or .tar.gz) instead"),
+        runtime: str = typer.Option(None, "--runtime", help="with --package: onnxruntime or openvino"),
+        trusted_key: Path = typer.Option(None, "--trusted-key", help="with --package: require its signature"),
         out: Path = typer.Option(None, "--out", "-o", help="write the predictions here (.json or .csv)"),
         fmt: str = typer.Option(None, "--format", help="json or csv (default: from --out, else json)"),
         batch_size: int = typer.Option(32, "--batch-size"),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     ) -> None:
-        """Predict the class of each image with a checkpoint (the preprocessing it was trained with)."""
+        """Predict the class of each image with a checkpoint or a bedside package (same preprocessing)."""
         import sys
 
         from ..atomic import atomic_file
@@ -122,21 +127,32 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"output format must be json or csv (from --format or the --out suffix), got {fmt!r}")
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+        if (checkpoint is None) == (package is None):
+            raise ConfigError("give exactly one of --checkpoint and --package")
+        if package is None and (runtime or trusted_key):
+            raise ConfigError("--runtime and --trusted-key apply to --package only")
         files = collect_files(inputs)
-        dev = resolve_device(device)
-        weights = resolve_checkpoint(checkpoint)
-        model, meta = load_checkpoint(weights, device=dev)
-        records = predict_files(model, meta, files, batch_size=batch_size, device=dev)
-        names = list(meta.get("class_names") or records[0]["probabilities"])
+        if package is not None:
+            from export.package_predict import predict_with_package
+
+            records, source = predict_with_package(package, files, runtime, trusted_key)
+        else:
+            dev = resolve_device(device)
+            weights = resolve_checkpoint(checkpoint)
+            model, meta = load_checkpoint(weights, device=dev)
+            records = predict_files(model, meta, files, batch_size=batch_size, device=dev)
+            source = {"checkpoint": str(weights), "checkpoint_sha256": recorded_sha256(weights),
+                      "arch": meta.get("arch"), "class_names": list(meta.get("class_names") or
+                                                                    records[0]["probabilities"]),
+                      "preprocess": meta.get("preprocess")}
+        names = source["class_names"]
         for r in records:
             for w in r["warnings"]:
                 print(f"medprune: warning: {r['file']}: {w}", file=sys.stderr)
         if fmt == "csv":
             text = to_csv(records, names)
         else:
-            text = json.dumps({"checkpoint": str(weights), "checkpoint_sha256": recorded_sha256(weights),
-                               "arch": meta.get("arch"), "class_names": names,
-                               "preprocess": meta.get("preprocess"), "predictions": records}, indent=1) + "\n"
+            text = json.dumps({**source, "predictions": records}, indent=1) + "\n"
         if out is None:
             sys.stdout.write(text)
             return

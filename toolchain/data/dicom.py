@@ -44,7 +44,10 @@ def read_dicom(path: str | Path, data: bytes | None = None) -> DicomImage:
     path = Path(path)
     ds = _open(path, data)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: invalid NumberOfFrames {ds.get('NumberOfFrames')!r}") from None
     if frames > 1:
         raise DataError(f"{path}: a multi-frame DICOM ({frames} frames); medprune classifies single 2D images "
                         "(export the frames as separate files)")
@@ -54,7 +57,7 @@ def read_dicom(path: str | Path, data: bytes | None = None) -> DicomImage:
     stored = _pixels(ds, path)
     syntax = _syntax_name(ds)
     if photometric in COLOUR:
-        return DicomImage(_colour(stored, ds, photometric), photometric, "colour", syntax)
+        return DicomImage(_grey_if_equal(_colour(stored, ds, photometric)), photometric, "colour", syntax)
     unit, source = _grey_unit(stored, ds)
     if photometric == "MONOCHROME1":
         unit = 1.0 - unit
@@ -170,3 +173,13 @@ def _colour(stored: np.ndarray, ds, photometric: str) -> np.ndarray:
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise DataError(f"DICOM {photometric} image has shape {rgb.shape}, expected (rows, columns, 3)")
     return np.clip(np.rint(rgb * (255.0 / ((1 << bits) - 1))), 0, 255).astype(np.uint8)
+
+
+def _grey_if_equal(rgb: np.ndarray) -> np.ndarray:
+    """A grey image stored as RGB becomes (H, W), by the image folders' rule for PNG/JPEG files."""
+    from .folder import GREY_TOLERANCE
+
+    spread = rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1)
+    if spread.max(initial=0) > GREY_TOLERANCE:
+        return rgb
+    return rgb[..., 0] if not spread.any() else np.rint(rgb.mean(axis=-1)).astype(np.uint8)

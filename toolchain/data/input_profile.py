@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-GREY_TOLERANCE = 2  # RGB channels within this many levels count as grey (as in the folder loader)
+from .folder import GREY_TOLERANCE  # RGB channels within this many levels count as grey
+
 SMALL_FACTOR, LARGE_FACTOR, ASPECT_FACTOR = 0.5, 8.0, 1.5
 MEAN_MARGIN = 0.5  # of the training 1-99 % range of image means
 CHUNK = 512
