@@ -171,3 +171,21 @@ def test_loose_or_wrong_signing_keys_are_refused(made, tmp_path):
         load_private_key(junk)
     with pytest.raises(PackageError, match="not found"):
         verify_package(made["signed"], trusted_key=tmp_path / "missing.pub")
+
+
+def test_checks_run_before_numpy_pillow_or_runtime_are_imported(made, tmp_path):
+    """A refused package never gets as far as importing numpy, pillow, the runtime or cryptography."""
+    import subprocess
+    import sys
+
+    pkg = _copy(made["signed"], tmp_path)
+    (pkg / "MODEL_CARD.md").write_text("edited\n")
+    code = ("import runpy, sys\n"
+            f"sys.argv = [{str(pkg / 'predict.py')!r}, {str(made['images'][0])!r}, '--trusted-key', "
+            f"{str(made['public'])!r}]\n"
+            "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as e:\n    rc = e.code\n"
+            "heavy = [m for m in ('numpy', 'PIL', 'onnxruntime', 'openvino', 'cryptography') if m in sys.modules]\n"
+            "print(rc, ','.join(heavy) or '-')\n")
+    res = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.stdout.split() == ["2", "-"], (res.stdout, res.stderr)
+    assert "checksum mismatch for MODEL_CARD.md" in res.stderr
