@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..importance._hooks import frozen_params
 from .distill import check_weights, distill_loss_factory
 
 VERSION = 1  # bump when the recovery procedure changes what it produces
@@ -92,10 +93,13 @@ def state_digest(model: nn.Module) -> str:
 
 
 def cache_key(cfg: RecoveryConfig, teacher_sha: str, student: nn.Module, ds_fingerprint: str) -> str:
-    from ..pipeline import digest
+    from ..pipeline import code_version, digest
+    from ..settings import resolve_device
 
+    # the device and the code (this module, train.fit and what they import) change the weights too
     return digest({"stage": "recover", "version": VERSION, "teacher": teacher_sha, "student": state_digest(student),
-                   "config": cfg.recipe(), "dataset": ds_fingerprint})
+                   "config": cfg.recipe(), "dataset": ds_fingerprint, "device": resolve_device(cfg.device),
+                   "code_version": code_version(__name__)})
 
 
 def recover(student: nn.Module, teacher: nn.Module, ds, preprocess, cfg: RecoveryConfig, dense_meta: dict,
@@ -110,14 +114,18 @@ def recover(student: nn.Module, teacher: nn.Module, ds, preprocess, cfg: Recover
     seed_everything(cfg.seed)
     label = f"recover {dense_meta.get('arch') or type(student).__name__}"
     tcfg = cfg.train_config(dense_meta, ds.name, label)
-    teacher = teacher.to(cfg.device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher = teacher.to(cfg.device)
+    was_training = teacher.training
     student = student.to(cfg.device)
     for p in student.parameters():
         p.requires_grad_(True)
     make_loss = distill_loss_factory(teacher, cfg.temperature, cfg.kd_weight, cfg.ce_weight)
-    return fit(student, ds, preprocess, tcfg, device=cfg.device, console=console, make_loss=make_loss)
+    # the teacher is frozen only while it teaches: callers keep using it (graph tracing needs grads)
+    try:
+        with frozen_params(teacher):
+            return fit(student, ds, preprocess, tcfg, device=cfg.device, console=console, make_loss=make_loss)
+    finally:
+        teacher.train(was_training)
 
 
 def recover_cached(student: nn.Module, teacher: nn.Module, ds, preprocess, cfg: RecoveryConfig, *,
