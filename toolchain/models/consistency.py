@@ -92,20 +92,39 @@ def input_chw(meta: dict[str, Any], name: str) -> tuple[int, int, int]:
     return chw
 
 
+def _shape_on_meta(model: nn.Module, chw: tuple[int, int, int]) -> tuple[int, ...] | None:
+    """The output shape of one image, propagated on the meta device: shapes only, no arithmetic
+    (a real pass of a 224 px VGG19 costs seconds on a small CPU, at every load)."""
+    from torch.func import functional_call
+
+    from .registry import inference_pass
+
+    state = {k: torch.empty_like(v, device="meta") for k, v in
+             [*model.named_parameters(), *model.named_buffers()]}
+    with inference_pass(model):
+        out = functional_call(model, state, (torch.zeros((1, *chw), device="meta"),), strict=False)
+    return tuple(out.shape) if isinstance(out, torch.Tensor) else None
+
+
 def check_forward(model: nn.Module, meta: dict[str, Any], name: str) -> None:
     """Class names fit the classifier, and one image of the recorded size runs to ``num_classes`` logits."""
     from .registry import inference_pass
 
     check_class_names(meta, name)
     chw = input_chw(meta, name)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
-        with inference_pass(model):
-            out = model(torch.zeros((1, *chw), device=device))
-    except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{name} cannot run an image of its recorded input size {chw}: {first}") from exc
-    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+        shape = _shape_on_meta(model, chw)
+    except Exception:  # an op without a meta kernel, or a real shape error: the real pass decides
+        shape = None
+    if shape is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        try:
+            with inference_pass(model):
+                out = model(torch.zeros((1, *chw), device=device))
+        except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"{name} cannot run an image of its recorded input size {chw}: {first}") from exc
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
     if shape != (1, int(meta["num_classes"])):
         raise CheckpointError(f"{name}: the model outputs {shape} for one image but its sidecar states "
                               f"{meta['num_classes']} classes")
