@@ -9,6 +9,12 @@ from pathlib import Path
 
 import typer
 
+from toolchain.commands.choices import one_of
+
+from .profiles import profile_names
+
+Target = one_of(profile_names())
+
 
 def devices() -> None:
     """List the target device profiles (runtime, precision, threads, batch sizes, peaks with sources)."""
@@ -36,7 +42,7 @@ def devices() -> None:
 
 def bench(
     model: Path = typer.Option(..., "--model", help="checkpoint (.safetensors), ONNX (.onnx) or OpenVINO IR (.xml)"),
-    target: str = typer.Option("cpu", "--target", help="cpu | x86-edge | jetson-orin-nano | jetson-agx-orin"),
+    target: Target = typer.Option("cpu", "--target", help="target device profile (medprune devices)"),
     data: str = typer.Option(None, "--data", help="dataset for accuracy on its test split (e.g. pneumoniamnist)"),
     runs: int = typer.Option(50, "--runs", min=1, help="timed batch-1 runs"),
     out: Path = typer.Option(Path("bench"), "--out", help="output folder for the report"),

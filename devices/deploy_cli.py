@@ -7,21 +7,31 @@ import json
 
 import typer
 
+from toolchain.commands.choices import Criterion, Sampling, one_of
+from toolchain.removal import GRANULARITIES
+
+from .deploy.config import TARGET_ALIASES
+from .profiles import PRECISIONS, profile_names
+
+Target = one_of([*profile_names(), *TARGET_ALIASES])
+Granularity = one_of(GRANULARITIES)
+Precision = one_of(["default", *PRECISIONS])
+
 
 def deploy_cmd(
     model: str = typer.Option(None, help="vgg19, resnet50, vit_b16 or any timm name [default: the checkpoint's, "
                                          "else vgg19]"),
-    target: str = typer.Option("cpu", help="cpu, x86-edge, jetson (= jetson-orin-nano), jetson-agx-orin"),
+    target: Target = typer.Option("cpu", help="target profile (medprune devices); jetson = jetson-orin-nano"),
     data: str = typer.Option(None, help="MedMNIST name, .npz path or image folder [default: the checkpoint's, "
                                         "else pneumoniamnist]"),
-    criterion: str = typer.Option("lrp", help="lrp, dlb, ig, taylor, magnitude, random"),
-    sampling: str = typer.Option("clustering", help="confidence, random, clustering"),
+    criterion: Criterion = typer.Option("lrp", help="importance criterion"),
+    sampling: Sampling = typer.Option("clustering", help="reference sampling strategy"),
     n_per_class: int = typer.Option(10, help="reference images per class"),
     pool_per_class: int = typer.Option(256, help="train images per class the sampler scores (0: all)"),
     ratio: str = typer.Option("auto", help="'auto' (largest lossless on val, confirmed on test) or a float in "
                                            "[0, 1)"),
-    granularity: str = typer.Option("neuron", help="neuron (per-unit masks; what cannot be removed stays zeroed) or group (Torch-Pruning groups)"),
-    precision: str = typer.Option("default", help="default (the target's), fp32, fp16, int8"),
+    granularity: Granularity = typer.Option("neuron", help="neuron (per-unit masks; what cannot be removed stays zeroed) or group (Torch-Pruning groups)"),
+    precision: Precision = typer.Option("default", help="default: the target's"),
     out: str = typer.Option("dist", help="package folder root"),
     img_size: int = typer.Option(None, help="model input side in pixels [default: the checkpoint's, else 32]"),
     epochs: int = typer.Option(3, help="training epochs when no cached checkpoint exists"),

@@ -6,13 +6,21 @@ from pathlib import Path
 
 import typer
 
+from toolchain.commands.choices import one_of
+
+from .exporter import FORMATS
+
+Format = one_of(FORMATS)
+Precision = one_of(dict.fromkeys(p for precisions in FORMATS.values() for p in precisions))
+
 
 def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_cmd(
         checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="model .safetensors (with its .json)"),
-        fmt: str = typer.Option("onnx", "--format", "-f", help="onnx or openvino"),
-        precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 or int8"),
+        fmt: Format = typer.Option("onnx", "--format", "-f", case_sensitive=False, help="model format"),
+        precision: Precision = typer.Option("fp32", "--precision", "-p", case_sensitive=False,
+                                            help="weights precision (INT8 calibrated on train images)"),
         data: str = typer.Option(None, "--data", "-d", help="dataset (default: the one it was trained on)"),
         out: Path = typer.Option(Path("dist"), "--out", "-o", help="output directory"),
         verify: bool = typer.Option(True, "--verify/--no-verify", help="gate the export on parity with PyTorch"),

@@ -48,14 +48,14 @@ def _args(tiny, tmp_path, *extra) -> list[str]:
 # flags rejected before any data or model is read
 @pytest.mark.parametrize("extra,needle", [
     (["--model", "no_such_net"], "unknown model"),
-    (["--target", "toaster"], "unknown target"),
+    (["--target", "toaster"], "'toaster' is not one of 'cpu'"),  # choices from the profiles
     (["--ratio", "1.5"], "ratio must be in [0, 1)"),
     (["--ratio", "-0.1"], "ratio must be in [0, 1)"),
     (["--ratio", "lots"], "ratio must be 'auto' or a number"),
-    (["--criterion", "vibes"], "unknown criterion"),
-    (["--sampling", "psychic"], "unknown sampling"),
-    (["--granularity", "atom"], "unknown granularity"),
-    (["--precision", "fp8"], "unsupported precision"),
+    (["--criterion", "vibes"], "'vibes' is not one of 'dlb'"),  # choices from the criterion registry
+    (["--sampling", "psychic"], "'psychic' is not one of 'confidence'"),
+    (["--granularity", "atom"], "'atom' is not one of 'neuron', 'group'"),
+    (["--precision", "fp8"], "'fp8' is not one of 'default', 'fp32'"),
     (["--target", "jetson", "--precision", "int8"], "int8 is not supported"),
     (["--tolerance", "-1"], "tolerance must be >= 0"),
     (["--sens-tolerance", "-0.5"], "sens-tolerance must be >= 0"),

@@ -109,8 +109,8 @@ def test_lossless_search_library(ckpt):
     [
         (["--ratios", "0.3,1.0"], "[0, 1)"),
         (["--ratios", "-0.2"], "-0.2"),
-        (["--criterion", "nope"], "unknown criterion"),
-        (["--sampling", "kmeans"], "unknown sampling"),
+        (["--criterion", "nope"], "'nope' is not one of 'dlb'"),  # the choices come from the registry
+        (["--sampling", "kmeans"], "'kmeans' is not one of 'confidence'"),
         (["--n-per-class", "1000"], "larger than every class"),
         (["--scope", "block"], "scope"),
         (["--criterion-opt", "n_steps"], "key=value"),

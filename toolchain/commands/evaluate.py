@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from .choices import Split
 from .options import allow_missing_class_option
 
 
@@ -15,7 +16,7 @@ def register(app: typer.Typer) -> None:
     def evaluate_cmd(
         checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="model .safetensors (with its .json)"),
         data: str = typer.Option(None, "--data", "-d", help="dataset (default: the one it was trained on)"),
-        split: str = typer.Option("test", "--split", help="train, val or test"),
+        split: Split = typer.Option("test", "--split", help="dataset split"),
         batch_size: int = typer.Option(128, "--batch-size"),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
         data_dir: str = typer.Option(None, "--data-dir", help="data root (default: MEDPRUNE_DATA)"),

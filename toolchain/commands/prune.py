@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from .choices import Criterion, Sampling, Scope
+
 
 def parse_ratios(text: str) -> list[float]:
     from ..errors import ConfigError
@@ -43,16 +45,16 @@ def register(app: typer.Typer) -> None:
     def prune_cmd(
         checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="model .safetensors (with its .json)"),
         data: str = typer.Option(None, "--data", "-d", help="dataset (default: the one it was trained on)"),
-        criterion: str = typer.Option("lrp", "--criterion", help="importance criterion (see medprune info)"),
+        criterion: Criterion = typer.Option("lrp", "--criterion", help="importance criterion"),
         criterion_opt: list[str] = typer.Option(None, "--criterion-opt", help="criterion option key=value (repeatable)"),
-        sampling: str = typer.Option("clustering", "--sampling", help="confidence, random or clustering"),
+        sampling: Sampling = typer.Option("clustering", "--sampling", help="reference sampling strategy"),
         n_per_class: int = typer.Option(10, "--n-per-class", help="reference images per class"),
         pool_per_class: int = typer.Option(0, "--pool-per-class",
                                            help="score at most this many train images per class when sampling (0: all)"),
         seed: int = typer.Option(0, "--seed"),
         targets: str = typer.Option("label", "--targets", help="explain the true 'label' or the 'predicted' class"),
         ratios: str = typer.Option("0.15,0.3,0.5,0.7", "--ratios", help="comma-separated fractions of units to prune"),
-        scope: str = typer.Option("global", "--scope", help="global (rank all units) or layer (ratio per layer)"),
+        scope: Scope = typer.Option("global", "--scope", help="global (rank all units) or layer (ratio per layer)"),
         normalize: str = typer.Option("none", "--normalize", help="none or l1 (per-layer, before global ranking)"),
         find_lossless: bool = typer.Option(False, "--find-lossless", help="search the largest lossless ratio"),
         tolerance: float = typer.Option(1.0, "--tolerance", help="lossless: max accuracy drop in points"),
