@@ -21,7 +21,8 @@ REPORT_SUFFIXES = (".json", ".md", ".html", ".png")
 
 
 def package_name(cfg, dataset: str, ratio: float) -> str:
-    return cfg.name or f"{cfg.model}-{dataset}-{cfg.target}-{cfg.precision}-{cfg.granularity}{round(ratio * 100)}"
+    model = cfg.model.replace(":", "-")  # torchvision:resnet50 → a file name scp and tar take as a path
+    return cfg.name or f"{model}-{dataset}-{cfg.target}-{cfg.precision}-{cfg.granularity}{round(ratio * 100)}"
 
 
 def model_files(profile, precision: str, exp) -> dict[str, Path]:
