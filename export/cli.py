@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
+        from toolchain.atomic import ensure_writable_dir
         from toolchain.errors import CheckpointError, GateError
         from toolchain.models import load_checkpoint, read_sidecar
 
@@ -46,6 +47,7 @@ def register(app: typer.Typer) -> None:
 
         fmt, precision = fmt.lower(), precision.lower()
         check_request(fmt, precision)
+        ensure_writable_dir(out, "--out")  # before loading or exporting anything, not after the work
         if simplify not in SIMPLIFY_MODES:
             from toolchain.errors import ConfigError
 

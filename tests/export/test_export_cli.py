@@ -63,3 +63,17 @@ def test_failed_parity_exit_code_and_no_file(tmp_path, capsys, checkpoint, monke
     code, out, err = _cli(capsys, "--checkpoint", checkpoint, "--data", npz, "--out", tmp_path / "dist")
     assert code == 3 and "parity failed" in err and "FAIL" in out
     assert list((tmp_path / "dist").iterdir()) == []
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, checkpoint, monkeypatch):
+    import export.exporter
+
+    def never(*a, **k):  # the export itself must not start when --out cannot take its files
+        raise AssertionError("export ran although --out is a file")
+
+    monkeypatch.setattr(export.exporter, "export_model", never)
+    blocker = tmp_path / "dist"
+    blocker.write_text("a user's file")
+    code, _, err = _cli(capsys, "--checkpoint", checkpoint, "--no-verify", "--out", blocker)
+    assert code == 2 and "--out" in err and "is a file" in err and len(err.strip().splitlines()) == 1
+    assert blocker.read_text() == "a user's file"

@@ -84,6 +84,8 @@ def test_recovery_improves_an_overpruned_tiny_model(tiny_ctx):
                      RecoveryConfig(epochs=6, lr=3e-3, batch_size=16, patience=0, quiet=True), tiny_ctx.meta)
     after = evaluate(pruned, tiny_ctx.ds, "val", tiny_ctx.preprocess)
     assert len(result["history"]) == 6
+    # the teacher is left as it was (the dense model is scored and traced again afterwards)
+    assert all(p.requires_grad for p in tiny_ctx.model.parameters()) and not tiny_ctx.model.training
     assert after["balanced_accuracy"] > before["balanced_accuracy"] + 0.1
     assert after["balanced_accuracy"] >= 0.8
 

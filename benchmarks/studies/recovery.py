@@ -1,0 +1,175 @@
+"""Recovery: criteria at equal MACs, with and without distillation recovery, measured ORT speedup.
+
+    medprune study recovery --models vgg19,resnet50 --criteria lrp,taylor,tp-magnitude,tp-taylor,random \\
+        --macs 2,3,5 --recover-epochs 1
+
+For every model × criterion × MACs target (dense MACs ÷ S) the pruning ratio is searched on the
+*physically removed* model (``toolchain.budget``; group granularity, one ``remove_units`` code path
+for medprune's criteria and Torch-Pruning's own importances), then the pruned model is evaluated
+as is and after distillation recovery (``toolchain.recovery``; same recipe for every criterion).
+Batch-1 latency is measured with ONNX Runtime on this CPU, dense and pruned interleaved in one
+process (``--threads`` intra-op threads). Reference images for scoring are the same for every
+criterion. Nothing is chosen on test: the headline ``speedup_lossless`` is the most compressed
+recovered model that passes the gates *on val* (accuracy drop <= 1 pt, worst per-class sensitivity
+drop <= 2 pts), then judged once on test; ``best_criterion`` is the highest mean val balanced
+accuracy of the recovered models. Every cell is cached (``cache_dir()/studies/recovery``), so an
+interrupted run resumes; the report (``_recovery_report``) computes paired bootstrap intervals over
+test images vs the dense model and between criteria.
+
+Dense checkpoints are trained lean (``LEAN``) through ``toolchain.train`` with the same cache as
+``medprune train``; their sha256 is recorded.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .registry import StudyParser, command_line, study
+
+# lean dense runs for a 2-core CPU (the same configs as `medprune train` with these flags)
+LEAN: dict[str, dict[str, Any]] = {
+    "vgg19": dict(model="vgg19", data="pneumoniamnist", epochs=4, lr=1e-4, patience=4),
+    "resnet50": dict(model="resnet50", data="pneumoniamnist", epochs=3, lr=1e-3, patience=3, train_subset=2400),
+}
+CELL_VERSION = 1
+
+
+def _cache_root() -> Path:
+    from toolchain import settings
+
+    root = settings.cache_dir() / "studies" / "recovery"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def dense_checkpoint(model: str) -> tuple[Path, str]:
+    from toolchain.train import TrainConfig, train
+
+    if model not in LEAN:
+        raise SystemExit(f"no lean training config for {model!r}; known: {', '.join(LEAN)}")
+    cfg = TrainConfig(**LEAN[model], device="auto")
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in LEAN[model].items())
+    return train(cfg), f"medprune train {flags}"
+
+
+def _probs(model, ctx, split: str):
+    from toolchain.evaluate import predict
+
+    probs, labels = predict(model, ctx.ds, split, ctx.preprocess, device=ctx.device)
+    return probs.round(6).tolist(), labels.tolist()
+
+
+def run_cell(ctx, prune, example, target: float, rcfg, threads: int, repeats: int, log) -> dict[str, Any]:
+    """One (model, criterion, MACs target) cell: search, measure, evaluate, recover, evaluate."""
+    from toolchain.budget import Budget, ort_latency_ms, search_budget
+    from toolchain.models import count_macs, count_params
+    from toolchain.recovery import recover_cached
+    from toolchain.removal import pruning_meta
+
+    t0 = time.perf_counter()
+    found = search_budget(prune, ctx.model, example, Budget("macs", 1.0 / target), resolution=0.01)
+    pruned, report = found.model, found.report
+    lat = ort_latency_ms({"dense": ctx.model, "pruned": pruned}, example, repeats=repeats, threads=threads)
+    cell = {
+        "target_macs_div": target, "ratio": found.ratio, "met": found.met, "search_trace": found.trace,
+        "macs": {"dense": count_macs(ctx.model, example), "pruned": count_macs(pruned, example)},
+        "params": {"dense": count_params(ctx.model), "pruned": count_params(pruned)},
+        "latency_ms": lat, "speedup_ort": lat["dense"]["median_ms"] / lat["pruned"]["median_ms"],
+        "ort_threads": threads, "units": report.get("units"), "probs": {}, "search_s": round(time.perf_counter() - t0, 1),
+    }
+    cell["macs"]["ratio"] = cell["macs"]["dense"] / cell["macs"]["pruned"]
+    for split in ("val", "test"):
+        cell["probs"][f"none/{split}"], _ = _probs(pruned, ctx, split)
+    if rcfg is not None:
+        t1 = time.perf_counter()
+        meta = {**ctx.meta, "pruning": pruning_meta(report, {"ratio": found.ratio, "granularity": "group"})}
+        model, info = recover_cached(copy.deepcopy(pruned), ctx.model, ctx.ds, ctx.preprocess, rcfg, meta=meta,
+                                     teacher_sha=ctx.sha256)
+        cell["recovery"] = {k: info.get(k) for k in ("key", "recipe", "summary", "history", "cached")}
+        for split in ("val", "test"):
+            cell["probs"][f"kd/{split}"], _ = _probs(model, ctx, split)
+        cell["recover_s"] = round(time.perf_counter() - t1, 1)
+    log(f"÷{target:g}: ratio {found.ratio:.2f}, MACs ÷{cell['macs']['ratio']:.2f}, ORT speedup "
+        f"×{cell['speedup_ort']:.2f} ({time.perf_counter() - t0:.0f}s)")
+    return cell
+
+
+def run_model(model: str, args, log) -> dict[str, Any]:
+    from toolchain.importance import get_criterion
+    from toolchain.pipeline import digest
+    from toolchain.prune_eval import load_context, reference_inputs
+    from toolchain.recovery import RecoveryConfig, masker_for, pruner_at
+    from toolchain.units import find_unit_layers
+
+    weights, train_cmd = dense_checkpoint(model)
+    ctx = load_context(weights)
+    layers = find_unit_layers(ctx.model)
+    x, y, idx = reference_inputs(ctx, args.n_per_class, args.sampling, args.seed, pool_per_class=args.pool_per_class)
+    example = x[:1].detach()
+    rcfg = RecoveryConfig(epochs=args.recover_epochs, train_subset=args.recover_subset or None,
+                          seed=args.seed, quiet=True) if args.recover_epochs else None
+    out = {"model": model, "checkpoint": str(weights), "checkpoint_sha256": ctx.sha256, "train_command": train_cmd,
+           "dataset": ctx.ds.name, "dataset_fingerprint": ctx.ds.fingerprint, "reference_indices": idx.tolist(),
+           "dense": {s: _probs(ctx.model, ctx, s)[0] for s in ("val", "test")},
+           "labels": {s: _probs(ctx.model, ctx, s)[1] for s in ("val", "test")},
+           "class_names": list(ctx.ds.class_names), "cells": {}}
+    for name in args.criteria:
+        crit = get_criterion(name)
+        t0 = time.perf_counter()
+        scores = crit(ctx.model, x, y, layers)  # data-free criteria ignore x (peers trace the graph with it)
+        log(f"{model} · {name}: scored in {time.perf_counter() - t0:.1f}s")
+        prune = pruner_at(ctx.model, masker_for(ctx.model, crit, scores, layers, example), example)
+        for target in args.macs:
+            key = digest({"v": CELL_VERSION, "ckpt": ctx.sha256, "crit": name, "target": target, "refs": idx.tolist(),
+                          "recovery": rcfg.recipe() if rcfg else None, "threads": args.threads})
+            path = _cache_root() / f"{model}-{name}-{target:g}-{key[:12]}.json"
+            if path.is_file():
+                cell = json.loads(path.read_text())
+                log(f"{model} · {name} · ÷{target:g}: cached")
+            else:
+                cell = run_cell(ctx, prune, example, target, rcfg, args.threads, args.repeats,
+                                lambda m, n=name: log(f"{model} · {n} · {m}"))
+                cell["criterion"] = name
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(cell))
+                tmp.replace(path)
+            out["cells"][f"{name}/{target:g}"] = cell
+    return out
+
+
+@study("recovery", outputs=("recovery.json", "recovery.md", "recovery.png"))
+def main(argv: list[str] | None = None) -> int:
+    from toolchain.importance import available
+    from toolchain.train import configure_threads
+
+    from . import _recovery_report as report
+
+    p = StudyParser("recovery", __doc__)
+    p.add_list("--models", default="vgg19,resnet50", choices=list(LEAN))
+    p.add_list("--criteria", default="lrp,taylor,tp-magnitude,tp-taylor,random", choices=available())
+    p.add_list("--macs", default="2,3,5", kind=float, help="MACs targets: dense MACs ÷ S")
+    p.add_argument("--recover-epochs", type=int, default=1, help="distillation epochs (0: no recovery)")
+    p.add_argument("--recover-subset", type=int, default=0, help="recover on N train images (0: all)")
+    p.add_argument("--sampling", default="clustering")
+    p.add_argument("--n-per-class", type=int, default=10)
+    p.add_argument("--pool-per-class", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for latency")
+    p.add_argument("--repeats", type=int, default=100, help="timed ORT runs per model")
+    p.add_out()
+    args = p.parse_args(argv)
+    configure_threads()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+
+    def log(msg: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+    runs = [run_model(m, args, log) for m in args.models]
+    doc = report.build(runs, vars(args) | {"out": str(args.out)}, command_line("recovery", argv), started)
+    report.write(doc, runs, Path(args.out))
+    log(f"wrote {Path(args.out) / 'recovery.json'}")
+    return 0
