@@ -147,3 +147,14 @@ def test_training_on_a_dicom_folder_and_predicting_it(tmp_path, monkeypatch, cap
     doc = json.loads(capsys.readouterr().out)
     assert len(doc["predictions"]) == 7
     assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in doc["predictions"])
+
+
+def test_dicom_pipeline_version_is_part_of_the_fingerprint(tmp_path, monkeypatch):
+    from toolchain.data import dicom, load_dataset
+
+    monkeypatch.setenv("MEDPRUNE_CACHE", str(tmp_path / "cache"))
+    root = _dicom_folder(tmp_path / "dicoms", per_class=3)
+    first = load_dataset(root, load_size=16)
+    assert first.params["dicom_pipeline"] == dicom.PIPELINE_VERSION
+    monkeypatch.setattr(dicom, "PIPELINE_VERSION", dicom.PIPELINE_VERSION + 1)
+    assert load_dataset(root, load_size=16).fingerprint != first.fingerprint  # no stale cached pixels

@@ -25,6 +25,9 @@ import numpy as np
 
 from ..errors import DataError
 
+# Bump when the pixels this module produces change: image folders with DICOM files record it, so their
+# fingerprint (and every cached dataset and checkpoint keyed by it) follows the pipeline.
+PIPELINE_VERSION = 1
 GREY = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
 DECODER_HINT = ("install a decoder (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pyjpegls) "

@@ -233,6 +233,10 @@ def load_folder(root: Path, *, name: str | None = None, load_size: int | None = 
         params["empty_class_folders"] = empty
     if load_size:
         params["load_size"] = int(load_size)
+    if any(e.rel.lower().endswith(".dcm") for e in entries):  # DICOM pixels depend on the display pipeline
+        from .dicom import PIPELINE_VERSION
+
+        params["dicom_pipeline"] = PIPELINE_VERSION
 
     files = [root / e.rel for e in entries]
     with _progress(len(files), progress) as bar:
