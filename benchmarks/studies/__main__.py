@@ -9,5 +9,6 @@ from .registry import run_study
 
 try:
     sys.exit(run_study(sys.argv[1:]))
-except MedpruneError as exc:  # one line, like the medprune CLI
-    sys.exit(f"medprune: error: {str(exc).splitlines()[0]}")
+except MedpruneError as exc:  # one line and the same exit status as the medprune CLI
+    print(f"medprune: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+    sys.exit(exc.exit_code)
