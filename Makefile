@@ -18,7 +18,7 @@ PRECISION ?= default
 OUT ?= dist
 SIGN_KEY ?=
 
-.PHONY: install test lint deploy bench baselines importance removal export-bench paper studies clean
+.PHONY: install test lint deploy recovery bench baselines importance removal export-bench paper studies clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -36,7 +36,10 @@ lint: install
 deploy: install
 	$(MEDPRUNE) deploy --model $(MODEL) --target $(TARGET) --data $(DATA) --criterion $(CRITERION) \
 	  --sampling $(SAMPLING) --ratio $(RATIO) --granularity $(GRANULARITY) --precision $(PRECISION) --out $(OUT) \
-	  $(if $(SIGN_KEY),--sign-key $(SIGN_KEY))
+	  $(if $(SIGN_KEY),--sign-key $(SIGN_KEY)) $(if $(SPEEDUP),--speedup $(SPEEDUP))
+
+recovery: install
+	$(MEDPRUNE) study recovery
 
 bench: install
 	$(MEDPRUNE) study harness_report

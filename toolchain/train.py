@@ -262,11 +262,12 @@ def train(cfg: TrainConfig, force: bool = False) -> Path:
 
 
 def fit(model: nn.Module, ds, preprocess, cfg: TrainConfig, *, device: str = "cpu", console=None,
-        make_loss=None) -> dict[str, Any]:
+        make_loss=None, read_test: bool = True) -> dict[str, Any]:
     """Train ``model`` in place (ending on the best-validation weights); returns metrics/history/summary.
 
     ``make_loss(class_weight) -> loss(logits, y, x)`` replaces the weighted cross-entropy (recovery
     distils from a teacher that needs the batch ``x``); the class weights are computed here either way.
+    ``read_test=False`` leaves the test split unread (recovery inside a pipeline that reads it once, later).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -353,7 +354,7 @@ def fit(model: nn.Module, ds, preprocess, cfg: TrainConfig, *, device: str = "cp
         model.load_state_dict(best_state)
     model.eval()
     metrics = {"val": evaluate(model, ds, val_split, preprocess, device=device)}
-    if "test" in ds.splits and val_split != "test":
+    if read_test and "test" in ds.splits and val_split != "test":
         metrics["test"] = evaluate(model, ds, "test", preprocess, device=device)
     epochs_run = len(history)
     summary = {

@@ -32,7 +32,8 @@ from .registry import StudyParser, command_line, study
 
 # lean dense runs for a 2-core CPU (the same configs as `medprune train` with these flags)
 LEAN: dict[str, dict[str, Any]] = {
-    "vgg19": dict(model="vgg19", data="pneumoniamnist", epochs=4, lr=1e-4, patience=4),
+    "vgg19": dict(model="vgg19", data="pneumoniamnist", epochs=2, lr=2e-4, warmup_epochs=0.5, patience=2,
+                  train_subset=1500),
     "resnet50": dict(model="resnet50", data="pneumoniamnist", epochs=3, lr=1e-3, patience=3, train_subset=2400),
 }
 CELL_VERSION = 1

@@ -123,7 +123,8 @@ def recover(student: nn.Module, teacher: nn.Module, ds, preprocess, cfg: Recover
     # the teacher is frozen only while it teaches: callers keep using it (graph tracing needs grads)
     try:
         with frozen_params(teacher):
-            return fit(student, ds, preprocess, tcfg, device=cfg.device, console=console, make_loss=make_loss)
+            return fit(student, ds, preprocess, tcfg, device=cfg.device, console=console, make_loss=make_loss,
+                       read_test=False)  # test is read once, by whoever reports
     finally:
         teacher.train(was_training)
 
