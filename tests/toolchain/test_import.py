@@ -59,7 +59,8 @@ def test_timm_state_dict_imports_and_prunes(folder, tmp_path, capsys):
     assert any("module." in n for n in meta["imported"]["notes"])
 
 
-def test_torchvision_safetensors_imports_and_prunes(folder, tmp_path, capsys):
+@pytest.mark.slow  # an 11M-parameter ResNet through LRP, removal and ONNX export (~30 s of CPU)
+def test_torchvision_safetensors_imports_prunes_and_exports(folder, tmp_path, capsys):
     from safetensors.torch import save_file
 
     from toolchain.models import build_model, load_checkpoint
@@ -73,6 +74,11 @@ def test_torchvision_safetensors_imports_and_prunes(folder, tmp_path, capsys):
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         assert torch.allclose(reloaded(x), model.eval()(x), atol=1e-5)
+    # export reads the recorded data too, and its parity gate passes on the torchvision graph
+    code, stdout, err = run_cli(["export", "-c", tmp_path / "imported", "-o", tmp_path / "dist", "--verify-size", 4,
+                                 "--simplify", "off"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "dist" / "model_onnx_fp32.onnx").exists() and "PASS" in stdout
 
 
 def test_imagenet_defaults_without_data(tmp_path, capsys):
