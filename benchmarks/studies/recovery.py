@@ -47,14 +47,22 @@ def _cache_root() -> Path:
     return root
 
 
-def dense_checkpoint(model: str) -> tuple[Path, str]:
+def dense_checkpoint(model: str, given: dict[str, str]) -> tuple[Path, str]:
+    """The dense checkpoint (``--checkpoint model=path`` or trained/cached from ``LEAN``) and its command.
+
+    Training keys include the code version of the training modules, so on a tree that others keep
+    editing a cached checkpoint is found again only by path: ``--checkpoint`` pins it.
+    """
     from toolchain.train import TrainConfig, train
 
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in LEAN.get(model, {}).items())
+    if model in given:
+        from toolchain.models import resolve_checkpoint
+
+        return resolve_checkpoint(given[model]), f"medprune train {flags}"
     if model not in LEAN:
         raise SystemExit(f"no lean training config for {model!r}; known: {', '.join(LEAN)}")
-    cfg = TrainConfig(**LEAN[model], device="auto")
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in LEAN[model].items())
-    return train(cfg), f"medprune train {flags}"
+    return train(TrainConfig(**LEAN[model], device="auto")), f"medprune train {flags}"
 
 
 def _probs(model, ctx, split: str):
@@ -106,7 +114,7 @@ def run_model(model: str, args, log) -> dict[str, Any]:
     from toolchain.recovery import RecoveryConfig, masker_for, pruner_at
     from toolchain.units import find_unit_layers
 
-    weights, train_cmd = dense_checkpoint(model)
+    weights, train_cmd = dense_checkpoint(model, dict(c.split("=", 1) for c in args.checkpoint or []))
     ctx = load_context(weights)
     layers = find_unit_layers(ctx.model)
     x, y, idx = reference_inputs(ctx, args.n_per_class, args.sampling, args.seed, pool_per_class=args.pool_per_class)
@@ -155,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_list("--macs", default="2,3,5", kind=float, help="MACs targets: dense MACs ÷ S")
     p.add_argument("--recover-epochs", type=int, default=1, help="distillation epochs (0: no recovery)")
     p.add_argument("--recover-subset", type=int, default=0, help="recover on N train images (0: all)")
+    p.add_argument("--checkpoint", action="append", help="model=path of a dense checkpoint (repeatable)")
     p.add_argument("--sampling", default="clustering")
     p.add_argument("--n-per-class", type=int, default=10)
     p.add_argument("--pool-per-class", type=int, default=200)
