@@ -102,7 +102,8 @@ def source_files(*objs: Any, follow_imports: bool = True) -> list[Path]:
             continue
         name, file = _module_of(obj)
         root = _root_of(name, file)
-        tops = tuple({*FIRST_PARTY, name.split(".")[0]})
+        installed = {"site-packages", "dist-packages"} & set(file.parts)  # a library: hash its module only
+        tops = FIRST_PARTY if installed else tuple({*FIRST_PARTY, name.split(".")[0]})
         todo += [(n, f, root, tops) for n, f in _locate(root, name)]
     while todo:
         name, file, root, tops = todo.pop()

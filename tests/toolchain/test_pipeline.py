@@ -108,3 +108,12 @@ def test_stage_code_covers_declared_dependencies(tmp_path, monkeypatch):
     work = lambda d: {}  # noqa: E731
     key = Pipeline.full_key("s", {}, work, code=[crit])
     assert key["code_version"] == code_version(work, crit) != code_version(work)
+
+
+def test_code_version_of_an_installed_library_hashes_its_module_only():
+    import torch.nn.functional as F
+
+    from toolchain.pipeline import source_files
+
+    files = source_files(F.relu)
+    assert any(f.name == "functional.py" for f in files) and len(files) < 10  # torch's imports are not walked
