@@ -60,6 +60,8 @@ def build_manifest(cfg, profile, ctx, *, exported: str, pr, exp, bench, fid: dic
         "source_checkpoint_sha256": ctx.sha256,
         "seeds": {"train": (training or {}).get("seed", cfg.seed), "sampling": cfg.seed,
                   "fidelity": cfg.seed, "export_calibration": cfg.seed},
+        # what the training images looked like: medprune predict --package warns about inputs far from it
+        "input_profile": ctx.meta.get("input_profile"),
         "medprune": {"version": __version__, "git_commit": git_commit()},
         "reproducibility": "same seed and inputs → identical files except reports/*; in manifest.json only "
                            "files['reports/…'] and manifest_sha256 differ",

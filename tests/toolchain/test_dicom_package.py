@@ -49,6 +49,10 @@ def test_template_decodes_every_shipped_file_like_the_toolchain():
     assert compared >= 20  # grey with and without windows, RLE, big endian, JPEG, RGB, YBR, palette
 
 
+PROFILE = {"image_size": [64, 64], "channels": 1, "load_size": None, "image_mean_p01": 0.2,
+           "image_mean_p50": 0.3, "image_mean_p99": 0.5, "n": 10}
+
+
 def _package(tmp_path: Path) -> tuple[Path, Path]:
     """A random test_resnet checkpoint (1 channel, 16 px) and a bedside package of its ONNX export."""
     import timm
@@ -66,7 +70,8 @@ def _package(tmp_path: Path) -> tuple[Path, Path]:
     model, _ = load_checkpoint(weights)
     export_onnx(model, tmp_path / "model.onnx", (1, 16, 16))
     spec = PackageSpec(name="dicom-pkg", runtime="onnxruntime", model_files={"onnx": tmp_path / "model.onnx"},
-                       class_names=meta["class_names"], preprocess=package_preprocess(pre))
+                       class_names=meta["class_names"], preprocess=package_preprocess(pre),
+                       manifest={"input_profile": PROFILE})
     root, _ = build_package(spec, tmp_path / "dist")
     return weights, root
 
@@ -89,6 +94,8 @@ def test_predict_checkpoint_and_package_agree_on_dicom(tmp_path, capsys):
             for f in ("-c", "--package"))
     assert np.abs(a - b).max() <= 1e-4
     assert np.ptp(a[:, 0]) > 1e-3  # different images, different answers: agreement is not trivial
+    colour = [r["warnings"] for r in results["--package"]["predictions"] if r["file"].endswith("SC_rgb_small_odd.dcm")]
+    assert any("colour image" in w for w in colour[0])  # the manifest's input profile is used
     assert results["--package"]["name"] == "dicom-pkg" and results["--package"]["class_names"] == ["normal",
                                                                                                     "abnormal"]
 

@@ -42,22 +42,6 @@ def collect_files(inputs: list[Path]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def raw_size(path: Path) -> tuple[int, int]:
-    """(height, width) of the file itself, read from its header."""
-    from PIL import Image
-
-    from ..data.dicom import dicom_size
-    from ..errors import DataError
-
-    if path.suffix.lower() == ".dcm":
-        return dicom_size(path)
-    try:
-        with Image.open(path) as im:
-            return im.size[1], im.size[0]
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"corrupt or unreadable image {path}: {exc}".replace("\n", " ")) from None
-
-
 def predict_files(model, meta: dict, files: list[Path], *, batch_size: int = 32, device: str = "cpu") -> list[dict]:
     """One record per file: predicted class, its probability, all probabilities and input warnings."""
     import numpy as np
@@ -65,7 +49,7 @@ def predict_files(model, meta: dict, files: list[Path], *, batch_size: int = 32,
 
     from ..data import Preprocess
     from ..data.folder import read_image
-    from ..data.input_profile import input_warnings
+    from ..data.input_profile import file_size, input_warnings
     from ..errors import CheckpointError
 
     if not meta.get("preprocess"):
@@ -87,7 +71,7 @@ def predict_files(model, meta: dict, files: list[Path], *, batch_size: int = 32,
             k = int(np.argmax(p))
             records.append({"file": str(f), "prediction": names[k], "probability": float(p[k]),
                             "probabilities": {n: float(v) for n, v in zip(names, p, strict=True)},
-                            "warnings": input_warnings(profile, img, raw_size(f))})
+                            "warnings": input_warnings(profile, img, file_size(f))})
     return records
 
 

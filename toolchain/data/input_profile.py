@@ -10,6 +10,8 @@ beyond the 1st-99th percentile range of training images' means by more than half
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .folder import GREY_TOLERANCE  # RGB channels within this many levels count as grey
@@ -68,3 +70,19 @@ def input_warnings(profile: dict | None, image: np.ndarray, raw_size: tuple[int,
         out.append(f"mean intensity {mean:.2f} lies far outside the training images' {lo:.2f}-{hi:.2f} "
                    "(1st-99th percentile): wrong windowing or inverted?")
     return out
+
+
+def file_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header, before any load-time resize."""
+    from PIL import Image
+
+    from ..errors import DataError
+    from .dicom import dicom_size
+
+    if Path(path).suffix.lower() == ".dcm":
+        return dicom_size(path)
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"corrupt or unreadable image {path}: {exc}".replace("\n", " ")) from None
