@@ -119,8 +119,7 @@ def check_entry(key: str, entry: dict, root: Path = ROOT) -> list[str]:
             return [f"{key}: {exc}"]
         if not _same(found, entry["value"]):
             problems.append(f"{key}: value {entry['value']!r} but {entry['source']} holds {found!r}")
-    elif not isinstance(entry["value"], str) or not any(entry["value"] in t for t in (
-            _strings(json.loads(text)) if source.suffix == ".json" else [text])):
+    elif not isinstance(entry["value"], str) or not any(entry["value"] in t for t in _texts(source, text)):
         problems.append(f"{key}: without a path the value must be text found verbatim in {entry['source']}")
     if entry.get("ci") is not None:
         problems += _check_ci(key, entry, source, text)
@@ -166,6 +165,16 @@ def format_value(value: Any, unit: str) -> str:
         return f"{value:.2f}×"
     text = f"{value:.1e}" if value and abs(value) < 1e-3 else str(value) if isinstance(value, int) else f"{value:.3g}"
     return f"{text} {unit}".strip() if unit not in ("", "text") else text
+
+
+def _texts(source: Path, text: str) -> list[str]:
+    """Where a verbatim value may sit: a JSON file's decoded strings (escapes undone), else its text."""
+    if source.suffix != ".json":
+        return [text]
+    try:
+        return _strings(json.loads(text))
+    except json.JSONDecodeError:
+        return [text]
 
 
 def _strings(doc: Any) -> list[str]:
