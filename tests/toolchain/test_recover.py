@@ -116,3 +116,33 @@ def test_recover_cached_reuses_the_finished_run(tiny_ctx, tmp_path, monkeypatch)
     # another config is another key
     other = ft.cache_key(RecoveryConfig(epochs=2), tiny_ctx.sha256, pruned, tiny_ctx.ds.fingerprint)
     assert other != info["key"]
+
+
+def test_iterative_schedule_reaches_the_budget_in_steps(tiny_ctx):
+    from toolchain.budget import Budget, measure
+    from toolchain.importance import get_criterion
+    from toolchain.recovery import Gates, iterative_budget
+    from toolchain.units import find_unit_layers
+
+    x = tiny_ctx.preprocess(tiny_ctx.ds.split("train").images[:8])
+    y = torch.as_tensor(tiny_ctx.ds.split("train").labels[:8], dtype=torch.long)
+    out = iterative_budget(tiny_ctx, get_criterion("taylor"), x, y, find_unit_layers, x[:1], Budget("macs", 0.4), 2,
+                           RecoveryConfig(epochs=1, lr=1e-3, batch_size=16, quiet=True), Gates(50, 100))
+    steps = out["steps"]
+    assert [s["step"] for s in steps] == [1, 2] and out["met"]
+    # each step is measured against the dense model; the first stops at the geometric midpoint
+    assert steps[0]["cost"]["pruned"] <= 0.4 ** 0.5 * steps[0]["cost"]["dense"] + 1
+    assert steps[0]["cost"]["ratio"] < steps[1]["cost"]["ratio"]
+    assert measure("macs", tiny_ctx.model, out["model"], x[:1])["ratio"] >= 1 / 0.4 - 1e-6
+    assert all(s["recovery"]["recipe"]["epochs"] == 1 for s in steps)
+
+
+def test_iterative_schedule_refuses_absolute_budgets(tiny_ctx):
+    from toolchain.budget import Budget
+    from toolchain.importance import get_criterion
+    from toolchain.recovery import iterative_budget
+    from toolchain.units import find_unit_layers
+
+    with pytest.raises(ConfigError):
+        iterative_budget(tiny_ctx, get_criterion("taylor"), None, None, find_unit_layers, None, Budget("macs", 1e6),
+                         2, RecoveryConfig())
