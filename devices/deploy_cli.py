@@ -8,6 +8,7 @@ import json
 import typer
 
 from toolchain.commands.choices import Criterion, Sampling, one_of
+from toolchain.commands.options import allow_missing_class_option
 from toolchain.removal import GRANULARITIES
 
 from .deploy.config import TARGET_ALIASES
@@ -28,16 +29,17 @@ def deploy_cmd(
     sampling: Sampling = typer.Option("clustering", help="reference sampling strategy"),
     n_per_class: int = typer.Option(10, help="reference images per class"),
     pool_per_class: int = typer.Option(256, help="train images per class the sampler scores (0: all)"),
-    ratio: str = typer.Option("auto", help="'auto' (largest lossless on val, confirmed on test) or a float in "
-                                           "[0, 1)"),
+    ratio: str = typer.Option("auto", help="'auto' (largest ratio passing the lossless rule on val: paired "
+                                           "bootstrap bounds of the drops) or a float in [0, 1)"),
     granularity: Granularity = typer.Option("neuron", help="neuron (per-unit masks; what cannot be removed stays zeroed) or group (Torch-Pruning groups)"),
     precision: Precision = typer.Option("default", help="default: the target's"),
     out: str = typer.Option("dist", help="package folder root"),
     img_size: int = typer.Option(None, help="model input side in pixels [default: the checkpoint's, else 32]"),
     epochs: int = typer.Option(3, help="training epochs when no cached checkpoint exists"),
     seed: int = typer.Option(0),
-    tolerance: float = typer.Option(1.0, help="clinical gate: max accuracy drop (points) on the test split"),
-    sens_tolerance: float = typer.Option(2.0, help="clinical gate: max sensitivity drop (points) of any class"),
+    tolerance: float = typer.Option(1.0, help="max accuracy drop (points): bound of the val drop when choosing, "
+                                              "the test drop at the final gate"),
+    sens_tolerance: float = typer.Option(2.0, help="max sensitivity drop (points) of any class, as --tolerance"),
     max_ratio: float = typer.Option(0.9, help="largest ratio the auto search tries"),
     round_to: int = typer.Option(-1, help="channel multiple (-1: the target's, 0: none)"),
     fidelity_images: int = typer.Option(16, help="test images for explanation fidelity (0: skip)"),
@@ -54,9 +56,11 @@ def deploy_cmd(
     cache: str = typer.Option(None, help="stage cache folder (default: $MEDPRUNE_CACHE/deploy)"),
     sign_key: str = typer.Option(None, "--sign-key", help="Ed25519 private key (medprune keygen) to sign the "
                                                           "package with (manifest.sig)"),
+    allow_missing_class: bool = allow_missing_class_option(),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
 ) -> None:
-    """Train (cached) → sample → score → ratio → remove → gate → export → verify → benchmark → package."""
+    """Train (cached) → sample → score → ratio (val) → remove → calibrate (val) → export → test report +
+    gates (test read once) → fidelity → benchmark → package."""
     from .deploy import DeployConfig, DeployInterrupted, deploy
 
     cfg = DeployConfig(model=model, target=target, data=data, criterion=criterion, sampling=sampling,
@@ -66,7 +70,8 @@ def deploy_cmd(
                        round_to=None if round_to < 0 else round_to, fidelity_images=fidelity_images,
                        calibrate=calibrate,
                        bench_runs=bench_runs, cache_bench=bench_cache, samples=samples, device=device,
-                       data_dir=data_dir, name=name, checkpoint=checkpoint, cache=cache, sign_key=sign_key)
+                       data_dir=data_dir, name=name, checkpoint=checkpoint, cache=cache, sign_key=sign_key,
+                       allow_missing_class=allow_missing_class)
     try:
         summary = deploy(cfg)
     except KeyboardInterrupt:
@@ -86,7 +91,14 @@ def deploy_cmd(
     cal = summary.get("calibration") or {}
     if "fit_split" in cal:
         columns[f"deployed (T={cal['temperature']:.2f})"] = summary["deployed"]
-    console.print(metrics_table(columns))
+    console.print(metrics_table(columns, title=f"test split (n={summary['dense']['n']}, read once after choosing "
+                                               "on val; 95 % intervals)"))
+    drop = (summary.get("gates") or {}).get("accuracy_drop_ci_pts")
+    if drop:
+        console.print(f"test accuracy drop {summary['gates']['accuracy_drop_pts']:.2f} pts "
+                      f"[95% CI {drop[0]:.2f}, {drop[1]:.2f}] (gate: <= {summary['gates']['tolerance_pts']})")
+    for line in (summary.get("selection") or {}).get("warnings") or []:
+        console.print(f"[yellow]warning:[/] {line}")
     cmp = summary.get("compare") or {}
     if cmp:
         params, macs = cmp.get("params", {}), cmp.get("macs", {})

@@ -54,33 +54,45 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
 
 
+def _pct_ci(m: dict, key: str) -> str:
+    """``93.1 [91.0, 95.0]`` (percent, 95 % interval) of figure ``key`` in metrics ``m``."""
+    ci = m.get(f"{key}_ci")
+    return _pct(m.get(key)) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["# Deploy runs on the baseline checkpoints (PneumoniaMNIST test split)", "",
              "Command: `medprune study deploy_runs` (each row's own command below; stages are cached).", "",
-             "| model | target | ratio | acc dense → pruned | max sens. drop (pts) | params ÷ | MACs ÷ | "
+             "| model | target | ratio | test n | acc dense → deployed [95 % CI] | acc drop (pts) [95 % CI] | "
+             "max sens. drop (pts) | params ÷ | MACs ÷ | "
              "export parity max\\|Δlogit\\| | fidelity ρ | ECE dense → pruned → deployed (T) | package |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---|---|"]
+             "|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         rec = r["recipe"]
         if r["rc"] != 0:
-            lines.append(f"| {rec['model']} | {rec['target']} | {rec['ratio']} | refused: {r['error']} ||||||||")
+            lines.append(f"| {rec['model']} | {rec['target']} | {rec['ratio']} | refused: {r['error']} ||||||||||")
             continue
         s = r["summary"]
         d, p = s["dense"], s["pruned"]
-        drops = [100 * (d["per_class"][c]["sensitivity"] - p["per_class"][c]["sensitivity"]) for c in d["per_class"]]
+        gates = s.get("gates") or {}
+        drops = list((gates.get("sensitivity_drop_pts") or {0: float("nan")}).values())
+        acc_ci = gates.get("accuracy_drop_ci_pts") or [float("nan")] * 2
+        dep, cal = s.get("deployed") or p, s.get("calibration") or {}
         ver = s.get("export_verification") or {}
         fid = s.get("fidelity") or {}
         cmp = s.get("compare") or {}
-        dep, cal = s.get("deployed") or p, s.get("calibration") or {}
         ece = (f"{d['ece']:.3f} → {p['ece']:.3f} → {dep['ece']:.3f} (T {cal.get('temperature', 1.0):.2f})")
         lines.append(
-            f"| {rec['model']} | {rec['target']} | {s['ratio']:.2f} | {_pct(d['accuracy'])} → {_pct(p['accuracy'])} | "
+            f"| {rec['model']} | {rec['target']} | {s['ratio']:.2f} | {d.get('n', '?')} | "
+            f"{_pct_ci(d, 'accuracy')} → {_pct_ci(dep, 'accuracy')} | "
+            f"{gates.get('accuracy_drop_pts', float('nan')):.2f} [{acc_ci[0]:.2f}, {acc_ci[1]:.2f}] | "
             f"{max(drops):.2f} | {cmp.get('params', {}).get('ratio', 0):.2f} | {cmp.get('macs', {}).get('ratio', 0):.2f} | "
             f"{ver.get('max_abs_logit', float('nan')):.1e} ({ver.get('backend', '?')}) | "
             f"{fid.get('spearman_mean', float('nan')):.3f} | {ece} | `{s['name']}` |")
     lines += ["", "Commands:", ""] + [f"- `{r['command']}` ({r['wall_s']} s)" for r in rows]
-    lines += ["", "Sensitivity drop: largest per-class drop (positive = worse). `auto` ratios are the largest "
-              "passing the gates on val (half tolerances), confirmed on test by the gate-check stage. "
+    lines += ["", "Sensitivity drop: largest per-class drop on test (positive = worse). `auto` ratios are the "
+              "largest passing the lossless rule on the whole val split (upper end of the 95 % paired bootstrap "
+              "interval of each drop within the tolerances); test is read once, afterwards, to report and gate. "
               "Deployed = the packaged model: pruned, with the temperature fit on val folded into its classifier "
               "(same predictions as pruned; ECE on test)."]
     return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,19 @@ def _probs(model, ctx, split: str):
 
     probs, labels = predict(model, ctx.ds, split, ctx.preprocess, device=ctx.device)
     return probs.round(6).tolist(), labels.tolist()
+
+
+def _dense_probs(ctx) -> dict[str, dict]:
+    """Dense val/test probabilities and labels, cached per checkpoint (parallel runs share them)."""
+    path = _cache_root() / f"dense-{ctx.sha256[:16]}-{ctx.ds.fingerprint[:12]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    pairs = {s: _probs(ctx.model, ctx, s) for s in ("val", "test")}
+    out = {"dense": {s: p for s, (p, _) in pairs.items()}, "labels": {s: y for s, (_, y) in pairs.items()}}
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(out))
+    tmp.replace(path)
+    return out
 
 
 def run_cell(ctx, prune, example, target: float, rcfg, threads: int, repeats: int, log) -> dict[str, Any]:
@@ -123,8 +137,7 @@ def run_model(model: str, args, log) -> dict[str, Any]:
                           seed=args.seed, quiet=True) if args.recover_epochs else None
     out = {"model": model, "checkpoint": str(weights), "checkpoint_sha256": ctx.sha256, "train_command": train_cmd,
            "dataset": ctx.ds.name, "dataset_fingerprint": ctx.ds.fingerprint, "reference_indices": idx.tolist(),
-           "dense": {s: _probs(ctx.model, ctx, s)[0] for s in ("val", "test")},
-           "labels": {s: _probs(ctx.model, ctx, s)[1] for s in ("val", "test")},
+           **_dense_probs(ctx),
            "class_names": list(ctx.ds.class_names), "cells": {}}
     for name in args.criteria:
         crit = get_criterion(name)
@@ -143,7 +156,7 @@ def run_model(model: str, args, log) -> dict[str, Any]:
                 cell = run_cell(ctx, prune, example, target, rcfg, args.threads, args.repeats,
                                 lambda m, n=name: log(f"{model} · {n} · {m}"))
                 cell["criterion"] = name
-                tmp = path.with_suffix(".tmp")
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
                 tmp.write_text(json.dumps(cell))
                 tmp.replace(path)
             out["cells"][f"{name}/{target:g}"] = cell

@@ -1,4 +1,4 @@
-"""Stage 7, **calibrate**: one temperature fit on val (minimum NLL), kept only if it also lowers val ECE,
+"""Stage 6, **calibrate**: one temperature fit on val (minimum NLL), kept only if it also lowers val ECE,
 folded into the classifier so the exported model needs nothing new and no prediction changes."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from .stage import Stage, live
 @dataclass(frozen=True, kw_only=True)
 class Calibrate(Stage):
     name = "calibrate"
-    version = 2
+    version = 3  # 3: no test evaluation here (the final report evaluates the deployed model on test)
     outputs = ("calibrated.safetensors",)
     policy: str = "nll-fit, kept if val ECE drops"
     prune: str  # digest of the prune stage
@@ -21,7 +21,6 @@ class Calibrate(Stage):
     ctx: Any = live()
 
     def run(self, workdir: Path) -> dict:
-        from toolchain.evaluate import evaluate
         from toolchain.models import load_checkpoint, save_checkpoint
         from toolchain.temperature import calibrate
 
@@ -29,7 +28,7 @@ class Calibrate(Stage):
         pruned, meta = load_checkpoint(self.pruned_path)
         calibrated, report = calibrate(pruned, ctx.ds, ctx.preprocess, "val")
         save_checkpoint(workdir / "calibrated.safetensors", calibrated, {**meta, "calibration": report})
-        return {**report, "test": evaluate(calibrated, ctx.ds, "test", ctx.preprocess)}
+        return report
 
 
 def calibrate_pruned(cfg, pipe, ctx, pr):
@@ -40,6 +39,5 @@ def calibrate_pruned(cfg, pipe, ctx, pr):
     d = cal.data
     verdict = "applied" if d["applied"] else "not applied (val ECE did not improve; T = 1 kept)"
     pipe.console.print(f"    temperature {d['fitted_temperature']:.3f} fit on val (val ECE {d['ece_before']:.3f} "
-                       f"→ {d['ece_after']:.3f}): {verdict}; test ECE {pr.data['pruned']['ece']:.3f} → "
-                       f"{d['test']['ece']:.3f}")
+                       f"→ {d['ece_after']:.3f}): {verdict}")
     return cal

@@ -39,9 +39,9 @@ class DeployConfig:
     seed: int = 0
     tolerance: float = 1.0  # accuracy drop allowed, points
     sens_tolerance: float = 2.0  # per-class sensitivity drop allowed, points
-    search_margin: float = 0.5  # the val search uses tolerances x margin, leaving room for the test gate
+    # the val search uses tolerances x margin; 1: the full tolerances (the rule's bootstrap bound is the margin)
+    search_margin: float = 1.0
     max_ratio: float = 0.9
-    max_backoff: int = 8  # ratio=auto: smaller ratios tried when the test gate refuses the val choice
     round_to: int | None = None  # None: the profile's channel multiple (8 for TensorRT)
     fidelity_images: int = 16
     calibrate: bool = True  # temperature scaling on val, folded into the classifier (predictions unchanged)
@@ -53,6 +53,7 @@ class DeployConfig:
     name: str | None = None
     cache: str | None = None
     checkpoint: str | None = None  # deploy this trained checkpoint instead of training one
+    allow_missing_class: bool = False  # keep a class without images (toolchain.data.labels)
     sign_key: str | None = None  # Ed25519 private key (medprune keygen): the package gets manifest.sig
 
     def resolved(self) -> DeployConfig:
@@ -87,9 +88,7 @@ class DeployConfig:
             cfg.pool_per_class = max(cfg.pool_per_class, cfg.n_per_class)
         if cfg.name is not None and (not cfg.name or Path(cfg.name).name != cfg.name or cfg.name.startswith(".")):
             raise ConfigError(f"package name must be a plain file name, got {cfg.name!r}")
-        out = Path(cfg.out)
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--out {out} exists and is not a folder")
+        cfg._check_outputs()
         if cfg.sign_key is not None:
             from export.signing import load_private_key
 
@@ -134,10 +133,18 @@ class DeployConfig:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.img_size < 8:
             raise ConfigError(f"img-size must be >= 8 pixels, got {self.img_size}")
-        if self.bench_runs < 1 or self.samples < 1 or self.fidelity_images < 0 or self.max_backoff < 0:
-            raise ConfigError("bench-runs and samples must be >= 1, fidelity-images and max-backoff >= 0")
+        if self.bench_runs < 1 or self.samples < 1 or self.fidelity_images < 0:
+            raise ConfigError("bench-runs and samples must be >= 1, fidelity-images >= 0")
         if not 0.0 < self.max_ratio < 1.0 or not 0.0 < self.search_margin <= 1.0:
             raise ConfigError("max-ratio must be in (0, 1) and search-margin in (0, 1]")
+
+    def _check_outputs(self) -> None:
+        """--out and the stage cache must be writable folders before any stage runs (OutputError, exit 2)."""
+        from toolchain.atomic import ensure_writable_dir
+        from toolchain.settings import cache_dir
+
+        ensure_writable_dir(self.out, "--out")
+        ensure_writable_dir(self.cache or cache_dir() / "deploy", "--cache")
 
     def _from_checkpoint(self) -> None:
         """Model, data and input size come from the checkpoint; explicit flags must agree with it."""

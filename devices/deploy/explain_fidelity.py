@@ -1,5 +1,5 @@
-"""Stage 8, **fidelity**: LRP heatmaps of the deployed vs the dense model on a few test images (Spearman,
-top-10 % IoU). Reporting only: nothing is chosen from it."""
+"""Stage 9, **fidelity** (report phase): LRP heatmaps of the deployed vs the dense model on a few test
+images (Spearman, top-10 % IoU). Reporting only: nothing is chosen from it, so it may read test."""
 
 from __future__ import annotations
 

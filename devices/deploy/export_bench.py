@@ -1,5 +1,6 @@
-"""Stages 9–10, **export** and **bench**: the deployed weights in the target runtime's format (parity
-verified on test), then latency/memory measured here, or roofline-predicted for an absent device."""
+"""Stage 7, **export**: the deployed weights in the target runtime's format, parity verified on val.
+Stage 10, **bench** (report phase): latency/memory (and test accuracy) measured here, or
+roofline-predicted for an absent device."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def export_plan(runtime: str, precision: str) -> tuple[str, str, str]:
 @dataclass(frozen=True, kw_only=True)
 class Export(Stage):
     name = "export"
-    version = 1
+    version = 2  # 2: parity verified on val, not test
     outputs = ("model_*",)
     source: str  # digest of the stage holding the deployed weights (calibrate, else prune)
     fmt: str
@@ -39,7 +40,7 @@ class Export(Stage):
 
         model, meta = load_checkpoint(self.weights)
         arrays = load_images(meta, *self.data, calib_size=256 if self.precision == "int8" else 0,
-                             eval_size=0, seed=self.seed)
+                             eval_size=0, eval_split="val", seed=self.seed)
         sha = recorded_sha256(self.weights)
         result = export_model(model, meta, workdir, self.fmt, self.precision, name="model", source_sha256=sha,
                               eval_x=arrays.get("eval_x"), eval_y=arrays.get("eval_y"),
@@ -78,14 +79,18 @@ class Bench(Stage):
                 "summary": bench_summary(report)}
 
 
-def export_and_bench(cfg, pipe, profile, source, weights: Path):
-    """``(export stage, bench stage)`` for the deployed weights held by stage ``source``."""
+def export_deployed(cfg, pipe, profile, source, weights: Path):
+    """The export stage for the deployed weights held by stage ``source``."""
     fmt, precision, _ = export_plan(profile.runtime, cfg.precision)
-    exp = Export(source=source.key_digest, fmt=fmt, precision=precision, seed=cfg.seed, weights=weights,
-                 data=(cfg.data, cfg.data_dir))(pipe)
+    return Export(source=source.key_digest, fmt=fmt, precision=precision, seed=cfg.seed, weights=weights,
+                  data=(cfg.data, cfg.data_dir))(pipe)
+
+
+def bench_export(cfg, pipe, exp):
+    """The bench stage of the exported model (report phase: the harness reports test accuracy)."""
     bench = Bench(export=exp.key_digest, target=cfg.target, runs=cfg.bench_runs,
                   entry=exp.path / exp.data["entry"], data=cfg.data, console=pipe.console)
-    return exp, bench(pipe, fresh=not cfg.cache_bench)
+    return bench(pipe, fresh=not cfg.cache_bench)
 
 
 def bench_summary(report: dict) -> dict:

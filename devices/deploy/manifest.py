@@ -27,11 +27,10 @@ def git_commit() -> str | None:
 
 
 def build_manifest(cfg, profile, ctx, *, exported: str, pr, exp, bench, fid: dict | None, cal: dict | None,
-                   gates: dict, gate_check: dict | None, training: dict | None, reports: dict) -> dict:
+                   test: dict, gates: dict, selection: dict, training: dict | None, reports: dict) -> dict:
     """Everything reproducible about the package (package-level fields are added by export.package)."""
     from toolchain import __version__
 
-    dense, pruned = pr.data["dense"], pr.data["pruned"]
     summary = bench.data["summary"]
     return {
         "runtime_target": profile.name,
@@ -39,12 +38,16 @@ def build_manifest(cfg, profile, ctx, *, exported: str, pr, exp, bench, fid: dic
         "exported_precision": exported,
         "input": {"name": "image", "shape": [None, int(ctx.meta["in_chans"]), int(ctx.meta["img_size"]),
                                              int(ctx.meta["img_size"])], "dtype": "float32", "layout": "NCHW"},
-        "metrics": {"split": "test", "dense": dense, "pruned": pruned, "gates": gates,
-                    "ratio_gate_check": gate_check,
+        # the test split, read once after every choice was made on val; 95 % intervals and n throughout
+        "metrics": {"split": "test", "n": test["n"], "read": test["read"], "dense": test["dense"],
+                    "pruned": test["pruned"],
                     # what the package's model computes: the pruned model with its temperature folded in
-                    "deployed": cal["test"] if cal else pruned},
-        "calibration": ({k: v for k, v in cal.items() if k != "test"} if cal
-                        else {"temperature": 1.0, "note": "not calibrated (--no-calibrate)"}),
+                    "deployed": test["deployed"], "drop": test["drop"], "gates": gates,
+                    "val": pr.data["val"]},
+        # how the ratio was chosen (val only): the rule, its numbers with intervals, and its warnings
+        "selection": selection,
+        "warnings": list(selection.get("warnings") or []),
+        "calibration": cal or {"temperature": 1.0, "note": "not calibrated (--no-calibrate)"},
         "explanation_fidelity": fid,
         "pruning": {**pr.data["recipe"], "removal": pr.data["removal"], "compare": pr.data["compare"],
                     "parity_masked_vs_removed": pr.data["parity_masked_vs_removed"]},
@@ -57,11 +60,11 @@ def build_manifest(cfg, profile, ctx, *, exported: str, pr, exp, bench, fid: dic
         "dataset": {"name": ctx.ds.name, "fingerprint": ctx.ds.fingerprint,
                     "source": Path(str(getattr(ctx.ds, "source", "") or "")).name or None},
         "training": training,
+        # what the training images looked like: medprune predict --package warns about inputs far from it
+        "input_profile": ctx.meta.get("input_profile"),
         "source_checkpoint_sha256": ctx.sha256,
         "seeds": {"train": (training or {}).get("seed", cfg.seed), "sampling": cfg.seed,
                   "fidelity": cfg.seed, "export_calibration": cfg.seed},
-        # what the training images looked like: medprune predict --package warns about inputs far from it
-        "input_profile": ctx.meta.get("input_profile"),
         "medprune": {"version": __version__, "git_commit": git_commit()},
         "reproducibility": "same seed and inputs → identical files except reports/*; in manifest.json only "
                            "files['reports/…'] and manifest_sha256 differ",
@@ -72,17 +75,54 @@ def _fmt(v: Any) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
-def _metric_rows(d: dict, p: dict, dep: dict, cal: dict) -> list[str]:
-    rows = ["| metric | dense | pruned |", "|---|---:|---:|"]
-    for key in ("accuracy", "balanced_accuracy", "auc", "ece"):
-        rows.append(f"| {key} | {_fmt(d.get(key))} | {_fmt(p.get(key))} |")
-    if cal.get("temperature", 1.0) != 1.0 or "fit_split" in cal:
-        rows.append(f"| ece, deployed (temperature {cal['temperature']:.3f}) | | {_fmt(dep.get('ece'))} |")
-    for cls in d.get("per_class", {}):
-        for key in ("sensitivity", "specificity"):
-            rows.append(f"| {key} {cls} | {_fmt(d['per_class'][cls].get(key))} | "
-                        f"{_fmt(p['per_class'][cls].get(key))} |")
+def _ci(m: dict, key: str) -> str:
+    """``value [lo, hi]`` of figure ``key`` in metrics ``m``."""
+    ci = m.get(f"{key}_ci")
+    return _fmt(m.get(key)) + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+
+def _metric_rows(test: dict, cal: dict) -> list[str]:
+    """Dense vs deployed on test, each figure with its 95 % interval and the n behind it."""
+    d, dep = test["dense"], test["deployed"]
+    name = "deployed" + (f" (pruned, temperature {cal['temperature']:.3f})" if "fit_split" in cal else " (pruned)")
+    rows = [f"| metric (n) | dense | {name} |", "|---|---:|---:|"]
+    for key in ("accuracy", "balanced_accuracy", "auc"):
+        rows.append(f"| {key} ({test['n']}) | {_ci(d, key)} | {_ci(dep, key)} |")
+    rows.append(f"| ece ({test['n']}) | {_fmt(d.get('ece'))} | {_fmt(dep.get('ece'))} |")
+    for cls, row in d.get("per_class", {}).items():
+        other = dep["per_class"][cls]
+        rows.append(f"| sensitivity {cls} ({row.get('support')}) | {_ci(row, 'sensitivity')} | "
+                    f"{_ci(other, 'sensitivity')} |")
+        rows.append(f"| specificity {cls} ({row.get('n_negative')}) | {_ci(row, 'specificity')} | "
+                    f"{_ci(other, 'specificity')} |")
     return rows
+
+
+def _selection_line(selection: dict) -> str:
+    v = selection["val"]
+    ci = v["accuracy_drop_ci_pts"]
+    how = {"auto": "the largest ratio on a 0.01 grid that passes the rule",
+           "budget": f"the smallest ratio meeting the budget ({selection.get('budget', {}).get('kind')}), "
+                     "recovered by distillation and judged by the rule"}.get(selection["mode"],
+                                                                             "a fixed ratio, judged by the rule")
+    worst = max(v["sensitivity_drop_ci_pts"].items(), key=lambda kv: kv[1][1], default=None)
+    sens = (f"; worst class sensitivity drop bound {worst[1][1]:.2f} pts ({worst[0]}, n={v['support'][worst[0]]})"
+            if worst else "")
+    return (f"Rule — {selection['rule']}. Ratio {selection['ratio']:.2f} is {how}: on val (n={v['n']}) the accuracy "
+            f"drop is {v['accuracy_drop_pts']:.2f} pts [95% CI {ci[0]:.2f}, {ci[1]:.2f}]{sens}; it "
+            f"{'passes' if v['passes'] else 'does not pass'} the rule.")
+
+
+def _gates_line(gates: dict) -> str:
+    ci = gates["accuracy_drop_ci_pts"]
+    sens = gates.get("sensitivity_drop_pts") or {}
+    worst = max(sens, key=sens.get) if sens else None
+    worst_txt = (f"worst per-class sensitivity drop {sens[worst]:.2f} pts ({worst}, 95% CI "
+                 f"{gates['sensitivity_drop_ci_pts'][worst][0]:.2f} to {gates['sensitivity_drop_ci_pts'][worst][1]:.2f}; "
+                 f"allowed {gates['sens_tolerance_pts']})" if worst else "no per-class sensitivity")
+    return (f"Clinical gates passed on the test split (n={gates['n']}): accuracy drop "
+            f"{gates['accuracy_drop_pts']:.2f} pts (95% CI {ci[0]:.2f} to {ci[1]:.2f}; allowed "
+            f"{gates['tolerance_pts']}), {worst_txt}.")
 
 
 def _calibration_line(cal: dict) -> str:
@@ -99,25 +139,14 @@ def _calibration_line(cal: dict) -> str:
 def model_card(cfg, ctx, manifest: dict, profile) -> str:
     """MODEL_CARD.md: ``templates/model_card.md`` filled from the manifest."""
     metrics = manifest["metrics"]
-    d, p = metrics["dense"], metrics["pruned"]
     cal = manifest.get("calibration") or {}
     fid = manifest.get("explanation_fidelity") or {}
-    gates = metrics.get("gates") or {}
-    check = metrics.get("ratio_gate_check") or {}
     cmp = manifest["pruning"].get("compare") or {}
     train = manifest.get("training") or {}
-    backoff = ""
-    if check.get("backed_off"):
-        backoff = (f" The lossless search on val chose {check['val_ratio']:.2f}; the test gate refused it and "
-                   f"the ratio was lowered to {check['ratio']:.2f}, so the test metrics below are gated, not "
-                   "fully held out.")
+    warnings = "".join(f"\n- **Warning:** {w}" for w in manifest.get("warnings") or []) + "\n"
     fidelity_line = (f"Explanation fidelity (LRP heatmaps, pruned vs dense, {fid.get('images')} test images): "
                      f"Spearman {_fmt(fid.get('spearman_mean'))}, top-10% IoU {_fmt(fid.get('iou10_mean'))}."
                      if fid else "Explanation fidelity: not measured.")
-    gates_line = (f"Clinical gates passed: accuracy drop {gates.get('accuracy_drop_pts', 0):.2f} pts "
-                  f"(allowed {gates.get('tolerance_pts')}), worst per-class sensitivity drop "
-                  f"{max((gates.get('sensitivity_drop_pts') or {0: 0}).values()):.2f} pts (allowed "
-                  f"{gates.get('sens_tolerance_pts')}).")
     return Template(CARD_TEMPLATE.read_text()).substitute(
         model=cfg.model, dataset=ctx.ds.name, target=profile.name, runtime=profile.runtime,
         precision=manifest["precision"], classes=", ".join(ctx.ds.class_names),
@@ -125,8 +154,9 @@ def model_card(cfg, ctx, manifest: dict, profile) -> str:
         fingerprint=ctx.ds.fingerprint[:16], img_size=ctx.meta["img_size"], in_chans=ctx.meta["in_chans"],
         epochs=train.get("epochs", cfg.epochs), seed=train.get("seed", cfg.seed), criterion=cfg.criterion,
         n_per_class=cfg.n_per_class, sampling=cfg.sampling, ratio_pct=f"{manifest['pruning']['ratio']:.0%}",
-        granularity=cfg.granularity, ratio_search=manifest["pruning"]["ratio_search"], backoff=backoff,
+        granularity=cfg.granularity, ratio_search=manifest["pruning"]["ratio_search"],
         params_dense=cmp.get("params", {}).get("dense", "?"), params_pruned=cmp.get("params", {}).get("pruned", "?"),
         macs_dense=cmp.get("macs", {}).get("dense", "?"), macs_pruned=cmp.get("macs", {}).get("pruned", "?"),
-        metrics_rows="\n".join(_metric_rows(d, p, metrics.get("deployed") or p, cal)),
-        gates_line=gates_line, fidelity_line=fidelity_line, calibration_line=_calibration_line(cal))
+        selection_line=_selection_line(manifest["selection"]), warnings=warnings,
+        metrics_rows="\n".join(_metric_rows(metrics, cal)),
+        gates_line=_gates_line(metrics["gates"]), fidelity_line=fidelity_line, calibration_line=_calibration_line(cal))

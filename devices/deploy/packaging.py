@@ -69,8 +69,8 @@ def predict_preprocess(ctx) -> dict:
     return package_preprocess(ctx.preprocess.to_dict(), ctx.ds.params.get("load_size"))
 
 
-def build(cfg, profile, pipe, ctx, *, pr, exp, bench, fid, cal: dict | None, gates: dict,
-          gate_check: dict | None, training: dict | None) -> dict:
+def build(cfg, profile, pipe, ctx, *, pr, exp, bench, fid, cal: dict | None, test: dict, gates: dict,
+          selection: dict, training: dict | None) -> dict:
     """Write and verify the package; returns paths, the verify report and the reported metrics."""
     from export.package import PackageSpec, build_package
 
@@ -87,7 +87,7 @@ def build(cfg, profile, pipe, ctx, *, pr, exp, bench, fid, cal: dict | None, gat
         if src.is_file() and src.suffix in REPORT_SUFFIXES:
             reports[src.name] = src
     manifest = build_manifest(cfg, profile, ctx, exported=exported, pr=pr, exp=exp, bench=bench, fid=fid, cal=cal,
-                              gates=gates, gate_check=gate_check, training=training, reports=reports)
+                              test=test, gates=gates, selection=selection, training=training, reports=reports)
     spec = PackageSpec(name=name, runtime=profile.runtime, model_files=files, class_names=list(ctx.ds.class_names),
                        preprocess=predict_preprocess(ctx), manifest=manifest,
                        model_card=model_card(cfg, ctx, manifest, profile), samples=sample_list, reports=reports,
@@ -102,7 +102,7 @@ def build(cfg, profile, pipe, ctx, *, pr, exp, bench, fid, cal: dict | None, gat
                        f"{report['top1_agreement']}/{report['samples']} samples agree, "
                        f"max |Δprob| {report['max_abs_prob_diff']:.1e}; {report['signature']}[/]")
     return {"package": str(folder), "tarball": str(tarball), "name": name, "verify": report,
-            "dense": pr.data["dense"], "pruned": pr.data["pruned"], "deployed": manifest["metrics"]["deployed"],
-            "calibration": manifest["calibration"], "ratio": ratio, "gates": gates, "gate_check": gate_check,
+            "dense": test["dense"], "pruned": test["pruned"], "deployed": test["deployed"],
+            "calibration": manifest["calibration"], "ratio": ratio, "gates": gates, "selection": selection,
             "compare": pr.data["compare"], "fidelity": fid, "bench": bench.data["summary"],
             "export_verification": exp.data["verification"], "package_seconds": round(time.perf_counter() - t0, 1)}

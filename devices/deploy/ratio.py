@@ -1,26 +1,53 @@
-"""Stages 4–5, **ratio** and **gate-check**: how much to prune.
+"""Stage 4, **ratio**: how much to prune, decided on val.
 
-ratio: a fixed ``--ratio``, or ``auto``: the largest ratio lossless on val with the tolerances scaled by
-``search_margin`` (``toolchain.prune_eval.find_lossless``).
-gate-check (``auto`` only): that ratio must pass the clinical gates on test, else smaller candidates are
-tried (see :meth:`GateCheck.run`).
+A fixed ``--ratio``, or ``auto``: the largest ratio (0.01 grid, up to ``--max-ratio``) that passes the
+lossless rule (``lossless.py``: paired bootstrap bounds of the accuracy and per-class sensitivity drops)
+on the whole val split, found by ``toolchain.prune_eval.find_lossless`` (coarse scan, then bisection).
+The search only ever returns a ratio that passed the rule on val, so no back-off is needed afterwards;
+nothing here reads the test split.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolchain.errors import GateError
 from toolchain.prune_eval import RatioEvaluator
 
+from .lossless import RULE, judge, resolution_warnings
 from .stage import Stage, live
 
 
 @dataclass
-class GroupEvaluator(RatioEvaluator):
+class ValEvaluator(RatioEvaluator):
+    """Masks at any ratio, judged by the lossless rule on a split (val) from cached probabilities."""
+
+    seed: int = 0
+    _probs: dict = field(default_factory=dict, repr=False)
+
+    def probs(self, ratio: float, split: str):
+        """``(probabilities, labels)`` of the model masked at ``ratio`` on ``split`` (0: the dense model)."""
+        from toolchain.evaluate import predict
+
+        key = (round(float(ratio), 6), split)
+        if key not in self._probs:
+            model = self.ctx.model if key[0] == 0.0 else self._masked_model(self.masks(key[0]))
+            self._probs[key] = predict(model, self.ctx.ds, split, self.ctx.preprocess, self.batch_size,
+                                       self.ctx.device)
+        return self._probs[key]
+
+    def passes(self, ratio: float, split: str, tolerance: float, sens_tolerance: float) -> dict:
+        """The lossless rule at ``ratio`` on ``split`` (what ``find_lossless`` probes)."""
+        p_dense, y = self.probs(0.0, split)
+        p_pruned, _ = self.probs(ratio, split)
+        return {"ratio": ratio, **judge(y, p_dense, p_pruned, self.ctx.ds.class_names, tolerance=tolerance,
+                                        sens_tolerance=sens_tolerance, seed=self.seed, split=split)}
+
+
+@dataclass
+class GroupEvaluator(ValEvaluator):
     """Group granularity: coupled units are scored and masked together (removal agrees exactly)."""
 
     example: Any = None  # a small input batch for Torch-Pruning's graph tracing
@@ -38,89 +65,66 @@ class GroupEvaluator(RatioEvaluator):
 
 
 def ratio_evaluator(ctx, scores, layers, example, *, criterion: str, granularity: str,
-                    round_to: int | None) -> RatioEvaluator:
-    """Masks + metrics at any ratio for ``granularity`` (one evaluator serves search, back-off and prune)."""
+                    round_to: int | None, seed: int) -> ValEvaluator:
+    """Masks + judgements at any ratio for ``granularity`` (one evaluator serves the search and prune)."""
     if granularity == "neuron":
-        return RatioEvaluator(ctx, scores, layers, meta={"criterion": criterion})
-    return GroupEvaluator(ctx, scores, layers, meta={"criterion": criterion}, example=example,
+        return ValEvaluator(ctx, scores, layers, meta={"criterion": criterion}, seed=seed)
+    return GroupEvaluator(ctx, scores, layers, meta={"criterion": criterion}, seed=seed, example=example,
                           round_to=round_to or None)
 
 
 @dataclass(frozen=True, kw_only=True)
 class RatioChoice(Stage):
     name = "ratio"
-    version = 1
+    version = 2  # 2: the paired-bootstrap lossless rule on the whole val split
     importance: str  # digest of the importance stage
     ratio: str  # "auto" or a fixed ratio ("0.2500")
     granularity: str
     tolerance: float
     sens_tolerance: float
-    search_margin: float
+    search_margin: float  # the search uses tolerances x margin (1: the full tolerances)
     max_ratio: float
     round_to: int
+    seed: int  # bootstrap seed
     evaluator: Any = live()
 
     def run(self, workdir: Path) -> dict:
         from toolchain.prune_eval import find_lossless
 
-        if self.ratio != "auto":
-            return {"ratio": float(self.ratio), "search": None}
-        found = find_lossless(self.evaluator, self.tolerance * self.search_margin,
-                              self.sens_tolerance * self.search_margin, search_split="val",
-                              max_ratio=self.max_ratio)
-        return {"ratio": found["ratio"], "search": found}
+        tol, sens_tol = self.tolerance * self.search_margin, self.sens_tolerance * self.search_margin
+        _, y = self.evaluator.probs(0.0, "val")
+        warnings = resolution_warnings(y, self.evaluator.ctx.ds.class_names, tol, sens_tol)
+        search = None
+        if self.ratio == "auto":
+            search = find_lossless(self.evaluator, tol, sens_tol, search_split="val", max_ratio=self.max_ratio)
+            ratio = float(search["ratio"])
+        else:
+            ratio = float(self.ratio)
+        val = self.evaluator.passes(ratio, "val", tol, sens_tol)
+        if self.ratio != "auto" and not val["passes"]:
+            warnings.append(f"the fixed ratio {ratio:.2f} fails the lossless rule on val ({'; '.join(val['failed'])})"
+                            "; the test gates still judge it")
+        return {"ratio": ratio, "mode": "auto" if self.ratio == "auto" else "fixed", "rule": RULE,
+                "split": "val", "val": val, "search": search, "warnings": warnings}
 
 
-@dataclass(frozen=True, kw_only=True)
-class GateCheck(Stage):
-    name = "gate-check"
-    version = 2
-    ratio_stage: str  # digest of the ratio stage
-    tolerance: float
-    sens_tolerance: float
-    max_backoff: int
-    chosen: Any = live()  # the ratio stage's result
-    evaluator: Any = live()
-
-    def run(self, workdir: Path) -> dict:
-        """ratio=auto: the val choice must also pass the clinical gate on test, else step down.
-
-        Val and test are different samples, so a ratio that is lossless on val can lose a few test
-        images of the minority class. Candidates, largest first: the val choice, the smaller ratios
-        the val search passed, then 0.02 steps down; at most ``max_backoff`` of them. The masked model
-        is evaluated (removal is exact, checked in the prune stage). Using the test split here makes
-        the packaged test metrics a *gated* estimate, which the manifest and model card say.
-        """
-        start = float(self.chosen["ratio"])
-        passing = [t["ratio"] for t in ((self.chosen.get("search") or {}).get("trace") or []) if t["passes"]]
-        grid = [round(start - 0.02 * k, 2) for k in range(1, 50)]
-        candidates = sorted({r for r in [start, *passing, *grid] if 0 < r <= start}, reverse=True)
-        tried = []
-        for r in candidates[: self.max_backoff + 1]:
-            res = self.evaluator.passes(r, "test", self.tolerance, self.sens_tolerance)
-            tried.append(res)
-            if res["passes"]:
-                return {"ratio": r, "val_ratio": start, "tried_on_test": tried, "backed_off": r < start}
-        if start == 0:
-            return {"ratio": 0.0, "val_ratio": 0.0, "tried_on_test": [], "backed_off": False}
-        worst = tried[-1] if tried else {}
-        raise GateError(
-            f"clinical gate: no pruning ratio from {start:.2f} down to {candidates[: self.max_backoff + 1][-1]:.2f} "
-            f"keeps the test split within tolerance (last: accuracy drop {worst.get('accuracy_drop_pts', 0):.2f} "
-            f"pts, worst sensitivity drop {worst.get('worst_sensitivity_drop_pts', 0):.2f} pts); no package written")
-
-
-def choose_ratio(cfg, pipe, imp, evaluator) -> tuple[Any, float, dict | None]:
-    """``(ratio stage, ratio to prune at, gate-check result or None)``."""
+def choose_ratio(cfg, pipe, imp, evaluator) -> tuple[Any, float, dict]:
+    """``(ratio stage, ratio to prune at, selection record for the manifest)``."""
     chosen = RatioChoice(importance=imp.key_digest, ratio=cfg.ratio, granularity=cfg.granularity,
                          tolerance=cfg.tolerance, sens_tolerance=cfg.sens_tolerance,
                          search_margin=cfg.search_margin, max_ratio=cfg.max_ratio, round_to=cfg.round_to,
-                         evaluator=evaluator)(pipe)
-    if cfg.ratio != "auto":
-        pipe.console.print(f"    pruning ratio {float(chosen.data['ratio']):.2f} (fixed)")
-        return chosen, float(chosen.data["ratio"]), None
-    gated = GateCheck(ratio_stage=chosen.key_digest, tolerance=cfg.tolerance, sens_tolerance=cfg.sens_tolerance,
-                      max_backoff=cfg.max_backoff, chosen=chosen.data, evaluator=evaluator)(pipe)
-    ratio = float(gated.data["ratio"])
-    pipe.console.print(f"    pruning ratio {ratio:.2f} (lossless search on val, confirmed on test)")
-    return chosen, ratio, gated.data
+                         seed=cfg.seed, evaluator=evaluator)(pipe)
+    d = chosen.data
+    v = d["val"]
+    ci = v["accuracy_drop_ci_pts"]
+    pipe.console.print(f"    pruning ratio {d['ratio']:.2f} ({d['mode']}; on val n={v['n']}: accuracy drop "
+                       f"{v['accuracy_drop_pts']:.2f} pts [95% CI {ci[0]:.2f}, {ci[1]:.2f}], worst sensitivity "
+                       f"drop {v['worst_sensitivity_drop_pts']:.2f} pts)")
+    for line in d["warnings"]:
+        pipe.console.print(f"[yellow]    warning: {line}[/]")
+    selection = {k: d[k] for k in ("ratio", "mode", "rule", "split", "val", "warnings")}
+    if d["search"]:
+        selection["search"] = {k: v for k, v in d["search"].items() if k != "trace"}
+        selection["search"]["tried"] = [{"ratio": t["ratio"], "passes": t["passes"],
+                                         "accuracy_drop_ci_pts": t["accuracy_drop_ci_pts"]} for t in d["search"]["trace"]]
+    return chosen, float(d["ratio"]), selection

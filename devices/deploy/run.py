@@ -14,10 +14,12 @@ from toolchain.pipeline import Pipeline, digest
 from .calibrate import calibrate_pruned
 from .config import DeployConfig
 from .explain_fidelity import measure_fidelity
-from .export_bench import export_and_bench
+from .export_bench import bench_export, export_deployed
+from .holdout import report_phase, seal
 from .packaging import build as build_package
-from .pruning import Prune, clinical_gates, prune_recipe
+from .pruning import Prune, prune_recipe
 from .ratio import choose_ratio, ratio_evaluator
+from .report import clinical_gates, final_report
 from .scoring import Importance, Reference, load_importance, reference_batch
 from .training import train_checkpoint
 
@@ -40,9 +42,11 @@ def deploy(cfg: DeployConfig) -> dict:
                        f"data {cfg.data}, criterion {cfg.criterion}, sampling {cfg.sampling}, ratio {cfg.ratio}, "
                        f"granularity {cfg.granularity}  [config {digest(asdict(cfg))[:12]}]")
 
-    # 1 train
+    # 1 train (outside the seal: toolchain.train owns its own dataset)
     trained = train_checkpoint(cfg, pipe.console)
-    ctx = load_context(trained.weights, cfg.data, data_dir=cfg.data_dir)
+    ctx = load_context(trained.weights, cfg.data, data_dir=cfg.data_dir,
+                       allow_missing_class=cfg.allow_missing_class or None)
+    seal(ctx.ds)  # stages 2-7 choose on train/val only: reading test before the report phase raises
     layers = find_unit_layers(ctx.model)
     base = {"checkpoint": trained.sha256, "data": ctx.ds.fingerprint}
     # 2 reference, 3 importance
@@ -53,23 +57,27 @@ def deploy(cfg: DeployConfig) -> dict:
                      layers=layers)(pipe)
     scores, example = load_importance(imp), x_ref[:2]
     evaluator = ratio_evaluator(ctx, scores, layers, example, criterion=cfg.criterion,
-                                granularity=cfg.granularity, round_to=cfg.round_to)
-    # 4 ratio, 5 gate-check
-    chosen, ratio, gate_check = choose_ratio(cfg, pipe, imp, evaluator)
-    # 6 prune + clinical gates
+                                granularity=cfg.granularity, round_to=cfg.round_to, seed=cfg.seed)
+    # 4 ratio (lossless rule on val)
+    chosen, ratio, selection = choose_ratio(cfg, pipe, imp, evaluator)
+    # 5 prune
     pr = Prune(ratio_stage=chosen.key_digest, ratio=ratio, seed=cfg.seed, recipe=prune_recipe(cfg), ctx=ctx,
                evaluator=evaluator, scores=scores, example=example)(pipe)
-    gates = clinical_gates(cfg, pr.data["dense"], pr.data["pruned"])
-    # 7 calibrate: the deployed weights are the calibrated ones when it runs
+    # 6 calibrate: the deployed weights are the calibrated ones when it runs
     cal = calibrate_pruned(cfg, pipe, ctx, pr)
     source, weights = (cal, cal.path / "calibrated.safetensors") if cal else (pr, pr.path / "pruned.safetensors")
-    # 8 fidelity, 9 export, 10 bench
-    fid = measure_fidelity(cfg, pipe, ctx, source, weights)
-    exp, bench = export_and_bench(cfg, pipe, profile, source, weights)
-    # 11 package
-    result = build_package(cfg, profile, pipe, ctx, pr=pr, exp=exp, bench=bench, fid=fid,
-                           cal=cal.data if cal else None, gates=gates, gate_check=gate_check,
-                           training=trained.config)
+    # 7 export
+    exp = export_deployed(cfg, pipe, profile, source, weights)
+    with report_phase():
+        # 8 test-report: test read once; the clinical gates judge it (exit 3, no package)
+        report = final_report(cfg, pipe, ctx, trained, pr, source, weights)
+        gates = clinical_gates(cfg, report.data)
+        # 9 fidelity, 10 bench, 11 package: reporting only
+        fid = measure_fidelity(cfg, pipe, ctx, source, weights)
+        bench = bench_export(cfg, pipe, exp)
+        result = build_package(cfg, profile, pipe, ctx, pr=pr, exp=exp, bench=bench, fid=fid,
+                               cal=cal.data if cal else None, test=report.data, gates=gates, selection=selection,
+                               training=trained.config)
     package_seconds = result.pop("package_seconds")
     result["pruned_checkpoint"] = str(weights)
     result["checkpoint"] = str(trained.weights)

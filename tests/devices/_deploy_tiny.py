@@ -42,3 +42,17 @@ def deploy_args(tiny: Tiny, out: Path, cache: Path, *extra: str) -> list[str]:
             "--cache", str(cache), "--n-per-class", "3", "--pool-per-class", "12", "--fidelity-images", "4",
             "--bench-runs", "5", *extra]
 
+
+def deploy_json(argv: list[str]) -> dict:
+    """Run the CLI in-process with --json and return its summary (module fixtures cannot use capsys)."""
+    import contextlib
+    import io
+    import json
+
+    from toolchain.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as exc:
+        main([*argv, "--json"])
+    assert exc.value.code == 0
+    return json.loads(buf.getvalue())

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.devices._deploy_tiny import deploy_args, tiny_setup
+from tests.devices._deploy_tiny import deploy_json as _deploy
 from toolchain.cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -26,18 +27,6 @@ def _run(argv, capsys) -> tuple[int, str, str]:
         main(argv)
     out = capsys.readouterr()
     return exc.value.code, out.out, out.err
-
-
-def _deploy(argv: list[str]) -> dict:
-    """Run the CLI in-process with --json and return its summary (module fixtures cannot use capsys)."""
-    import contextlib
-    import io
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as exc:
-        main([*argv, "--json"])
-    assert exc.value.code == 0
-    return json.loads(buf.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +71,7 @@ def test_package_layout_and_manifest(deployed):
     for which in ("dense", "pruned"):
         for cls in m["class_names"]:
             assert {"sensitivity", "specificity"} <= set(m["metrics"][which]["per_class"][cls])
-    assert m["metrics"]["gates"]["passed"] and m["metrics"]["ratio_gate_check"]["ratio"] == m["pruning"]["ratio"]
+    assert m["metrics"]["gates"]["passed"] and m["selection"]["ratio"] == m["pruning"]["ratio"]
     assert m["pruning"]["criterion"] == "lrp" and m["pruning"]["sampling"] == "clustering"
     assert 0 < m["pruning"]["ratio"] < 1 and m["pruning"]["compare"]["params"]["pruned"] < \
         m["pruning"]["compare"]["params"]["dense"]
@@ -95,8 +84,8 @@ def test_package_layout_and_manifest(deployed):
     assert not keys & {"latency_ms", "throughput", "peak_rss_mb", "latency"}
     card = (pkg / "MODEL_CARD.md").read_text()
     assert "not a certified medical device" in card and "sensitivity class_1" in card
-    assert set(summary["stages"]) >= {"train", "reference", "importance", "ratio", "gate-check", "prune",
-                                      "calibrate", "fidelity", "export", "bench", "package"}
+    assert set(summary["stages"]) >= {"train", "reference", "importance", "ratio", "prune", "calibrate", "export",
+                                      "test-report", "fidelity", "bench", "package"}
     cal = m["calibration"]
     assert cal["fit_split"] == "val" and cal["temperature"] > 0 and cal["nll_after"] <= cal["nll_before"] + 1e-9
     # a temperature never changes a prediction

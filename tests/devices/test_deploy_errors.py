@@ -81,7 +81,7 @@ def test_missing_data(tmp_path, capsys):
 
 def test_out_is_a_file(tiny, tmp_path, capsys):
     (tmp_path / "dist").write_text("not a folder")
-    assert "is not a folder" in _fails(_args(tiny, tmp_path), capsys)
+    assert "not a folder" in _fails(_args(tiny, tmp_path), capsys)
 
 
 def _copy_ckpt(tiny, dest: Path) -> Path:

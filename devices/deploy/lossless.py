@@ -1,0 +1,86 @@
+"""The lossless rule: decided on val, with its uncertainty visible.
+
+**Rule.** A pruned model is lossless when, on the whole val split, the upper end of the 95 % paired
+bootstrap interval of
+
+- the accuracy drop (dense − pruned) is at most ``--tolerance`` points, and
+- each class's sensitivity drop is at most ``--sens-tolerance`` points.
+
+The interval is ``toolchain.metrics.paired_bootstrap_diff``: every replicate resamples the val images
+within each class once and scores both models on that resample, so its width comes from the images on
+which the two models disagree. A pruned model that changes no prediction passes however small val is;
+one that loses a few images of a small class fails even when the point drop is within tolerance.
+
+**Resolution.** One image of a class with ``n`` val images moves its sensitivity by ``100/n`` points.
+When that exceeds ``--sens-tolerance`` (``n < 100 / sens_tolerance``) the rule can only accept ratios
+that lose no image of that class on val; likewise accuracy when the whole val split has fewer than
+``100 / tolerance`` images. :func:`resolution_warnings` says so and what the user can do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+RULE = ("lossless on val: the upper end of the 95 % paired class-stratified bootstrap interval of the accuracy "
+        "drop <= tolerance and of every class's sensitivity drop <= sens-tolerance (points)")
+
+
+def resolution_warnings(labels: np.ndarray, class_names: Sequence[str], tolerance: float,
+                        sens_tolerance: float, split: str = "val") -> list[str]:
+    """One line per figure whose single-image step on ``split`` is larger than its tolerance."""
+    labels = np.asarray(labels)
+    out = []
+    n = len(labels)
+    if n and 100.0 / n > tolerance:
+        out.append(f"{split} has {n} images: one image is {100.0 / n:.2f} accuracy points, more than --tolerance "
+                   f"{tolerance}; only ratios that change no {split} prediction can pass. Use a dataset with a "
+                   f"larger {split} split or raise --tolerance to >= {100.0 / n:.2f}")
+    for c, name in enumerate(class_names):
+        k = int((labels == c).sum())
+        if k == 0:
+            out.append(f"class {name} has no {split} images: its sensitivity cannot be checked before the test "
+                       f"report; add {split} images of it")
+        elif 100.0 / k > sens_tolerance:
+            out.append(f"class {name} has {k} {split} images: one image is {100.0 / k:.2f} sensitivity points, "
+                       f"more than --sens-tolerance {sens_tolerance}; only ratios that lose no {name} image on "
+                       f"{split} can pass. Add {split} images of {name} or raise --sens-tolerance to >= "
+                       f"{100.0 / k:.2f}")
+    return out
+
+
+def judge(y: np.ndarray, p_dense: np.ndarray, p_pruned: np.ndarray, class_names: Sequence[str], *,
+          tolerance: float, sens_tolerance: float, seed: int = 0, split: str = "val") -> dict:
+    """Drops (points) of accuracy and each class's sensitivity with 95 % paired intervals, and whether
+    the rule (module docstring) passes. ``passes_point`` is the same check on the point drops."""
+    from toolchain.metrics import paired_bootstrap_diff
+
+    y = np.asarray(y)
+    acc = paired_bootstrap_diff(y, p_dense, p_pruned, "accuracy", seed=seed)
+    sens, sens_ci, support = {}, {}, {}
+    for c, name in enumerate(class_names):
+        support[name] = int((y == c).sum())
+        if support[name]:
+            d = paired_bootstrap_diff(y, p_dense, p_pruned, f"sensitivity:{name}", seed=seed,
+                                      class_names=list(class_names))
+            sens[name], sens_ci[name] = 100.0 * d["diff"], _pts(d["ci"])
+    acc_ci = _pts(acc["ci"])
+    failed = []
+    if acc_ci[1] > tolerance + 1e-9:
+        failed.append(f"accuracy drop up to {acc_ci[1]:.2f} pts (allowed {tolerance})")
+    failed += [f"{name} sensitivity drop up to {ci[1]:.2f} pts (allowed {sens_tolerance})"
+               for name, ci in sens_ci.items() if ci[1] > sens_tolerance + 1e-9]
+    acc_pts = 100.0 * acc["diff"]
+    worst = max(sens.values()) if sens else 0.0
+    return {"split": split, "n": int(len(y)), "support": support,
+            "accuracy": acc["b"], "accuracy_drop_pts": acc_pts, "accuracy_drop_ci_pts": acc_ci,
+            "sensitivity_drop_pts": sens, "sensitivity_drop_ci_pts": sens_ci, "worst_sensitivity_drop_pts": worst,
+            "passes": not failed, "failed": failed,
+            "passes_point": bool(acc_pts <= tolerance + 1e-9 and worst <= sens_tolerance + 1e-9),
+            "tolerance_pts": tolerance, "sens_tolerance_pts": sens_tolerance, "confidence": acc["confidence"],
+            "n_boot": acc["n_boot"], "seed": seed}
+
+
+def _pts(ci) -> list[float]:
+    return [100.0 * ci[0], 100.0 * ci[1]] if ci else [float("nan"), float("nan")]
