@@ -30,13 +30,6 @@ def is_torchvision(name: str) -> bool:
     return name.strip().startswith(PREFIX)
 
 
-def available() -> list[str]:
-    """torchvision classification models, as ``torchvision:<name>``."""
-    import torchvision.models as tvm
-
-    return [PREFIX + n for n in tvm.list_models(module=tvm)]
-
-
 def resolve(name: str) -> str:
     """``torchvision:<name>`` after checking torchvision has that classifier; ModelError otherwise."""
     import torchvision.models as tvm
