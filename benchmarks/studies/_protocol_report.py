@@ -1,0 +1,168 @@
+"""protocol_grid.md and protocol_grid.png from the protocol grid's JSON (``--report-only`` re-renders)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from toolchain.atomic import atomic_file
+
+
+def _frac(h: dict) -> str:
+    if not h or h.get("fraction") is None:
+        return "n/a"
+    lo, hi = h["ci"]
+    return f"{h['k']}/{h['n']} = {h['fraction']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _acc(m: dict | None) -> str:
+    if not m or m.get("value") is None:
+        return "n/a"
+    ci = m.get("ci")
+    return f"{100 * m['value']:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else f"{100 * m['value']:.1f}"
+
+
+def _drop(v, ci) -> str:
+    return f"{v:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
+def _label(c: dict) -> str:
+    return f"{c['criterion']}" + ("" if c["normalize"] == "none" else f" ({c['normalize']})")
+
+
+def markdown(doc: dict) -> str:
+    s = doc["summary"]
+    lines = [
+        "# Paper grid under the selection protocol (reduced)", "",
+        f"Command: `{doc['command']}`  ", f"Created {doc['created']}, wall {doc['wall_s'] / 60:.1f} min, "
+        f"sampling {doc['sampling']} ({doc['n_per_class']}/class), ratios {doc['ratios']}, tolerance "
+        f"{doc['tolerance_pts']} pts accuracy / {doc['sens_tolerance_pts']} pts per-class sensitivity.", "",
+        " ".join(doc["rule"].split("\n\n")[1:2]).replace("\n", " "), "",
+        "**Holds on test.** Test is read after the choice: point accuracy drop and every class's point "
+        "sensitivity drop within the tolerances. Intervals: accuracy exact (Clopper-Pearson), balanced "
+        f"accuracy class-stratified bootstrap, drops paired bootstrap ({doc['n_boot']} replicates); all 95 %.", "",
+        *([f"**PARTIAL:** {len(doc['models'])} of the requested models "
+           f"{', '.join(doc.get('models_requested', []))} finished.", ""]
+          if len(doc.get("models_requested", [])) > len(doc["models"]) else []),
+        "## Headline: val-selected ratios that hold on test", "",
+        "| cells | bound rule (protocol) | point rule on whole val (old rule) | chose dense |", "|---|---|---|---|",
+        f"| all attribution cells | {_frac(s['attribution']['bound_rule'])} | {_frac(s['attribution']['point_rule'])} "
+        f"| {s['attribution']['dense_selected']} |"]
+    for k, v in s["per_criterion"].items():
+        lines.append(f"| {k} | {_frac(v['bound_rule'])} | {_frac(v['point_rule'])} | {v['dense_selected']} |")
+    lines += ["", "k/n = fraction [exact 95 % interval]. A cell that chose ratio 0 (dense) holds trivially; "
+              "the last column counts them.", ""]
+    for m in doc["models"]:
+        lines += [f"## {m['model']} on {m['dataset']}", "",
+                  f"Checkpoint `{m['checkpoint']}`, weights sha256 `{m['sha256']}`, data fingerprint "
+                  f"`{(m['dataset_fingerprint'] or '')[:16]}`; dense test accuracy {_acc(m['dense']['test']['accuracy'])} "
+                  f"(n={m['dense']['test']['accuracy']['n']}), val {_acc(m['dense']['val']['accuracy'])} "
+                  f"(n={m['dense']['val']['accuracy']['n']}); dense {m['dense_cost']['macs'] / 1e6:.0f} M MACs, "
+                  f"{m['dense_cost']['params'] / 1e6:.1f} M params. Train config: lr {(m['train_config'] or {}).get('lr')}, "
+                  f"epochs {(m['train_config'] or {}).get('epochs')}, train subset "
+                  f"{(m['train_config'] or {}).get('train_subset')}.", "",
+                  "| criterion | val-selected ratio | MACs / params at it | test acc. drop, pts [95 %] | "
+                  "holds | point-rule ratio | holds |", "|---|---|---|---|---|---|---|"]
+        for c in m["cells"]:
+            sel, old = c["selected"], c["selected_point_rule"]
+            drop = "dense" if sel["dense"] else _drop(sel["test_accuracy_drop_pts"], sel["test_accuracy_drop_ci_pts"])
+            cost = "1.00 / 1.00" if sel["dense"] else f"{sel['macs_frac']:.2f} / {sel['params_frac']:.2f}"
+            lines.append(f"| {_label(c)} | {sel['ratio']:.2f} | {cost} | {drop} | {'yes' if sel['holds'] else '**no**'}"
+                         f" | {old['ratio']:.2f} | {'yes' if old['holds'] else '**no**'} |")
+        lines += ["", "Test accuracy % [95 %] (n per cell = test n) at equal units, equal MACs, equal parameters "
+                  "(first grid ratio whose removed-model cost is <= the budget; its actual fraction in brackets):", ""]
+        budgets = [f"{b:g}" for b in doc["budgets"]]
+        head = ["criterion"] + [f"units {r:g}" for r in (0.3, 0.5, 0.7) if r in doc["ratios"]]
+        head += [f"MACs<={b}" for b in budgets] + [f"params<={b}" for b in budgets]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for c in m["cells"]:
+            by = {p["ratio"]: p for p in c["points"]}
+            row = [_label(c)] + [_acc(by[r]["test_metrics"]["accuracy"]) for r in (0.3, 0.5, 0.7) if r in by]
+            for key in ("macs_frac", "params_frac"):
+                for b in budgets:
+                    p = c["equal_cost"][key][b]
+                    row.append("none" if p is None else f"{_acc(p['accuracy'])} ({p[key]:.2f})")
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    lines += ["## The paper's claims, re-judged from this run", ""] + [f"- {t}" for t in claims(doc)] + [""]
+    return "\n".join(lines)
+
+
+def claims(doc: dict) -> list[str]:
+    """Short verdicts from this run (rules, not prose typed by hand); what the reduced grid cannot judge."""
+    from .paper.claims import ATTRIBUTION, LOW_RATIO, PAPER_RANGES
+
+    out = []
+    models = {m["model"]: m for m in doc["models"]}
+    for name, (lo, hi) in PAPER_RANGES.items():
+        if name not in models:
+            out.append(f"{name} lossless range {lo:.0%}-{hi:.0%}: NOT JUDGED (no {name} in this run)")
+            continue
+        chosen = [c["selected"]["ratio"] for c in models[name]["cells"] if c["criterion"] in ATTRIBUTION]
+        inside = sum(lo - 1e-9 <= r <= hi + 1e-9 for r in chosen)
+        out.append(f"{name} lossless range {lo:.0%}-{hi:.0%}: val-selected ratios of {', '.join(ATTRIBUTION)} "
+                   f"are {', '.join(f'{r:.2f}' for r in chosen)} ({inside}/{len(chosen)} inside; grid step "
+                   f"{_step(doc['ratios'])}) -> {'CONFIRMED' if chosen and inside == len(chosen) else 'REFUTED' if not inside else 'PARTIAL'}")
+    if "vit_b16" not in models:
+        out.append("ViT most robust to pruning: NOT JUDGED (no ViT in this run)")
+    for m in doc["models"]:
+        ranks = sorted(((c["selected"]["ratio"], _label(c)) for c in m["cells"]), reverse=True)
+        best = [lbl for r, lbl in ranks if r == ranks[0][0]]
+        out.append(f"LRP best ({m['model']}, by val-selected lossless ratio): first is {', '.join(best)} at "
+                   f"{ranks[0][0]:.2f}; LRP {next(r for r, lbl in ranks if lbl == 'lrp'):.2f}" if any(
+                       lbl == "lrp" for _, lbl in ranks) else f"LRP best ({m['model']}): NOT JUDGED (no lrp cell)")
+        improved = [f"{_label(c)}@{p['ratio']:g} ({_drop(-p['test']['accuracy_drop_pts'], [-x for x in p['test']['accuracy_drop_ci_pts'][::-1]])} pts)"
+                    for c in m["cells"] for p in c["points"] if p["ratio"] <= LOW_RATIO + 1e-9
+                    and p["test"]["accuracy_drop_ci_pts"][1] < 0]
+        out.append(f"Low ratios (<= {LOW_RATIO:g}) improve accuracy ({m['model']}): "
+                   + (f"gain with paired 95 % interval above 0 at {'; '.join(improved)}" if improved else
+                      "no cell gains beyond its paired 95 % interval -> NOT SUPPORTED"))
+    out.append(f"Clustering best sampling: NOT JUDGED (one sampling, {doc['sampling']}, in this run)")
+    out.append("Other datasets (BreastMNIST, chest_xray_224): NOT JUDGED (PneumoniaMNIST only)")
+    return out
+
+
+def _step(ratios: list[float]) -> str:
+    diffs = sorted({round(b - a, 6) for a, b in zip(ratios, ratios[1:], strict=False)})
+    return "/".join(f"{d:g}" for d in diffs) or "n/a"
+
+
+def plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = doc["models"]
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 4 * len(models)), squeeze=False)
+    for row, m in zip(axes, models, strict=True):
+        for ax, key, xlabel in ((row[0], "ratio", "units pruned (fraction)"),
+                                (row[1], "macs_frac", "MACs of the removed model (fraction of dense)")):
+            for c in m["cells"]:
+                pts = c["points"]
+                xs = [p[key] for p in pts]
+                acc = [p["test_metrics"]["accuracy"] for p in pts]
+                ys = [100 * a["value"] for a in acc]
+                lo = [100 * (a["value"] - a["ci"][0]) for a in acc]
+                hi = [100 * (a["ci"][1] - a["value"]) for a in acc]
+                style = "-" if c["attribution"] else "--"
+                ax.errorbar(xs, ys, yerr=[lo, hi], fmt=style + "o", ms=3, capsize=2, label=_label(c))
+            dense = m["dense"]["test"]["accuracy"]["value"] * 100
+            ax.axhline(dense, color="k", lw=0.8, ls=":")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("test accuracy % (95 % CI)")
+            ax.set_title(f"{m['model']} / {m['dataset']} (test n={m['dense']['test']['accuracy']['n']})")
+            if key == "macs_frac":
+                ax.invert_xaxis()
+        row[0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write_report(doc: dict, out: Path) -> Path:
+    out = Path(out)
+    with atomic_file(out / "protocol_grid.md", "w") as fh:
+        fh.write(markdown(doc))
+    plot(doc, out / "protocol_grid.png")
+    return out / "protocol_grid.md"

@@ -1,0 +1,96 @@
+"""The selection protocol of the protocol grid, as pure functions of probabilities and cost points.
+
+**Lossless rule (decided on the whole val split).** A pruned model passes when the upper end of the
+95 % paired, class-stratified bootstrap interval (``toolchain.metrics.paired_bootstrap_diff``) of the
+accuracy drop (dense - pruned) is at most ``tolerance`` points and that of every class's sensitivity
+drop at most ``sens_tolerance`` points. The selected ratio is the largest grid ratio such that it and
+every smaller grid ratio pass (a ratio beyond the first failure is never chosen).
+
+**Holds on test.** Test is read once the ratio is chosen: the choice holds when the *point* accuracy
+drop on test is <= ``tolerance`` and every class's point sensitivity drop <= ``sens_tolerance``.
+
+**Equal cost.** Criteria are compared at equal MACs / parameters of the physically removed model by
+the first grid ratio whose cost fraction is at most the budget: a measured point (exact interval),
+not an interpolation; its actual cost is reported beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from toolchain.errors import ConfigError
+
+SUMMARY_KEYS = ("accuracy", "balanced_accuracy")
+
+
+def drops(y, p_dense, p_pruned, class_names: Sequence[str], *, n_boot: int | None = None, seed: int = 0) -> dict:
+    """Accuracy and per-class sensitivity drops (points) with 95 % paired bootstrap intervals and n."""
+    from toolchain.metrics import PAIRED_N_BOOT, paired_bootstrap_diff
+
+    y = np.asarray(y)
+    boot = dict(n_boot=n_boot or PAIRED_N_BOOT, seed=seed)
+    acc = paired_bootstrap_diff(y, p_dense, p_pruned, "accuracy", **boot)
+    sens, sens_ci, support = {}, {}, {}
+    for c, name in enumerate(class_names):
+        support[name] = int((y == c).sum())
+        if support[name]:
+            d = paired_bootstrap_diff(y, p_dense, p_pruned, f"sensitivity:{name}", class_names=list(class_names),
+                                      **boot)
+            sens[name], sens_ci[name] = 100.0 * d["diff"], _pts(d["ci"])
+    return {"n": int(len(y)), "support": support, "accuracy": acc["b"], "accuracy_drop_pts": 100.0 * acc["diff"],
+            "accuracy_drop_ci_pts": _pts(acc["ci"]), "sensitivity_drop_pts": sens,
+            "sensitivity_drop_ci_pts": sens_ci, "n_boot": acc["n_boot"]}
+
+
+def _pts(ci) -> list[float]:
+    return [100.0 * ci[0], 100.0 * ci[1]] if ci else [float("nan"), float("nan")]
+
+
+def passes_bound(d: Mapping, tolerance: float, sens_tolerance: float) -> bool:
+    """The protocol's rule: upper 95 % bounds of the drops within the tolerances."""
+    return bool(d["accuracy_drop_ci_pts"][1] <= tolerance + 1e-9
+                and all(ci[1] <= sens_tolerance + 1e-9 for ci in d["sensitivity_drop_ci_pts"].values()))
+
+
+def passes_point(d: Mapping, tolerance: float, sens_tolerance: float) -> bool:
+    """Point drops within the tolerances (the old rule on val; the holds-on-test check on test)."""
+    return bool(d["accuracy_drop_pts"] <= tolerance + 1e-9
+                and all(v <= sens_tolerance + 1e-9 for v in d["sensitivity_drop_pts"].values()))
+
+
+def select_ratio(ratios: Sequence[float], passed: Sequence[bool]) -> float:
+    """Largest ratio whose own and every smaller ratio's check passed; 0.0 (dense) when the smallest fails."""
+    if len(ratios) != len(passed):
+        raise ConfigError(f"{len(ratios)} ratios but {len(passed)} pass flags")
+    chosen = 0.0
+    for r, ok in sorted(zip(ratios, passed, strict=True)):
+        if not ok:
+            break
+        chosen = float(r)
+    return chosen
+
+
+def holds_fraction(holds: Sequence[bool]) -> dict:
+    """``k`` of ``n`` cells hold, the fraction and its exact (Clopper-Pearson) 95 % interval."""
+    from toolchain.intervals import clopper_pearson
+
+    k, n = int(sum(bool(h) for h in holds)), len(holds)
+    if n == 0:
+        return {"k": 0, "n": 0, "fraction": None, "ci": None}
+    return {"k": k, "n": n, "fraction": k / n, "ci": list(clopper_pearson(k, n))}
+
+
+def at_budget(points: Sequence[Mapping], key: str, budget: float) -> Mapping | None:
+    """The point of smallest ``ratio`` whose ``key`` (a cost fraction of the dense model) is <= ``budget``;
+    None when no evaluated ratio reaches the budget."""
+    if not 0 < budget <= 1:
+        raise ConfigError(f"a cost budget is a fraction of the dense model in (0, 1], got {budget}")
+    meeting = [p for p in points if p.get(key) is not None and p[key] <= budget + 1e-12]
+    return min(meeting, key=lambda p: p["ratio"]) if meeting else None
+
+
+def metric_ci(m: Mapping, key: str) -> dict:
+    """``{"value", "ci", "n"}`` of one accuracy-like figure of a ``compute_metrics`` dict."""
+    return {"value": m.get(key), "ci": m.get(f"{key}_ci"), "n": m.get("n")}

@@ -1,0 +1,101 @@
+"""Protocol grid: the lossless rule, the val choice, the holds-on-test fraction, equal-cost points, and one
+tiny end-to-end run (a one-epoch tiny ResNet) through the study's main."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.studies import _protocol_rules as rules
+from tests.benchmarks.studies.test_paper_grid import tiny_ckpt  # noqa: F401  (a one-epoch tiny ResNet)
+from toolchain.errors import ConfigError
+
+
+def _onehot(pred, k=2):
+    return np.eye(k)[np.asarray(pred)]
+
+
+def test_identical_predictions_pass_and_a_lost_class_fails_the_bound():
+    y = np.array([0] * 50 + [1] * 50)
+    dense = _onehot(y)
+    same = rules.drops(y, dense, dense, ["a", "b"], n_boot=200)
+    assert same["accuracy_drop_pts"] == 0 and same["accuracy_drop_ci_pts"] == [0.0, 0.0]
+    assert rules.passes_bound(same, 1.0, 2.0) and rules.passes_point(same, 1.0, 2.0)
+    # one class-a image lost of 50 (2 sensitivity points, 1 accuracy point): the point rule accepts it at
+    # tolerance 1/2, the bound rule does not (its upper bound exceeds the point drop)
+    worse = y.copy()
+    worse[0] = 1
+    d = rules.drops(y, dense, _onehot(worse), ["a", "b"], n_boot=500)
+    assert d["accuracy_drop_pts"] == pytest.approx(1.0) and d["sensitivity_drop_pts"]["a"] == pytest.approx(2.0)
+    assert rules.passes_point(d, 1.0, 2.0)
+    assert d["accuracy_drop_ci_pts"][1] > 1.0 and not rules.passes_bound(d, 1.0, 2.0)
+
+
+def test_select_ratio_stops_at_the_first_failure():
+    assert rules.select_ratio([0.1, 0.2, 0.3, 0.4], [True, True, False, True]) == 0.2
+    assert rules.select_ratio([0.3, 0.1, 0.2], [True, True, True]) == 0.3  # order of the grid does not matter
+    assert rules.select_ratio([0.1, 0.2], [False, True]) == 0.0
+    with pytest.raises(ConfigError):
+        rules.select_ratio([0.1], [True, False])
+
+
+def test_holds_fraction_with_exact_interval():
+    h = rules.holds_fraction([True, True, False, True])
+    assert (h["k"], h["n"], h["fraction"]) == (3, 4, 0.75)
+    assert h["ci"][0] < 0.75 < h["ci"][1]
+    all_hold = rules.holds_fraction([True] * 10)
+    assert all_hold["ci"][1] == 1.0 and all_hold["ci"][0] == pytest.approx(0.025 ** (1 / 10))
+    assert rules.holds_fraction([])["fraction"] is None
+
+
+def test_at_budget_picks_the_first_ratio_meeting_the_cost():
+    pts = [{"ratio": 0.1, "macs_frac": 0.9}, {"ratio": 0.3, "macs_frac": 0.6}, {"ratio": 0.5, "macs_frac": 0.45},
+           {"ratio": 0.7, "macs_frac": 0.2}]
+    assert rules.at_budget(pts, "macs_frac", 0.5)["ratio"] == 0.5
+    assert rules.at_budget(pts, "macs_frac", 0.6)["ratio"] == 0.3
+    assert rules.at_budget(pts, "macs_frac", 0.1) is None
+    # two criteria at equal MACs: the one that removes more MACs per unit reaches the budget at fewer units
+    other = [{"ratio": 0.1, "macs_frac": 0.7}, {"ratio": 0.3, "macs_frac": 0.4}]
+    assert rules.at_budget(other, "macs_frac", 0.5)["ratio"] == 0.3
+    with pytest.raises(ConfigError):
+        rules.at_budget(pts, "macs_frac", 0.0)
+
+
+def test_main_end_to_end_on_a_tiny_resnet(tiny_ckpt, tmp_path, monkeypatch, capsys):  # noqa: F811
+    from benchmarks.studies import protocol_grid
+
+    monkeypatch.setenv("MEDPRUNE_CACHE", str(tmp_path / "cache"))
+    argv = ["--checkpoint", f"resnet50={tiny_ckpt['checkpoint']}", "--criteria", "lrp,magnitude", "--sampling", "random",
+            "--n-per-class", "2", "--ratios", "0.2,0.5", "--budgets", "0.9,0.5", "--n-boot", "100",
+            "--out", str(tmp_path)]
+    assert protocol_grid.main(argv) == 0
+    first = json.loads((tmp_path / "protocol_grid.json").read_text())
+    capsys.readouterr()
+    assert protocol_grid.main(argv) == 0  # resumes: every cell from the cache, same results
+    assert capsys.readouterr().out.count(": cached") == 3
+    doc = json.loads((tmp_path / "protocol_grid.json").read_text())
+    cells = doc["models"][0]["cells"]
+    # magnitude raw + l1, lrp raw
+    assert [(c["criterion"], c["normalize"]) for c in cells] == [("lrp", "none"), ("magnitude", "none"),
+                                                                ("magnitude", "l1")]
+    for c in cells:
+        assert [p["ratio"] for p in c["points"]] == [0.2, 0.5]
+        assert all(0 < p["macs_frac"] < 1 and 0 < p["params_frac"] < 1 for p in c["points"])
+        assert c["selected"]["ratio"] in (0.0, 0.2, 0.5)
+        assert c["points"][0]["test_metrics"]["accuracy"]["n"] == 12
+    assert [c["selected"] for c in cells] == [c["selected"] for c in first["models"][0]["cells"]]
+    att = doc["summary"]["attribution"]["bound_rule"]
+    assert att["n"] == 1
+    assert (tmp_path / "protocol_grid.md").read_text().count("| lrp |") >= 2
+    assert (tmp_path / "protocol_grid.png").stat().st_size > 0
+
+
+def test_bad_checkpoint_argument_is_a_config_error(tmp_path):
+    from benchmarks.studies import protocol_grid
+
+    with pytest.raises(ConfigError):
+        protocol_grid.main(["--checkpoint", "resnet50", "--out", str(tmp_path)])
+    with pytest.raises(ConfigError):
+        protocol_grid.main(["--checkpoint", f"resnet50={tmp_path}/missing", "--out", str(tmp_path)])
