@@ -1,0 +1,40 @@
+"""hparam_policy: the same sweep for every model (recipe lr x factors, all else equal) and the val choice."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from benchmarks.studies import hparam_policy as hp
+from toolchain.errors import ConfigError
+from toolchain.recipes import RECIPES
+
+
+def _args(**kw):
+    base = dict(data="pneumoniamnist", epochs=2, train_subset=1500, seed=0, lr_factors=[1 / 3, 1.0, 3.0])
+    return types.SimpleNamespace(**{**base, **kw})
+
+
+@pytest.mark.parametrize("model", sorted(RECIPES))
+def test_candidates_vary_only_the_learning_rate(model):
+    cfgs = hp.candidates(model, _args())
+    assert [c.lr for c in cfgs] == pytest.approx([RECIPES[model].lr / 3, RECIPES[model].lr, RECIPES[model].lr * 3],
+                                                 rel=1e-2)
+    others = [{k: v for k, v in c.to_dict().items() if k != "lr"} for c in cfgs]
+    assert all(o == others[0] for o in others)
+    assert others[0]["build_args"] == RECIPES[model].build_args and others[0]["device"] == "cpu"
+
+
+def test_choose_takes_the_best_val_score_and_breaks_ties_towards_the_recipe():
+    rows = [{"lr": 1e-4, "val_balanced_accuracy": 0.90}, {"lr": 3e-4, "val_balanced_accuracy": 0.92},
+            {"lr": 1e-3, "val_balanced_accuracy": 0.92}]
+    assert hp.choose(rows, recipe_lr=1e-3)["lr"] == 1e-3
+    assert hp.choose(rows, recipe_lr=1e-4)["lr"] == 3e-4  # tie without the recipe: the smaller lr
+    with pytest.raises(ConfigError):
+        hp.choose([], 1e-3)
+
+
+def test_bad_factor_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError):
+        hp.main(["--lr-factors", "0,1", "--out", str(tmp_path)])
