@@ -36,3 +36,16 @@ def test_wrong_number_of_class_names_is_one_line(tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(["train", "-m", "test_resnet", "-d", npz, "--epochs", 1, "-q", "--class-names", "a,b,c"],
                         capsys)
     assert code == 2 and "gives 3 names but dataset tiny has 2 classes" in one_error_line(err)
+
+
+def test_class_names_in_another_order_are_refused(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    for cls in ("normal", "pneumonia"):
+        (tmp_path / "xray" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "xray" / cls / f"{i}.png")
+    code, _, err = run_cli(["train", "-m", "test_resnet", "-d", tmp_path / "xray", "--epochs", 1, "-q",
+                            "--class-names", "pneumonia,normal"], capsys)
+    assert code == 2 and "label order is normal, pneumonia" in one_error_line(err)

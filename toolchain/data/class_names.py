@@ -34,6 +34,10 @@ def rename_classes(ds, names: list[str] | None) -> list[str] | None:
         raise DataError(f"--class-names gives {len(names)} names but dataset {ds.name} has {ds.num_classes} "
                         f"classes ({', '.join(ds.class_names)}, in label order)")
     source = list(ds.class_names)
+    if sorted(names) == sorted(source) and names != source:
+        # the same names in another order would silently swap labels: outputs follow the dataset's order
+        raise DataError(f"--class-names lists dataset {ds.name}'s classes in another order; its label order is "
+                        f"{', '.join(source)} (a model's outputs must follow it)")
     ds.class_names = list(names)
     return source
 
