@@ -94,6 +94,21 @@ def test_imagenet_defaults_without_data(tmp_path, capsys):
     assert meta["class_names"] == ["class_0", "class_1", "class_2"] and "metrics" not in meta
 
 
+def test_lightning_prefix_is_stripped_and_said(tmp_path):
+    import timm
+
+    from toolchain.models.import_weights import import_model
+
+    model = timm.create_model("test_resnet", num_classes=2)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "epoch": 3},
+               tmp_path / "lightning.ckpt.pt")
+    imported, report = import_model("test_resnet", tmp_path / "lightning.ckpt.pt", 2, 3, 32)
+    assert "stripped the 'model.' prefix" in report["notes"]
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(imported(x), model.eval()(x))
+
+
 def test_pickled_module_is_refused(tmp_path, capsys):
     import timm
 

@@ -5,7 +5,8 @@ tensors and plain containers and nothing else: a whole pickled ``nn.Module`` is 
 arbitrary code on load) with the one-line fix, ``torch.save(model.state_dict(), path)``.
 
 Common wrappings are undone and said so in the report: a ``{"state_dict": ...}``/``{"model": ...}``
-training checkpoint, and the ``module.`` prefix of DataParallel/DDP. Keys are then matched against the
+training checkpoint, the ``module.`` prefix of DataParallel/DDP, and one prefix shared by every key
+when only the keys without it fit (a Lightning module's ``model.``). Keys are then matched against the
 architecture by name; every missing, unexpected or differently shaped tensor is reported by name.
 
 timm architectures are built with timm's own defaults for the arguments medprune chooses for small
@@ -86,6 +87,22 @@ def _unwrap(obj: Any, name: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     return dict(obj), notes
 
 
+def _strip_wrapper_prefix(state: dict[str, torch.Tensor], expected: dict, notes: list[str]) -> dict[str, torch.Tensor]:
+    """Keys saved from a wrapper (a Lightning module's ``model.``, a ``backbone.``) lose that one prefix
+    when no key matches as saved and every key matches without it."""
+    if not state or set(state) & set(expected):
+        return state
+    prefixes = {k.split(".", 1)[0] for k in state}
+    if len(prefixes) != 1 or not all("." in k for k in state):
+        return state
+    prefix = prefixes.pop() + "."
+    stripped = {k[len(prefix):]: v for k, v in state.items()}
+    if not set(stripped) <= set(expected):
+        return state
+    notes.append(f"stripped the {prefix!r} prefix")
+    return stripped
+
+
 def _names(keys: list[str], limit: int = 6) -> str:
     return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
@@ -162,6 +179,7 @@ def import_model(arch: str, weights: str | Path, num_classes: int, in_chans: int
         args = {**native_build_args(resolved, img_size, state), **(build_args or {})}
     model = build_model(resolved, num_classes, in_chans, img_size, **args)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    state = _strip_wrapper_prefix(state, model.state_dict(), notes)
     full = check_keys(state, model.state_dict(), resolved)
     bad = [k for k, v in full.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
