@@ -167,13 +167,33 @@ class Pipeline:
             t0 = time.perf_counter()
             with atomic_dir(folder) as tmp:
                 data = fn(tmp) or {}
-                (tmp / "key.json").write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
-                (tmp / "result.json").write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+                _write_stage(tmp, full, data)
             seconds = time.perf_counter() - t0
             result = StageResult(name, key_digest, folder, data, False, seconds)
             self.console.print(f"[green][{index}] {name}: done in {seconds:.1f} s[/]")
         self.results[name] = result
         return result
+
+    def lookup(self, name: str, full_key: dict) -> StageResult | None:
+        """The finished stage ``name`` with ``full_key`` (from :meth:`full_key`), or None; runs nothing."""
+        key_digest = digest(full_key)
+        folder = self._folder(name, key_digest)
+        if not (folder / "result.json").is_file():
+            return None
+        return StageResult(name, key_digest, folder, json.loads((folder / "result.json").read_text()), True, 0.0)
+
+    def publish(self, name: str, full_key: dict, data: dict,
+                write: Callable[[Path], None] | None = None) -> StageResult:
+        """Store ``data`` computed elsewhere (e.g. by a Ray worker that writes no files) where and as
+        :meth:`stage` would have. ``full_key`` is :meth:`full_key` taken when the work was dispatched, so
+        the result is filed under the code that computed it; ``write(folder)`` adds files."""
+        key_digest = digest(full_key)
+        folder = self._folder(name, key_digest)
+        with atomic_dir(folder) as tmp:
+            if write is not None:
+                write(tmp)
+            _write_stage(tmp, full_key, data)
+        return StageResult(name, key_digest, folder, data, False, 0.0)
 
     @staticmethod
     def full_key(name: str, key: dict, fn: Callable, code: Iterable[Any] = ()) -> dict:
@@ -196,3 +216,9 @@ class Pipeline:
             "stages": {n: {"cached": r.cached, "seconds": round(r.seconds, 1), "digest": r.key_digest[:16]}
                        for n, r in self.results.items()},
         }
+
+
+def _write_stage(folder: Path, full_key: dict, data: dict) -> None:
+    """``key.json`` (what the digest covers) and ``result.json`` (the completion marker, written last)."""
+    (folder / "key.json").write_text(json.dumps(full_key, indent=2, sort_keys=True, default=str))
+    (folder / "result.json").write_text(json.dumps(data, indent=2, sort_keys=True, default=str))

@@ -1,62 +1,96 @@
 """The paper grid's result store and the keys of its tasks.
 
-Cells run on Ray workers that never write files (a cluster need not share a filesystem): the driver
-stores each returned value as ``<root>/<kind>/<key>.json`` (+ ``.npz`` heatmaps for cells), written
-atomically, the JSON last as the completion marker. A key is ``toolchain.pipeline.digest`` of the task's
-spec: every input that changes the result (data fingerprint, preprocessing, checkpoint sha256, sizes,
-criterion and its options, ratios, ``CELL_VERSION``), never paths or batch size.
+Tasks (dense metrics, reference indices, cells) run on Ray workers that never write files (a cluster
+need not share a filesystem); the driver stores each returned value as a ``toolchain.pipeline`` stage
+(``Pipeline.publish``: ``<root>/stages/<kind>-<digest>/`` with ``key.json``, ``result.json`` and, for
+cells, ``heatmaps.npz``), so the grid and ``medprune deploy`` share one cache layout, one folder rule and
+one ``digest``. A task's key holds every input that changes its result (data fingerprint,
+preprocessing, checkpoint sha256, sizes, criterion and its options, ratios, ``CELL_VERSION``, the device)
+and the pipeline adds the code version of the task function and its first-party imports (criteria
+included); paths and batch size stay out.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from toolchain.atomic import atomic_file
-from toolchain.pipeline import code_version, digest
+from toolchain.pipeline import Pipeline, digest
 
-from .cell import CELL_VERSION
+from .cell import CELL_VERSION, cell_task, dense_task, reference_task
 from .config import Grid
+
+TASKS = {"dense": dense_task, "reference": reference_task, "cell": cell_task}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One cached unit of work: its kind (a key of ``TASKS``), its full key (``Pipeline.full_key``: the
+    inputs and the code version, taken once when the task is made, as canonical JSON so it is hashable)
+    and its id, the digest of that key."""
+
+    kind: str
+    full_key: str
+    id: str
 
 
 class Cache:
-    """One JSON per finished task under ``root/<kind>/<key>.json`` (+ ``.npz`` heatmaps for cells)."""
+    """Finished tasks as ``toolchain.pipeline`` stages under ``root``."""
 
     def __init__(self, root: Path):
+        from rich.console import Console
+
         self.root = Path(root)
+        self.pipe = Pipeline(self.root, console=Console(quiet=True))
 
-    def path(self, kind: str, key: str, suffix: str = ".json") -> Path:
-        return self.root / kind / f"{key}{suffix}"
+    def get(self, task: Task) -> dict | None:
+        found = self.pipe.lookup(task.kind, json.loads(task.full_key))
+        return None if found is None else found.data
 
-    def get(self, kind: str, key: str) -> dict | None:
-        p = self.path(kind, key)
-        if not p.is_file():
-            return None
-        try:
-            return json.loads(p.read_text())
-        except json.JSONDecodeError as exc:  # atomic writes make this rare; recomputed, not trusted, and said
-            warnings.warn(f"paper-grid cache entry {p} is unreadable ({exc}); recomputing", stacklevel=2)
-            return None
+    def folder(self, task: Task) -> str | None:
+        """Where a finished task's files live, relative to ``root`` (recorded in the results JSON)."""
+        found = self.pipe.lookup(task.kind, json.loads(task.full_key))
+        return None if found is None else str(found.path.relative_to(self.root))
 
-    def put(self, kind: str, key: str, value: dict) -> None:
+    def put(self, task: Task, value: dict) -> None:
         heatmaps = value.pop("_heatmaps", None)
-        if heatmaps:
-            # the npz first: the JSON is the completion marker
-            with atomic_file(self.path(kind, key, ".npz")) as fh:
-                np.savez_compressed(fh, **heatmaps)
-        with atomic_file(self.path(kind, key), "w") as fh:
-            json.dump(value, fh, indent=1, default=_json_default)
+        data = json.loads(json.dumps(value, default=_json_default))  # numpy scalars as numbers, not strings
 
-    def heatmaps(self, kind: str, key: str) -> dict[str, np.ndarray] | None:
-        p = self.path(kind, key, ".npz")
-        if not p.is_file():
-            return None
-        with np.load(p) as z:
-            return {k: z[k] for k in z.files}
+        def write(folder: Path) -> None:
+            if heatmaps:
+                np.savez_compressed(folder / "heatmaps.npz", **heatmaps)
+
+        self.pipe.publish(task.kind, json.loads(task.full_key), data, write=write)
+
+    def heatmaps(self, folder: str) -> dict[str, np.ndarray] | None:
+        """A cell's heatmaps from its recorded folder; None when the cache no longer holds them."""
+        return _load_npz(self.root / folder / "heatmaps.npz")
+
+
+def heatmap_loader(results: dict):
+    """``cell -> heatmaps`` for the report, from the cache the results were computed in (``cache_root``).
+
+    Cells record their stage folder; results written before the grid stored its tasks as pipeline
+    stages record none, and their heatmaps sit at ``<cache_root>/cells/<key>.npz``.
+    """
+    cache = Cache(Path(results["cache_root"]))
+
+    def load(cell: dict) -> dict[str, np.ndarray] | None:
+        folder = cell.get("folder")
+        if folder:
+            return cache.heatmaps(folder)
+        return _load_npz(cache.root / "cells" / f"{cell['key']}.npz")
+    return load
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
 
 
 def _json_default(obj):
@@ -87,31 +121,26 @@ def _base_spec(dataset: str, info: dict, grid: Grid) -> dict:
             "batch_size": s.batch_size, "test_limit": s.test_limit, "val_limit": s.val_limit}
 
 
-@functools.cache
-def _cell_code_version() -> str:
-    # the cell tasks and every first-party module they import (criteria included): edited code reruns
-    return code_version("benchmarks.studies.paper.cell")
-
-
-def _key_of(spec: dict, kind: str, sha: str, extra: dict) -> str:
-    # paths and batch size do not change results; the checkpoint's sha256, data fingerprint, the device
-    # (cell tasks run on CPU) and the code do
+def _task(kind: str, spec: dict, sha: str, extra: dict) -> Task:
+    # paths and batch size do not change results; the checkpoint's sha256, data fingerprint and the device
+    # (tasks run on CPU) do; Pipeline.full_key adds the code version of the task function
     ignore = {"checkpoint", "data_dir", "batch_size", "dense", "reference_indices"}
-    return digest({"kind": kind, "version": CELL_VERSION, "sha256": sha, "device": "cpu",
-                   "code_version": _cell_code_version(),
-                   **{k: v for k, v in spec.items() if k not in ignore}, **extra})
+    key = {"version": CELL_VERSION, "sha256": sha, "device": "cpu",
+           **{k: v for k, v in spec.items() if k not in ignore}, **extra}
+    full = Pipeline.full_key(kind, key, TASKS[kind])
+    return Task(kind, json.dumps(full, sort_keys=True, separators=(",", ":"), default=str), digest(full))
 
 
-def dense_spec(dataset: str, info: dict, grid: Grid) -> tuple[str, dict]:
+def dense_spec(dataset: str, info: dict, grid: Grid) -> tuple[Task, dict]:
     spec = _base_spec(dataset, info, grid)
-    return _key_of(spec, "dense", info["sha256"], {}), spec
+    return _task("dense", spec, info["sha256"], {}), spec
 
 
-def reference_spec(dataset: str, info: dict, sampling: str, grid: Grid) -> tuple[str, dict]:
+def reference_spec(dataset: str, info: dict, sampling: str, grid: Grid) -> tuple[Task, dict]:
     spec = {**_base_spec(dataset, info, grid), "sampling": sampling, "n_per_class": grid.sizes.n_per_class,
             "pool_per_class": grid.sizes.pool_per_class}
     spec.pop("test_limit"), spec.pop("val_limit")
-    return _key_of(spec, "reference", info["sha256"], {}), spec
+    return _task("reference", spec, info["sha256"], {}), spec
 
 
 def needs_data(criterion: str) -> bool:
@@ -121,7 +150,7 @@ def needs_data(criterion: str) -> bool:
 
 
 def cell_spec(dataset: str, model: str, criterion: str, sampling: str | None, info: dict, grid: Grid,
-              ref_key: str | None, dense_key: str) -> tuple[str, dict]:
+              ref_id: str | None, dense_id: str) -> tuple[Task, dict]:
     s = grid.sizes
     spec = {**_base_spec(dataset, info, grid), "model": model, "criterion": criterion,
             "criterion_options": grid.criterion_options.get(criterion, {}), "sampling": sampling,
@@ -130,4 +159,4 @@ def cell_spec(dataset: str, model: str, criterion: str, sampling: str | None, in
             "lossless_resolution": s.lossless_resolution, "lossless_coarse_step": s.lossless_coarse_step,
             "scope": s.scope, "normalize": s.normalize,
             "fidelity_images": s.fidelity_images, "figure_images": s.figure_images, "top_fraction": s.top_fraction}
-    return _key_of(spec, "cell", info["sha256"], {"reference": ref_key, "dense": dense_key}), spec
+    return _task("cell", spec, info["sha256"], {"reference": ref_id, "dense": dense_id}), spec

@@ -185,7 +185,7 @@ def _figure_cell(results: dict, dataset: str, model: str) -> dict | None:
 
 
 def write_report(results: dict, out_dir: Path, name: str = "paper_grid",
-                 heatmap_loader: Callable[[str, str], dict | None] | None = None) -> Path:
+                 heatmap_loader: Callable[[dict], dict | None] | None = None) -> Path:
     out_dir = Path(out_dir)
     md = render(results, out_dir, name, heatmap_loader)
     path = out_dir / f"{name}.md"
@@ -278,7 +278,7 @@ def render(results: dict, out_dir: Path, name: str, heatmap_loader=None) -> str:
         if heatmap_loader is not None:
             for model in _ordered((r.model for r in rows if r.dataset == ds), MODEL_ORDER):
                 cell = _figure_cell(results, ds, model)
-                maps = heatmap_loader("cells", cell["key"]) if cell else None
+                maps = heatmap_loader(cell) if cell else None
                 if not maps:
                     continue
                 lossless = cell["result"]["lossless"]["ratio"]

@@ -15,7 +15,17 @@ from typing import Any
 from toolchain.atomic import atomic_file
 from toolchain.pipeline import digest
 
-from .cache import Cache, _json_default, cell_spec, default_cache_root, dense_spec, needs_data, reference_spec
+from .cache import (
+    Cache,
+    Task,
+    _json_default,
+    cell_spec,
+    default_cache_root,
+    dense_spec,
+    heatmap_loader,
+    needs_data,
+    reference_spec,
+)
 from .cell import cell_task, dense_task, reference_task
 from .checkpoints import (
     _baseline_checkpoint,
@@ -122,31 +132,31 @@ def run_grid(grid: Grid, *, cache_root: Path | None = None, num_cpus: int | None
     refs: dict[tuple[str, str, str], tuple[str, Any]] = {}
     data_free = {c: not needs_data(c) for c in grid.criteria}
 
-    def cached_or_submit(kind: str, key: str, fn, *args):
-        hit = cache.get(kind, key)
+    def cached_or_submit(task: Task, fn, *args):
+        hit = cache.get(task)
         if hit is not None:
             return hit, True
         return fn.remote(*args), False
 
     for (d, m), info in infos.items():
-        key, spec = dense_spec(d, info, grid)
-        value, _ = cached_or_submit("dense", key, dense_r, spec)
-        dense[(d, m)] = (key, value)
+        task, spec = dense_spec(d, info, grid)
+        value, _ = cached_or_submit(task, dense_r, spec)
+        dense[(d, m)] = (task, value)
         for s in grid.samplings:
             if all(data_free.values()):
                 break
-            key, spec = reference_spec(d, info, s, grid)
-            value, _ = cached_or_submit("reference", key, ref_r, spec)
-            refs[(d, m, s)] = (key, value)
+            task, spec = reference_spec(d, info, s, grid)
+            value, _ = cached_or_submit(task, ref_r, spec)
+            refs[(d, m, s)] = (task, value)
 
-    cell_keys: dict[str, str] = {}  # CellId.label() -> cell key
-    jobs: dict[Any, tuple[str, str, str]] = {}  # ObjectRef -> (key, label, kind)
+    cell_keys: dict[str, Task] = {}  # CellId.label() -> its cell task
+    jobs: dict[Any, tuple[Task, str]] = {}  # ObjectRef -> (cell task, label)
     prep_jobs: dict[Any, tuple[str, str]] = {}
     submitted: set[str] = set()
-    for kind, table in (("dense", dense), ("reference", refs)):
-        for key, value in table.values():
+    for table in (dense, refs):
+        for task, value in table.values():
             if not isinstance(value, dict):
-                prep_jobs[value] = (kind, key)
+                prep_jobs[value] = task
 
     for cid in submission_order(expand(grid)):
         info = infos.get((cid.dataset, cid.model))
@@ -154,17 +164,18 @@ def run_grid(grid: Grid, *, cache_root: Path | None = None, num_cpus: int | None
             continue
         free = data_free[cid.criterion]
         sampling = None if free else cid.sampling
-        ref_key, ref_value = (None, None) if free else refs[(cid.dataset, cid.model, cid.sampling)]
-        dense_key, dense_value = dense[(cid.dataset, cid.model)]
-        key, spec = cell_spec(cid.dataset, cid.model, cid.criterion, sampling, info, grid, ref_key, dense_key)
-        cell_keys[cid.label()] = key
-        if key in submitted or cache.get("cells", key) is not None:
-            if key not in submitted:
+        ref_task, ref_value = (None, None) if free else refs[(cid.dataset, cid.model, cid.sampling)]
+        dense_task_, dense_value = dense[(cid.dataset, cid.model)]
+        task, spec = cell_spec(cid.dataset, cid.model, cid.criterion, sampling, info, grid,
+                               ref_task.id if ref_task else None, dense_task_.id)
+        cell_keys[cid.label()] = task
+        if task in submitted or cache.get(task) is not None:
+            if task not in submitted:
                 counts["cached"] += 1
-                submitted.add(key)
+                submitted.add(task)
             continue
-        submitted.add(key)
-        jobs[cell_r.remote(spec, dense_value, ref_value)] = (key, cid.label(), "cells")
+        submitted.add(task)
+        jobs[cell_r.remote(spec, dense_value, ref_value)] = (task, cid.label())
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}")]
@@ -184,17 +195,16 @@ def run_grid(grid: Grid, *, cache_root: Path | None = None, num_cpus: int | None
                 ref = done[0]
                 meta = waiting.pop(ref)
                 if ref in prep_jobs:
-                    kind, key = meta
                     try:
-                        cache.put(kind, key, ray.get(ref))
+                        cache.put(meta, ray.get(ref))
                     except Exception as exc:
-                        failures.append({"cell": key[:12], "stage": kind, "error": _err(exc)})
-                        console.print(f"[red]{kind} {key[:12]} failed: {_err(exc)}[/]")
+                        failures.append({"cell": meta.id[:12], "stage": meta.kind, "error": _err(exc)})
+                        console.print(f"[red]{meta.kind} {meta.id[:12]} failed: {_err(exc)}[/]")
                     continue
-                key, label, _ = meta
+                task, label = meta
                 try:
                     result = ray.get(ref)
-                    cache.put("cells", key, result)
+                    cache.put(task, result)
                     counts["computed"] += 1
                     progress.console.log(f"{label}: lossless {result['lossless']['ratio']:.2f}, "
                                          f"{result['timings']['total_s']:.0f}s")
@@ -229,20 +239,21 @@ def assemble(grid: Grid, cache: Cache, infos, dense, refs, cell_keys, failures, 
     """The results JSON: config, checkpoints with dense metrics, one entry per grid cell."""
     models: dict[str, dict] = {}
     for (d, m), info in infos.items():
-        key = dense[(d, m)][0]
+        task = dense[(d, m)][0]
         models.setdefault(d, {})[m] = {**{k: info[k] for k in ("checkpoint", "sha256", "source", "arch", "img_size",
                                                                "load_size", "train_config")},
-                                       "dense": cache.get("dense", key), "dense_key": key}
+                                       "dense": cache.get(task), "dense_key": task.id}
     references = {}
-    for (d, m, s), (key, _) in refs.items():
-        value = cache.get("reference", key)
+    for (d, m, s), (task, _) in refs.items():
+        value = cache.get(task)
         references.setdefault(d, {}).setdefault(m, {})[s] = value
     data_free = {c: not needs_data(c) for c in grid.criteria}
     cells = []
     for cid in expand(grid):
-        key = cell_keys.get(cid.label())
-        cells.append({**asdict(cid), "key": key, "data_free": data_free[cid.criterion],
-                      "result": cache.get("cells", key) if key else None})
+        task = cell_keys.get(cid.label())
+        cells.append({**asdict(cid), "key": task.id if task else None, "data_free": data_free[cid.criterion],
+                      "folder": cache.folder(task) if task else None,
+                      "result": cache.get(task) if task else None})
     history = _record_run(cache, grid, wall, counts, command)
     return {
         "schema": SCHEMA,
@@ -317,4 +328,4 @@ def write_results(results: dict, out_dir: Path = RESULTS, name: str = "paper_gri
     out_dir = Path(out_dir)
     with atomic_file(out_dir / f"{name}.json", "w") as fh:
         json.dump(results, fh, indent=1, default=_json_default)
-    return write_report(results, out_dir, name=name, heatmap_loader=Cache(Path(results["cache_root"])).heatmaps)
+    return write_report(results, out_dir, name=name, heatmap_loader=heatmap_loader(results))

@@ -61,7 +61,7 @@ def test_cell_task_direct(tiny_ckpt):
     rkey, rspec = store.reference_spec(tiny_ckpt["npz"], info, "random", grid)
     ref = reference_task(rspec)
     assert ref["per_class"] == [2, 2]
-    _, cspec = store.cell_spec(tiny_ckpt["npz"], "resnet50", "lrp", "random", info, grid, rkey, "d")
+    _, cspec = store.cell_spec(tiny_ckpt["npz"], "resnet50", "lrp", "random", info, grid, rkey.id, "d")
     out = cell_task({**cspec, "dense": dense, "reference_indices": ref["indices"]})
     assert set(out["ratios"]) == {"0.25", "0.5"}
     for m in out["ratios"].values():
@@ -245,6 +245,22 @@ def test_cell_keys_change_when_the_cell_code_changes(tiny_ckpt, monkeypatch):
     grid = _grid(tiny_ckpt, ["lrp"], ["random"])
     info = ckpts.checkpoint_info(tiny_ckpt["checkpoint"], "given")
     before, _ = store.cell_spec("d", "m", "lrp", "random", info, grid, "r", "d")
-    monkeypatch.setattr(store, "_cell_code_version", lambda: "edited criterion")
+    import toolchain.pipeline
+
+    monkeypatch.setattr(toolchain.pipeline, "code_version", lambda *objs, **kw: "edited criterion")
     after, _ = store.cell_spec("d", "m", "lrp", "random", info, grid, "r", "d")
-    assert before != after
+    assert before != after and before.id != after.id
+
+
+def test_heatmaps_of_recorded_folders_and_of_results_from_the_old_layout(tmp_path):
+    import numpy as np
+
+    maps = {"dense": np.ones((1, 2, 2), np.float32)}
+    (tmp_path / "stages" / "cell-0123").mkdir(parents=True)
+    np.savez_compressed(tmp_path / "stages" / "cell-0123" / "heatmaps.npz", **maps)
+    (tmp_path / "cells").mkdir()
+    np.savez_compressed(tmp_path / "cells" / f"{'a' * 64}.npz", **maps)
+    load = store.heatmap_loader({"cache_root": str(tmp_path)})
+    assert np.array_equal(load({"key": "x", "folder": "stages/cell-0123"})["dense"], maps["dense"])
+    assert np.array_equal(load({"key": "a" * 64})["dense"], maps["dense"])  # written before the pipeline layout
+    assert load({"key": "b" * 64}) is None and load({"key": "x", "folder": "stages/cell-gone"}) is None
