@@ -7,7 +7,7 @@ Every study parses its options with :class:`StudyParser`, which gives them one s
 printed in ``--help``), ``--out`` is the results folder, and a bad option is a one-line error (exit 2)
 through the ``medprune`` CLI like every other user error.
 
-    @study("ece_study", outputs=("calibration.json", "calibration.md"))
+    @study("ece_study", outputs=("ece_study.json", "ece_study.md", "ece_study.png"))
     def main(argv: list[str]) -> dict:
         p = StudyParser("ece_study", __doc__)
         p.add_list("--ratios", default="0.3,0.5,0.7", kind=float)
