@@ -9,6 +9,7 @@ from toolchain.cli import build_app
 from toolchain.importance import available
 from toolchain.removal import GRANULARITIES
 from toolchain.sampling import STRATEGIES
+from toolchain.train import SELECT_METRICS
 
 CHOICES = {
     ("prune", "--criterion"): available(),
@@ -18,6 +19,7 @@ CHOICES = {
     ("deploy", "--target"): profile_names(),
     ("export", "--format"): FORMATS,
     ("bench", "--target"): profile_names(),
+    ("train", "--select"): SELECT_METRICS,
 }
 
 

@@ -15,6 +15,7 @@ from ..data.dataset import SPLITS
 from ..importance import available
 from ..masking import SCOPES
 from ..sampling import STRATEGIES
+from ..train import SELECT_METRICS
 
 
 def one_of(values: Iterable[str]) -> Any:
@@ -29,3 +30,4 @@ Criterion = one_of(available())
 Sampling = one_of(STRATEGIES)
 Scope = one_of(SCOPES)
 Split = one_of(SPLITS)
+SelectMetric = one_of(SELECT_METRICS)

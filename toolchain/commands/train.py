@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from .choices import SelectMetric
 from .options import allow_missing_class_option
 
 
@@ -23,8 +24,7 @@ def register(app: typer.Typer) -> None:
         optimizer: str = typer.Option("adamw", "--optimizer", help="adamw or sgd"),
         warmup_epochs: float = typer.Option(1.0, "--warmup-epochs"),
         patience: int = typer.Option(5, "--patience", help="early-stop patience in epochs (0: off)"),
-        select: str = typer.Option("balanced_accuracy", "--select",
-                                   help="val metric choosing the best epoch: balanced_accuracy, auc, accuracy"),
+        select: SelectMetric = typer.Option("balanced_accuracy", "--select", help="val metric choosing the best epoch"),
         class_weights: bool = typer.Option(True, "--class-weights/--no-class-weights"),
         augment: bool = typer.Option(True, "--augment/--no-augment"),
         label_smoothing: float = typer.Option(0.0, "--label-smoothing"),
