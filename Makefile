@@ -18,7 +18,7 @@ PRECISION ?= default
 OUT ?= dist
 SIGN_KEY ?=
 
-.PHONY: install test lint deploy recovery bench baselines importance removal export-bench paper studies clean
+.PHONY: install test lint deploy recovery bench baselines importance removal export-bench tensorrt-check paper studies clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -56,6 +56,10 @@ removal: install
 
 export-bench: install
 	$(MEDPRUNE) study export_quality
+
+# needs an NVIDIA GPU and `pip install tensorrt` (one shot: FP16 + INT8 engines, run_trt.py as shipped)
+tensorrt-check: install
+	$(MEDPRUNE) study tensorrt_check
 
 paper: install
 	$(MEDPRUNE) study paper_grid --datasets pneumoniamnist,breastmnist,chest_xray_224

@@ -3,7 +3,8 @@
 A local target (``cpu``, ``x86-edge``) is measured here with the profile's runtime, threads, precision
 and batch sizes (plus OpenVINO's benchmark_app as a cross-check when the runtime is OpenVINO). A remote
 target (the Jetsons) gets a folder to copy to the device (ONNX, runner, test set, ``run_on_<target>.sh``
-with the exact trtexec lines) and a PREDICTED latency from the roofline model calibrated on this machine.
+with the exact trtexec lines) and a PREDICTED latency from the roofline fitted to that device's published
+latencies (``devices/roofline.py``), with that fit's leave-one-out error.
 Targets with published peaks also get a prediction, always labelled as such.
 """
 
@@ -100,7 +101,7 @@ def _predictions(name: str, path: Path, profile: DeviceProfile, cal, progress) -
         p.update({"model": name, "batch": batch})
         if batch > 1:
             p["images_per_s"] = batch / (p["latency_ms"] / 1e3)
-        if cal is None:
+        if cal is None and profile.is_local:
             p["assumptions"].append("uncalibrated: efficiency factors 1.0, no per-layer overhead on a local target")
         out.append(p)
     return out
@@ -160,15 +161,17 @@ def run_bench(model: str | Path, target: str, *, data: str | None = None, runs: 
             cal = _calibration(threads, calibrate, say)
             report["calibration"] = cal.to_dict() if cal else None
             report["predictions"] = _predictions(path.stem, path, profile, cal, say)
-            report["notes"].append(f"measured numbers are from THIS machine with the {profile.name} runtime "
-                                   "settings; the real device's latency is the predicted one")
+            report["notes"].append(
+                f"measured numbers are from THIS machine with the {profile.name} runtime settings; " + (
+                    f"the predictions are for {profile.name}'s published peaks (labelled predicted, with the "
+                    "error of this machine's CPU fit)" if report["predictions"] else
+                    f"no prediction for {profile.name}'s published peaks: this model's layer costs could not "
+                    "be counted"))
     else:
         onnx_path = onnx_for(path, out / "onnx")
         meta = model_meta(path) or model_meta(onnx_path)
-        cal = _calibration(threads, calibrate, say)
-        report["calibration"] = cal.to_dict() if cal else None
-        say(f"roofline prediction for {profile.name}")
-        report["predictions"] = _predictions(path.stem, onnx_path, profile, cal, say)
+        say(f"roofline prediction for {profile.name}")  # fitted to that device's published latencies, not this CPU
+        report["predictions"] = _predictions(path.stem, onnx_path, profile, None, say)
         testset = None
         if data:
             from .remote import onnx_input

@@ -81,9 +81,10 @@ def write_device_bundle(onnx_path: Path, profile: DeviceProfile, out_dir: Path, 
     bundle = out_dir / f"device_{profile.name}"
     bundle.mkdir(parents=True, exist_ok=True)
     shutil.copy2(onnx_path, bundle / onnx_path.name)
-    runner = resources.files("devices") / "scripts" / "run_trt.py"
-    with atomic_file(bundle / "run_trt.py", "w") as fh:
-        fh.write(runner.read_text())
+    for runner in (resources.files("devices") / "scripts" / "run_trt.py",  # + the engine code it loads
+                   resources.files("export") / "templates" / "trt_runner.py"):
+        with atomic_file(bundle / runner.name, "w") as fh:
+            fh.write(runner.read_text())
     if testset is not None:
         x, y, names = testset
         with atomic_file(bundle / "testset.npz", "wb") as fh:

@@ -21,7 +21,10 @@ from toolchain.settings import cache_dir
 
 from .roofline import (
     Calibration,
+    DeviceFit,
+    LayerCost,
     calibrate,
+    fit_published,
     load_calibration,
     measure_peaks,
     onnx_layer_costs,
@@ -115,3 +118,84 @@ def cached_calibration(threads: int, refresh: bool = False, progress=None) -> Ca
     cal = run_calibration(threads, progress=progress)
     save_calibration(cal, path)
     return cal
+
+
+# ---------------------------------------------------------------- published Jetson latencies
+
+PUBLISHED = Path(__file__).parent / "profiles" / "published" / "jetson_latency.json"
+COST_VERSION = 1  # part of the cached layer costs' key: bump when benchmarks.costs counts differently
+
+
+def _torchvision(name: str):
+    def build(classes: int):
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None, num_classes=classes)
+    return build
+
+
+def _timm(name: str):
+    def build(classes: int):
+        import timm
+
+        return timm.create_model(name, pretrained=False, num_classes=classes)
+    return build
+
+
+# the architectures of the published measurements (random weights: latency does not depend on them)
+STANDARD_MODELS: dict[str, Callable] = {
+    "resnet18": _torchvision("resnet18"), "resnet34": _torchvision("resnet34"), "resnet50": _torchvision("resnet50"),
+    "mobilenetv3_small": _torchvision("mobilenet_v3_small"), "mobilenetv3_large": _torchvision("mobilenet_v3_large"),
+    "mixnet_s": _timm("mixnet_s"), "mixnet_m": _timm("mixnet_m"), "mixnet_l": _timm("mixnet_l"),
+    "efficientformer_l1": _timm("efficientformer_l1"), "vit_tiny": _timm("vit_tiny_patch16_224"),
+    "mobilevit_s": _timm("mobilevit_s"),
+}
+
+
+def load_published(path: Path = PUBLISHED) -> dict:
+    """The published measurements, each checked for the fields a fit needs and for a known source."""
+    data = json.loads(Path(path).read_text())
+    for m in data["measurements"]:
+        missing = {"device", "model", "input", "classes", "batch", "precision", "latency_ms", "source"} - set(m)
+        if missing or m["source"] not in data["sources"] or m["model"] not in STANDARD_MODELS:
+            raise ValueError(f"{path}: measurement {m} lacks {sorted(missing)} or names an unknown source/model")
+    return data
+
+
+def _standard_costs(m: dict, work: Path) -> list:
+    """Layer costs of a published model from its ONNX export (the path medprune's own models take), cached."""
+    key = hashlib.sha256(json.dumps([m["model"], m["input"], m["classes"], m["batch"], COST_VERSION]).encode())
+    path = cache_dir() / "roofline" / f"published-costs-{key.hexdigest()[:16]}.json"
+    try:
+        return [LayerCost(**c) for c in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError):
+        pass
+    model = STANDARD_MODELS[m["model"]](int(m["classes"])).eval()
+    costs = onnx_layer_costs(export_onnx(model, tuple(m["input"]), work / f"{m['model']}.onnx"), int(m["batch"]))
+    from toolchain.atomic import atomic_file
+
+    with atomic_file(path, "w") as fh:
+        json.dump([c.__dict__ for c in costs], fh)
+    return costs
+
+
+
+def fit_published_devices(targets: list[str], progress=None) -> list[DeviceFit]:
+    """Fit each target's roofline to its published latencies (``PUBLISHED``) with leave-one-out errors."""
+    from .profiles import load_profile
+
+    say = progress or (lambda _m: None)
+    data = load_published()
+    fits = []
+    with tempfile.TemporaryDirectory(prefix="medprune-published-") as tmp:
+        for target in targets:
+            rows = [m for m in data["measurements"] if m["device"] == target]
+            samples, sources = [], []
+            for m in rows:
+                say(f"{target}: layer costs of {m['model']} ({m['precision']}, {m['source']})")
+                name = f"{m['model']}@{m['precision']}/{m['source']}"
+                samples.append((name, _standard_costs(m, Path(tmp)), float(m["latency_ms"]), m["precision"]))
+                sources.append(data["sources"][m["source"]]["url"])
+            if samples:
+                fits.append(fit_published(load_profile(target), samples, sources))
+    return fits

@@ -60,7 +60,7 @@ class PackageSpec:
     model_card: str = ""
     samples: list[Sample] = field(default_factory=list)
     reports: dict[str, Path] = field(default_factory=dict)  # arcname under reports/ -> file
-    scripts: dict[str, str] = field(default_factory=dict)  # arcname -> text (e.g. build_engine.sh)
+    scripts: dict[str, str | bytes] = field(default_factory=dict)  # arcname -> text/bytes (build_engine.sh)
     sample_tolerance: float = 1e-4  # max |Δprob| allowed in the smoke test (fp16/int8 looser)
     precision: str = "fp32"  # of the shipped model: picks the OpenVINO compile settings recorded
 
@@ -150,8 +150,8 @@ def _fill(spec: PackageSpec, root: Path) -> None:
             raise PackageError(f"unsafe script path {arc!r}")
         path = root / arc
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        path.chmod(0o755)
+        path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)  # testset.npz is bytes
+        path.chmod(0o755 if path.suffix in (".sh", ".py") else 0o644)
     files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
     manifest = {
         "format_version": FORMAT_VERSION,

@@ -3,8 +3,9 @@
 Nothing shipped in a package is imported or executed here: the checks and the smoke test's
 preprocessing come from *this* toolchain's own copy of the predict.py template (loaded from the
 installed source, not the package), the model file is run by the runtime only after its sha256
-matched, and the package's predict.py must be byte-identical to that template, so an edited
-predict.py is refused even when its checksum in manifest.json was recomputed.
+matched, and the package's predict.py (and a Jetson package's trt_runner.py) must be byte-identical to
+that template, so an edited script is refused even when its checksum in manifest.json was recomputed.
+A Jetson package is checked on its shipped ONNX file with ONNX Runtime: engines are built on the device.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from toolchain.errors import GateError
 from .package_archive import PackageError, refuse_pickle, safe_extract
 
 PREDICT_TEMPLATE = Path(__file__).parent / "templates" / "predict.py"
+# scripts a package must carry unchanged from this toolchain's templates, by the runtime that ships them
+TEMPLATE_SCRIPTS = {"tensorrt": ("trt_runner.py",)}
 
 
 @functools.cache
@@ -69,7 +72,12 @@ def verify_package(path: str | os.PathLike, runtime: str | None = None,
             for rel in manifest["files"]:
                 refuse_pickle(root / rel)
             _check_predict_script(root)
+            shipped_runtime = manifest["model"]["runtime"]
+            for script in TEMPLATE_SCRIPTS.get(shipped_runtime, ()):
+                _check_template_copy(root, script)
             signature = tpl.signature_status(manifest, trusted_key, root)
+            if runtime is None and shipped_runtime == "tensorrt":
+                runtime = "onnxruntime"  # the shipped ONNX file; an engine is built (and checked) on the device
             runner = tpl.Runner(manifest, runtime, root=root)
             got = [tpl.classify(manifest, runner, root / s["file"]) for s in manifest["samples"]]
         report = _smoke_test(path, manifest, got)
@@ -85,6 +93,14 @@ def _check_predict_script(root: Path) -> None:
     if _sha256(root / "predict.py") != _sha256(PREDICT_TEMPLATE):
         raise PackageError(f"{root}: predict.py differs from this medprune's template (edited, or built by "
                            "another medprune version); refusing it")
+
+
+def _check_template_copy(root: Path, name: str) -> None:
+    if not (root / name).is_file():
+        raise PackageError(f"{root}: the package has no {name}")
+    if _sha256(root / name) != _sha256(PREDICT_TEMPLATE.with_name(name)):
+        raise PackageError(f"{root}: {name} differs from this medprune's template (edited, or built by another "
+                           "medprune version); refusing it")
 
 
 def _smoke_test(path: Path, manifest: dict, got: list) -> dict:

@@ -80,7 +80,7 @@ def build(cfg, profile, pipe, ctx, *, pr, exp, bench, fid, cal: dict | None, tes
     files = model_files(profile, cfg.precision, exp)
     sample_list = samples(ctx, files, verify_runtime, cfg.samples, exported)
     make_scripts = TARGET_SCRIPTS.get(profile.runtime)
-    scripts = make_scripts(profile, cfg.precision, files["onnx"]) if make_scripts else {}
+    scripts = make_scripts(profile, cfg.precision, files["onnx"], ctx=ctx) if make_scripts else {}
     reports = {}
     for rel in bench.data["files"].values():
         src = bench.path / rel

@@ -2,28 +2,51 @@
 """Run a TensorRT engine on a Jetson and report what medprune's harness reports on the host.
 
 Standalone on purpose (no medprune install on the device; Python 3.8+ as on JetPack 5): needs ``tensorrt``
-(JetPack ships it),
-numpy, and ``cuda-python`` (``pip install cuda-python``) or PyTorch for device buffers.
+(JetPack ships it), numpy, and ``cuda-python`` (``pip install cuda-python``) or PyTorch for device
+buffers. The engine code is ``trt_runner.py``, shipped beside this script.
+
+In a Jetson package, after ``./build_engine.sh``, with no arguments it finds everything itself:
+
+    python3 run_trt.py            # engine from <package>.trt/engine.json, data from testset.npz
+
+or, in a ``medprune bench`` device folder:
 
     python3 run_trt.py --engine model_fp16.plan --shape 1x1x64x64 --batch 8 --runs 200 \
         [--data testset.npz] --out result_jetson.json
 
 Latency is end to end from the host (copy in, execute, copy out, synchronise) at batch 1; throughput at
 ``--batch``; peak RSS is this process's VmHWM (on Jetson's unified memory, device buffers allocated by
-CUDA are not all counted in RSS: also read ``tegrastats`` while it runs). With ``--data`` (an npz with
-``x`` float32 NCHW already preprocessed and ``y`` int labels, written by ``medprune bench``) it reports
-accuracy, per-class sensitivity/specificity and macro one-vs-rest AUC.
+CUDA are not all counted in RSS: also read ``tegrastats`` while it runs). With data (an npz of ``x``
+float32 NCHW already preprocessed, ``y`` int labels, ``class_names`` and, in packages, ``probabilities``
+computed by ONNX Runtime FP32 on the build machine; loaded without pickle) it reports accuracy,
+per-class sensitivity/specificity, macro one-vs-rest AUC and the agreement with those probabilities.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RUNNER_PATHS = (HERE / "trt_runner.py", HERE.parents[1] / "export" / "templates" / "trt_runner.py")
+
+
+def trt_runner():
+    """trt_runner.py beside this script (package, bench folder), else the toolchain's template (a checkout)."""
+    for path in RUNNER_PATHS:
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location("trt_runner", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+    raise SystemExit(f"run_trt: error: trt_runner.py not found beside {Path(__file__).name}")
 
 
 def _vmhwm_mb() -> float | None:
@@ -34,109 +57,6 @@ def _vmhwm_mb() -> float | None:
     except OSError:
         pass
     return None
-
-
-class Buffers:
-    """Device memory through cuda-python, or PyTorch when that is what the device has."""
-
-    def __init__(self):
-        try:
-            try:
-                from cuda.bindings import runtime as cudart
-            except ImportError:
-                from cuda import cudart
-            self.cudart, self.torch = cudart, None
-            self.stream = self._check(cudart.cudaStreamCreate())
-        except ImportError:
-            import torch
-
-            self.cudart, self.torch = None, torch
-            self.stream_obj = torch.cuda.Stream()
-            self.stream = self.stream_obj.cuda_stream
-        self._keep = []
-
-    def _check(self, ret):
-        err, *rest = ret if isinstance(ret, tuple) else (ret,)
-        if int(err) != 0:
-            raise RuntimeError(f"CUDA error {err}")
-        return rest[0] if rest else None
-
-    def alloc(self, nbytes: int) -> int:
-        if self.torch is not None:
-            t = self.torch.empty(nbytes, dtype=self.torch.uint8, device="cuda")
-            self._keep.append(t)
-            return t.data_ptr()
-        return int(self._check(self.cudart.cudaMalloc(nbytes)))
-
-    def h2d(self, dst: int, src: np.ndarray) -> None:
-        if self.torch is not None:
-            view = self.torch.from_numpy(np.ascontiguousarray(src).view(np.uint8).reshape(-1))
-            self._tensor_at(dst, view.numel()).copy_(view, non_blocking=False)
-            return
-        kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._check(self.cudart.cudaMemcpyAsync(dst, src.ctypes.data, src.nbytes, kind, self.stream))
-
-    def d2h(self, dst: np.ndarray, src: int) -> None:
-        if self.torch is not None:
-            dst.view(np.uint8).reshape(-1)[:] = self._tensor_at(src, dst.nbytes).cpu().numpy()
-            return
-        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._check(self.cudart.cudaMemcpyAsync(dst.ctypes.data, src, dst.nbytes, kind, self.stream))
-
-    def _tensor_at(self, ptr: int, nbytes: int):
-        for t in self._keep:
-            if t.data_ptr() == ptr:
-                return t[:nbytes]
-        raise KeyError(ptr)
-
-    def sync(self) -> None:
-        if self.torch is not None:
-            self.torch.cuda.synchronize()
-        else:
-            self._check(self.cudart.cudaStreamSynchronize(self.stream))
-
-
-class Engine:
-    def __init__(self, path: Path):
-        import tensorrt as trt
-
-        self.trt = trt
-        logger = trt.Logger(trt.Logger.WARNING)
-        t0 = time.perf_counter()
-        self.engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
-        if self.engine is None:
-            raise SystemExit(f"{path}: not a TensorRT engine for this TensorRT version/device")
-        self.context = self.engine.create_execution_context()
-        self.load_s = time.perf_counter() - t0
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if n not in self.inputs]
-        self.buffers = Buffers()
-        self._batch = None
-
-    def prepare(self, shape: tuple[int, ...]) -> None:
-        if self._batch == shape:
-            return
-        trt = self.trt
-        name = self.inputs[0]
-        self.context.set_input_shape(name, shape)
-        self.in_dtype = trt.nptype(self.engine.get_tensor_dtype(name))
-        self.d_in = self.buffers.alloc(int(np.prod(shape)) * np.dtype(self.in_dtype).itemsize)
-        self.context.set_tensor_address(name, self.d_in)
-        out = self.outputs[0]
-        out_shape = tuple(self.context.get_tensor_shape(out))
-        self.host_out = np.empty(out_shape, dtype=trt.nptype(self.engine.get_tensor_dtype(out)))
-        self.d_out = self.buffers.alloc(self.host_out.nbytes)
-        self.context.set_tensor_address(out, self.d_out)
-        self._batch = shape
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        self.prepare(x.shape)
-        self.buffers.h2d(self.d_in, x.astype(self.in_dtype, copy=False))
-        self.context.execute_async_v3(self.buffers.stream)
-        self.buffers.d2h(self.host_out, self.d_out)
-        self.buffers.sync()
-        return self.host_out.copy()
 
 
 def stats(samples: list[float]) -> dict:
@@ -176,18 +96,78 @@ def metrics(y: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:
             "per_class": per_class}
 
 
-def main() -> None:
+def load_testset(path: Path) -> dict:
+    """x (N,C,H,W) float32, y (N,) int, class names and the expected probabilities when present (no pickle)."""
+    try:
+        d = np.load(path, allow_pickle=False)
+        x, y = d["x"].astype(np.float32), d["y"].astype(np.int64)
+        names = [str(n) for n in d["class_names"]] if "class_names" in d else None
+        expected = d["probabilities"].astype(np.float64) if "probabilities" in d else None
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"run_trt: error: cannot read test set {path}: {exc}") from None
+    if x.ndim != 4 or len(x) != len(y) or (expected is not None and expected.shape[0] != len(x)):
+        raise SystemExit(f"run_trt: error: {path}: x must be (N,C,H,W) with one label (and probability row) each")
+    names = names or [str(i) for i in range(int(y.max()) + 1)]
+    return {"x": x, "y": y, "class_names": names, "expected": expected}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def evaluate(run, data: dict) -> dict:
+    """Accuracy metrics of the engine on the test set, one image at a time, and agreement with expected."""
+    probs = softmax(np.concatenate([run(data["x"][i:i + 1]) for i in range(len(data["x"]))]).astype(np.float64))
+    out = metrics(data["y"], probs, data["class_names"])
+    if data["expected"] is not None:
+        exp = data["expected"]
+        out["vs_expected"] = {"reference": "probabilities in the test set (ONNX Runtime FP32 on the build machine)",
+                              "top1_agreement": float((probs.argmax(1) == exp.argmax(1)).mean()),
+                              "max_abs_prob_diff": float(np.abs(probs - exp).max()), "n": int(len(exp))}
+    return out
+
+
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--engine", required=True, type=Path)
-    p.add_argument("--shape", required=True, help="batch-1 input shape, e.g. 1x1x64x64")
+    p.add_argument("--package", type=Path, default=HERE, help="Jetson package folder (default: this script's)")
+    p.add_argument("--engine", type=Path, help="engine file (default: the one in <package>.trt/engine.json)")
+    p.add_argument("--shape", help="batch-1 input shape, e.g. 1x1x64x64 (default: from the test set)")
     p.add_argument("--batch", type=int, default=8, help="batch for the throughput run")
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--data", type=Path, help="npz with preprocessed x (N,C,H,W) and y for accuracy")
-    p.add_argument("--out", type=Path, default=Path("result.json"))
-    a = p.parse_args()
-    shape = tuple(int(s) for s in a.shape.lower().split("x"))
-    eng = Engine(a.engine)
+    p.add_argument("--data", type=Path, help="npz test set (default: <package>/testset.npz when present)")
+    p.add_argument("--out", type=Path, help="result JSON (default: result_<engine>.json beside the engine)")
+    a = p.parse_args(argv)
+    if a.runs < 1 or a.warmup < 0 or a.batch < 1:
+        p.error("--runs and --batch must be >= 1, --warmup >= 0")
+    if a.engine is None:
+        record = trt_runner().engine_dir(a.package) / "engine.json"
+        try:
+            a.engine = record.parent / Path(json.loads(record.read_text())["engine"]).name
+        except (OSError, ValueError, KeyError) as exc:
+            p.error(f"no --engine and no readable {record} ({exc}); run ./build_engine.sh first")
+    if a.data is None and (a.package / "testset.npz").is_file():
+        a.data = a.package / "testset.npz"
+    a.out = a.out or a.engine.with_name(f"result_{a.engine.stem}.json")
+    return a
+
+
+def input_shape(a, data: dict | None) -> tuple[int, ...]:
+    if a.shape:
+        try:
+            shape = tuple(int(s) for s in a.shape.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"run_trt: error: --shape {a.shape!r} is not like 1x3x224x224") from None
+        if len(shape) != 4 or min(shape) < 1:
+            raise SystemExit(f"run_trt: error: --shape {a.shape!r} is not like 1x3x224x224")
+        return shape
+    if data is None:
+        raise SystemExit("run_trt: error: give --shape or a test set (--data)")
+    return (1, *data["x"].shape[1:])
+
+
+def time_engine(eng, shape, a) -> tuple[list[float], dict]:
     rng = np.random.default_rng(0)
     x1 = rng.standard_normal(shape).astype(np.float32)
     for _ in range(a.warmup):
@@ -197,7 +177,6 @@ def main() -> None:
         t = time.perf_counter()
         eng.run(x1)
         samples.append((time.perf_counter() - t) * 1e3)
-    throughput = None
     try:
         xb = rng.standard_normal((a.batch, *shape[1:])).astype(np.float32)
         eng.run(xb)
@@ -210,28 +189,33 @@ def main() -> None:
                       "batch_latency_ms": el / truns * 1e3}
     except Exception as exc:  # a static-batch engine cannot take another batch
         throughput = {"batch": a.batch, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
-    accuracy = None
-    if a.data:
-        d = np.load(a.data, allow_pickle=False)
-        x, y = d["x"].astype(np.float32), d["y"].astype(np.int64)
-        names = [str(n) for n in d["class_names"]] if "class_names" in d else [str(i) for i in range(int(y.max()) + 1)]
-        logits = np.concatenate([eng.run(x[i:i + 1]) for i in range(len(x))]).astype(np.float64)
-        z = np.exp(logits - logits.max(1, keepdims=True))
-        accuracy = metrics(y, z / z.sum(1, keepdims=True), names)
-    import tensorrt as trt
+    return samples, throughput
 
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    data = load_testset(a.data) if a.data else None
+    shape = input_shape(a, data)
+    if not a.engine.is_file():
+        raise SystemExit(f"run_trt: error: engine not found: {a.engine}")
+    eng = trt_runner().Engine(a.engine)
+    samples, throughput = time_engine(eng, shape, a)
     result = {"name": a.engine.stem, "model_path": str(a.engine), "runtime": "tensorrt",
-              "runtime_version": trt.__version__, "threads": 1, "input_shape": list(shape[1:]),
+              "runtime_version": eng.version, "threads": 1, "input_shape": list(shape[1:]),
               "size_mb": a.engine.stat().st_size / 2**20, "load_s": eng.load_s, "warmup": a.warmup,
               "latency_ms": stats(samples), "throughput": throughput,
               "memory": {"peak_rss_mb": _vmhwm_mb(), "method": "VmHWM of this process (unified memory: see tegrastats)"},
-              "accuracy": accuracy, "machine": {"platform": platform.platform(), "machine": platform.machine()},
+              "accuracy": evaluate(eng.run, data) if data else None,
+              "machine": {"platform": platform.platform(), "machine": platform.machine()},
               "label": "measured-on-device"}
     a.out.write_text(json.dumps(result, indent=2))
     summary = {k: result[k] for k in ("name", "runtime_version", "load_s")}
-    summary.update(p50_ms=result["latency_ms"]["p50"], p99_ms=result["latency_ms"]["p99"])
+    summary.update(p50_ms=result["latency_ms"]["p50"], p99_ms=result["latency_ms"]["p99"], out=str(a.out))
+    if data and data["expected"] is not None:
+        summary.update(result["accuracy"]["vs_expected"])
     print(json.dumps(summary))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

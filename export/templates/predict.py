@@ -296,8 +296,10 @@ class Runner:
     def __init__(self, manifest: dict, runtime=None, root: Path = HERE):
         files = manifest["model"]["files"]
         runtime = runtime or manifest["model"]["runtime"]
-        if runtime in ("tensorrt",):
-            runtime = "onnxruntime"  # the ONNX file is shipped too; TensorRT engines are built on device
+        if runtime == "tensorrt":  # the engine build_engine.sh recorded beside the package, else ONNX Runtime
+            trt = {"__name__": "trt_runner", "__file__": str(HERE / "trt_runner.py")}  # this copy: checksummed
+            exec(compile(Path(trt["__file__"]).read_text(), trt["__file__"], "exec"), trt)  # noqa: S102
+            runtime, self._run = trt["select"](manifest, root)
         self.runtime = runtime
         if runtime == "onnxruntime":
             try:
@@ -323,7 +325,7 @@ class Runner:
             hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: f32, bf16 or f16
             self.precision_hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
             self._run = lambda x: compiled(x)[compiled.output(0)]
-        else:
+        elif runtime != "tensorrt":
             raise PackageError(f"unknown runtime {runtime!r}: use onnxruntime or openvino")
 
     def probabilities(self, batch):

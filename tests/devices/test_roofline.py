@@ -59,18 +59,68 @@ def test_compute_bound_time_is_flops_over_peak():
     assert predict_ms(costs, 1000.0, 100.0, compute_eff=0.5)["latency_ms"] == pytest.approx(4.0)
 
 
+def _synthetic(ce: float, me: float, overhead_us: float, n: int = 6) -> list:
+    samples = []
+    for i, macs in enumerate([10**6, 10**7, 5 * 10**7, 10**8, 3 * 10**8, 10**9][:n]):
+        # two strongly compute-bound layers and two strongly memory-bound ones, so both efficiencies show
+        costs = [LayerCost(f"c{j}", "Conv", macs // 4, macs // 400) for j in range(2)]
+        costs += [LayerCost(f"m{j}", "Add", 0, macs // (5 + 20 * i + 10 * j)) for j in range(2)]  # mix varies
+        truth = predict_ms(costs, 100.0, 10.0, compute_eff=ce, memory_eff=me, overhead_us=overhead_us)["latency_ms"]
+        samples.append((f"m{i}", costs, truth))
+    return samples
+
+
 def test_calibration_recovers_synthetic_factors():
     from devices.roofline import Peaks
 
-    peaks = Peaks(gflops=100.0, gbps=10.0, threads=1, source="synthetic")
-    samples = []
-    for i, macs in enumerate([10**6, 10**7, 5 * 10**7, 10**8, 3 * 10**8]):
-        costs = [LayerCost(f"l{j}", "Conv", macs // 4, macs // 50) for j in range(4)]
-        truth = predict_ms(costs, 100.0, 10.0, compute_eff=0.5, memory_eff=2.0, overhead_us=20.0)["latency_ms"]
-        samples.append((f"m{i}", costs, truth))
-    cal = calibrate(samples, peaks)
+    cal = calibrate(_synthetic(0.5, 0.3, 20.0), Peaks(gflops=100.0, gbps=10.0, threads=1, source="synthetic"))
     assert cal.mape < 1.0 and cal.loo_mape is not None and cal.loo_mape < 5.0
-    assert cal.compute_eff == pytest.approx(0.5, rel=0.05)
+    assert cal.compute_eff == pytest.approx(0.5, rel=0.05) and cal.memory_eff == pytest.approx(0.3, rel=0.05)
+
+
+@pytest.mark.parametrize("ce, me", [(3.0, 0.5), (0.5, 40.0), (4.0, 50.0)])
+def test_fitted_efficiencies_stay_physically_possible(ce, me):
+    """Data faster than the peaks allow (the old fit answered memory efficiency 50) is fitted at the bound."""
+    from devices.roofline import FIT_LOWER, FIT_UPPER, Peaks
+
+    cal = calibrate(_synthetic(ce, me, 5.0), Peaks(gflops=100.0, gbps=10.0, threads=1, source="synthetic"))
+    for value, lo, hi in zip((cal.compute_eff, cal.memory_eff, cal.overhead_us), FIT_LOWER, FIT_UPPER, strict=True):
+        assert lo <= value <= hi
+    assert 0 < cal.compute_eff <= 1 and 0 < cal.memory_eff <= 1
+    assert cal.mape > 1.0  # it cannot reproduce an impossible machine, and says so
+
+
+def _fit_for(target: str):
+    from devices.roofline import fit_published
+
+    profile = load_profile(target)
+    samples = [(n, c, m, "fp16") for n, c, m in _synthetic(0.4, 0.6, 8.0)]
+    return fit_published(profile, samples, ["https://example.org/a", "https://example.org/b"])
+
+
+def test_published_fit_is_bounded_and_validated_leave_one_out():
+    fit = _fit_for("jetson-orin-nano")
+    assert 0 < fit.compute_eff <= 1 and 0 < fit.memory_eff <= 1 and fit.overhead_us >= 0
+    assert fit.loo_mape is not None and fit.loo_band is not None and fit.loo_band[0] <= 1 <= fit.loo_band[1] + 1e-9
+    assert all("loo_predicted_ms" in p for p in fit.points) and fit.n == len(fit.points)
+
+
+def test_prediction_shows_its_own_device_class_error_not_the_cpu_fit():
+    from devices.roofline import Calibration, Peaks
+
+    costs = [LayerCost("c", "Conv", 10**8, 10**6)]
+    cpu = Calibration(0.3, 0.9, 1.0, mape=66.0, loo_mape=85.0, peaks=Peaks(100.0, 10.0, 1, "cpu"))
+    fit = _fit_for("jetson-orin-nano")
+    p = predict_for_profile(costs, load_profile("jetson-orin-nano"), cpu, device_fit=fit)
+    assert p["label"] == "predicted"
+    assert p["error_pct"] == pytest.approx(fit.loo_mape * 100) and p["calibration_mape"] == p["error_pct"]
+    assert "leave-one-out" in p["error_source"] and "published jetson-orin-nano" in p["error_source"]
+    assert "https://example.org/a" in p["error_source"]
+    assert p["range_ms"][0] <= p["latency_ms"] * fit.loo_band[1] and p["compute_eff"] == fit.compute_eff
+    none = predict_for_profile(costs, load_profile("jetson-agx-orin"), cpu, device_fit=None)
+    assert none["error_pct"] is None and none["error_source"].startswith("none")  # unknown, not the CPU's 85 %
+    local = predict_for_profile(costs, load_profile("x86-edge"), cpu)
+    assert local["error_pct"] == 85.0 and "this machine's CPU" in local["error_source"]
 
 
 def test_measure_peaks_positive():
