@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -45,7 +46,8 @@ def find_checkpoint(family: str, size: int, data: str) -> Path | None:
     for weights in sorted(root.glob(f"{family}-{data}*/model.safetensors")):
         try:
             meta = json.loads(weights.with_suffix(".json").read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:  # said, so that a random-weights fallback is never a surprise
+            warnings.warn(f"skipping {weights}: unreadable sidecar ({exc})", stacklevel=2)
             continue
         if int(meta.get("img_size", -1)) == size and not meta.get("pruning"):
             return weights
