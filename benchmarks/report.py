@@ -225,7 +225,7 @@ def _tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         tables.append(("Cross-check with OpenVINO benchmark_app (same IR and settings)", head, rows))
     if report.get("predictions"):
         head = ["model", "target", "precision", "batch", "PREDICTED ms", "MMACs", "compute/memory-bound layers",
-                "calibration MAPE %"]
+                "validation error % (its device class; source in the JSON: error_source)"]
         rows = [[p["model"], p["target"], p["precision"], _fmt(p.get("batch", 1)), _fmt(p["latency_ms"]),
                  _fmt(p["macs"] / 1e6),
                  f"{p['compute_bound_layers']}/{p['memory_bound_layers']}", _fmt(p.get("calibration_mape"))]

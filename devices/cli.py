@@ -78,8 +78,9 @@ def bench(
                           f"(harness/benchmark_app = {cc['ratio_harness_over_benchmark_app']:.2f})", highlight=False, markup=False)
     for p in report["predictions"]:
         console.print(f"[PREDICTED] {p['model']} on {p['target']} ({p['precision']}, batch {p['batch']}): "
-                      f"{p['latency_ms']:.3f} ms (roofline, calibration MAPE "
-                      f"{p['calibration_mape'] if p['calibration_mape'] is None else round(p['calibration_mape'], 1)}%)",
+                      f"{p['latency_ms']:.3f} ms (roofline; validation error of this device class: "
+                      f"{'unknown' if p['calibration_mape'] is None else str(round(p['calibration_mape'], 1)) + '%'}"
+                      f", {p.get('error_source', 'this machine calibration')})",
                       highlight=False, markup=False)
     for note in report["notes"]:
         console.print(f"note: {note}", highlight=False, markup=False)
