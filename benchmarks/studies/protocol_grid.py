@@ -43,7 +43,7 @@ def parse_args(argv: list[str]):
     from .paper.config import default_criteria
 
     p = StudyParser("protocol_grid", __doc__)
-    p.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=PATH", required=True,
+    p.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=PATH",
                    help="a trained checkpoint per model (repeat)")
     p.add_list("--criteria", default=",".join(default_criteria()), choices=available(), help="criteria")
     p.add_argument("--sampling", default="clustering", choices=STRATEGIES)
@@ -58,7 +58,11 @@ def parse_args(argv: list[str]):
     p.add_argument("--seed", type=int, default=0)
     p.add_out()
     p.add_argument("--report-only", action="store_true", help="re-render md/png from --out's JSON")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="DIR",
+                   help="combine the protocol_grid.json of runs (one per model, same settings) into --out")
     a = p.parse_args(argv)
+    if not (a.checkpoint or a.report_only or a.merge):
+        raise ConfigError("give --checkpoint MODEL=PATH (or --merge DIR... / --report-only)")
     if any(not 0 < r < 1 for r in a.ratios) or any(not 0 < b <= 1 for b in a.budgets):
         raise ConfigError("--ratios must lie in (0, 1) and --budgets in (0, 1]")
     if a.tolerance < 0 or a.sens_tolerance < 0:
@@ -258,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         write_report(json.loads(source.read_text()), out)
         return 0
 
+    if a.merge:
+        _write(merge([_read(Path(d) / "protocol_grid.json") for d in a.merge], command_line("protocol_grid", argv)),
+               out)
+        return 0
+
     def log(msg: str) -> None:
         print(f"[{_dt.datetime.now(_dt.timezone.utc):%H:%M:%S}] {msg}", flush=True)
 
@@ -268,6 +277,32 @@ def main(argv: list[str] | None = None) -> int:
         _write(_document(a, argv, models, time.perf_counter() - t0), out)
     log(f"wrote {out / 'protocol_grid.json'}")
     return 0
+
+
+# settings that must agree for runs to be merged into one table
+_SHARED = ("tolerance_pts", "sens_tolerance_pts", "ratios", "budgets", "sampling", "n_per_class", "n_boot", "seed")
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"--merge: {path} not found")
+    return json.loads(path.read_text())
+
+
+def merge(docs: list[dict], command: str) -> dict:
+    """One document from runs of different models with the same settings (their commands are kept)."""
+    differ = [k for k in _SHARED if any(d.get(k) != docs[0].get(k) for d in docs)]
+    if differ:
+        raise ConfigError(f"--merge: the runs differ in {', '.join(differ)}")
+    models = [m for d in docs for m in d["models"]]
+    names = [m["model"] for m in models]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"--merge: a model appears in more than one run ({', '.join(names)})")
+    return {**docs[0], "command": " && ".join([d["command"] for d in docs] + [command]),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "wall_s": round(sum(d["wall_s"] for d in docs), 1),
+            "models_requested": [n for d in docs for n in d.get("models_requested", [])],
+            "summary": summarise(models), "models": models}
 
 
 def _write(doc: dict, out: Path) -> None:

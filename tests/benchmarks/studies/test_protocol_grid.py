@@ -99,3 +99,25 @@ def test_bad_checkpoint_argument_is_a_config_error(tmp_path):
         protocol_grid.main(["--checkpoint", "resnet50", "--out", str(tmp_path)])
     with pytest.raises(ConfigError):
         protocol_grid.main(["--checkpoint", f"resnet50={tmp_path}/missing", "--out", str(tmp_path)])
+
+
+def _doc(model: str, holds: list[bool], ratios=(0.1, 0.3)) -> dict:
+    cells = [{"criterion": f"c{i}", "normalize": "none", "attribution": True,
+              "selected": {"holds": h, "dense": False}, "selected_point_rule": {"holds": h, "dense": False}}
+             for i, h in enumerate(holds)]
+    return {"command": f"run {model}", "wall_s": 10.0, "models_requested": [model], "tolerance_pts": 1.0,
+            "sens_tolerance_pts": 2.0, "ratios": list(ratios), "budgets": [0.5], "sampling": "clustering",
+            "n_per_class": 10, "n_boot": 100, "seed": 0, "models": [{"model": model, "cells": cells}]}
+
+
+def test_merge_combines_runs_of_different_models_and_recounts():
+    from benchmarks.studies import protocol_grid
+
+    doc = protocol_grid.merge([_doc("a", [True, False]), _doc("b", [True, True])], "merge")
+    assert [m["model"] for m in doc["models"]] == ["a", "b"] and doc["wall_s"] == 20.0
+    assert doc["summary"]["attribution"]["bound_rule"]["k"] == 3 and doc["summary"]["attribution"]["bound_rule"]["n"] == 4
+    assert doc["command"] == "run a && run b && merge"
+    with pytest.raises(ConfigError, match="ratios"):
+        protocol_grid.merge([_doc("a", [True]), _doc("b", [True], ratios=(0.2,))], "merge")
+    with pytest.raises(ConfigError, match="more than one run"):
+        protocol_grid.merge([_doc("a", [True]), _doc("a", [True])], "merge")
