@@ -204,3 +204,40 @@ def test_resnet_relevance_is_conserved_through_residual_sums():
     # without the explicit sums every block would hand its full relevance to both branches
     torch.testing.assert_close(input_rel.flatten(1).sum(1), target_logit, rtol=1e-2, atol=1e-4)
     torch.testing.assert_close(units["conv1"].sum(1), target_logit, rtol=1e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["vgg", "resnet"])
+@pytest.mark.parametrize("shift", [0.0, -0.5])  # -0.5: the first conv's bias can make later inputs mixed-sign
+def test_fast_rules_match_zennit_hooks(family, shift):
+    """``_lrp_rules`` (the default path) gives zennit's EpsilonPlusFlat relevance at every unit and the input."""
+    model = _randomise_batchnorms(tiny_model(family))
+    torch.manual_seed(2)
+    x = torch.rand(3, 1, 16, 16) + shift
+    layers = find_unit_layers(model)
+    results = []
+    for zennit_hooks in (False, True):
+        with LRPExplainer(model, x[:1], zennit_hooks=zennit_hooks) as ex:
+            assert (ex.composite is not None) == zennit_hooks
+            results.append(ex.relevance(x, torch.tensor([0, 1, 1]), layers, absolute=False))
+    (fast_units, fast_in, fast_logits), (ref_units, ref_in, ref_logits) = results
+    torch.testing.assert_close(fast_logits, ref_logits)
+    torch.testing.assert_close(fast_in, ref_in)
+    for layer in layers:
+        torch.testing.assert_close(fast_units[layer.name], ref_units[layer.name], msg=layer.name)
+
+
+def test_fast_rules_handle_mixed_sign_conv_inputs():
+    """A conv fed by a BatchNorm without ReLU sees negative inputs: the full ZPlus rule, as zennit."""
+    torch.manual_seed(0)
+    model = _randomise_batchnorms(nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 5, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(5, 2)).eval())
+    x = torch.randn(2, 1, 10, 10)
+    layers = find_unit_layers(model)
+    out = []
+    for zennit_hooks in (False, True):
+        with LRPExplainer(model, x[:1], zennit_hooks=zennit_hooks) as ex:
+            out.append(ex.relevance(x, None, layers, absolute=False))
+    for layer in layers:
+        torch.testing.assert_close(out[0][0][layer.name], out[1][0][layer.name], msg=layer.name)
+    torch.testing.assert_close(out[0][1], out[1][1])

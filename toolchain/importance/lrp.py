@@ -4,19 +4,22 @@ Relevance starts at the target class logit (the predicted class when no target i
 propagated to every unit; a unit's score is its |relevance| summed over positions (spatial or
 tokens) and over the unit's channels, then over the reference samples.
 
-* CNNs (VGG, ResNet, other timm CNNs): zennit composites on a canonized copy (BatchNorms merged into
-  their convs, explicit residual sums, see ``_lrp_canonizers``). With the BatchNorm merged, a
-  conv's output *is* the BatchNorm's output, so relevance is read at the conv output.
+* CNNs (VGG, ResNet, other timm CNNs): zennit's rules on a canonized copy (BatchNorms merged into
+  their convs, explicit residual sums, see ``_lrp_canonizers``). The default composite
+  ``epsilon_plus_flat`` runs as lean autograd rules (``_lrp_rules``: the same relevance as zennit's
+  hooks, without the discarded ordinary backward); the other composites use zennit's hooks. A conv
+  unit is read at its BatchNorm's output (``units``); the merged BatchNorm passes relevance unchanged.
 * ViTs (timm VisionTransformer): AttnLRP/CP-LRP by patched forwards (``_lrp_vit``); relevance at a
   tensor is activation x gradient. MLP units are read at ``fc1``'s output, heads at ``proj``'s
   input. The ``composite`` option does not apply to ViTs (linear layers use the z-rule).
 
-All modifications happen on a deep copy: the caller's model is never touched.
+The criterion prepares the caller's model in place and restores it exactly when it returns
+(``LRPExplainer(copy=False)``); ViTs are prepared on a deep copy.
 """
 
 from __future__ import annotations
 
-import copy
+import copy as _copy
 from collections.abc import Sequence
 
 import torch
@@ -24,6 +27,7 @@ from torch import nn
 
 from ..errors import ConfigError, ModelError
 from ..units import UnitLayer, get_module, reduce_to_units
+from . import _lrp_rules
 from ._hooks import batches, model_device
 from ._lrp_canonizers import COMPOSITES, canonizers_for, find_conv_bn_pairs, make_composite
 from ._lrp_vit import has_attention, patch_transformer
@@ -31,11 +35,17 @@ from .base import Criterion, register
 
 
 class LRPExplainer:
-    """A deep copy of ``model`` prepared for LRP; use as a context manager (``with LRPExplainer(...)``).
+    """``model`` prepared for LRP; use as a context manager (``with LRPExplainer(...)``).
 
     ``example`` (one or a few inputs) is used to trace which BatchNorm reads which conv, and to
-    check (at the first ``relevance`` call) that canonizing left the logits unchanged. ``low``/``high`` bound the input values for the
-    ZBox rule of ``epsilon_gamma_box``.
+    check (at the first ``relevance`` call) that merging them left the logits unchanged. ``low``/``high``
+    bound the input values for the ZBox rule of ``epsilon_gamma_box``. ``zennit_hooks=True`` runs
+    ``epsilon_plus_flat`` through zennit's hooks instead of ``_lrp_rules`` (what the fast rules are
+    tested against).
+
+    ``copy=True`` (default) prepares a deep copy. ``copy=False`` prepares ``model`` itself and undoes
+    every change on ``close`` (BatchNorm merges, canonized blocks, patched forwards, grad/in-place
+    flags, train mode), saving the copy; ViTs are always copied (their patched forwards stay).
     """
 
     def __init__(
@@ -49,42 +59,65 @@ class LRPExplainer:
         stabilizer: float = 1e-6,
         low: float | torch.Tensor | None = None,
         high: float | torch.Tensor | None = None,
+        zennit_hooks: bool = False,
+        copy: bool = True,
     ):
         if composite not in COMPOSITES:
             raise ConfigError(f"lrp: unknown composite {composite!r}; choose from {', '.join(COMPOSITES)}")
         self.device = model_device(model)
         example = example.to(self.device)
-        net = copy.deepcopy(model).eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        for m in net.modules():
-            # zennit's hooks and tensor hooks need the tensors the forward produced, not overwritten ones
-            if getattr(m, "inplace", False) is True:
-                m.inplace = False
-        self.transformer = has_attention(net)
+        self.transformer = has_attention(model)
         self.composite = None
-        if self.transformer:
-            with torch.no_grad():
-                reference = net(example)
-            patch_transformer(net)
-        else:
-            pairs, reference = find_conv_bn_pairs(net, example)
-            for canonizer in canonizers_for(pairs):
-                canonizer.apply(net)  # permanent: the copy is ours
-            self.composite = make_composite(
-                composite,
-                epsilon=epsilon,
-                gamma=gamma,
-                stabilizer=stabilizer,
-                low=example.min().detach() if low is None else torch.as_tensor(low),
-                high=example.max().detach() if high is None else torch.as_tensor(high),
-            )
-            self.composite.register(net)
+        self._undo: list = []  # callables that restore the caller's model, run in reverse by close()
+        net = _copy.deepcopy(model) if copy or self.transformer else model
+        try:
+            self._prepare(net)
+            if self.transformer:
+                with torch.no_grad():
+                    reference = net(example)
+                patch_transformer(net)
+            else:
+                # merging BatchNorms is what can go wrong (a conv output that also feeds another
+                # layer); a model without any skips the tracing pass and the logit check
+                has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+                pairs, reference = find_conv_bn_pairs(net, example) if has_bn else ([], None)
+                for canonizer in canonizers_for(pairs):
+                    instances = canonizer.apply(net)
+                    self._undo += [inst.remove for inst in instances]
+                if composite == "epsilon_plus_flat" and not zennit_hooks and _lrp_rules.supports(net):
+                    self._undo.append(_lrp_rules.attach(net, epsilon=epsilon, stabilizer=stabilizer))
+                else:
+                    self.composite = make_composite(
+                        composite,
+                        epsilon=epsilon,
+                        gamma=gamma,
+                        stabilizer=stabilizer,
+                        low=example.min().detach() if low is None else torch.as_tensor(low),
+                        high=example.max().detach() if high is None else torch.as_tensor(high),
+                    )
+                    self.composite.register(net)
+        except BaseException:
+            self.close()
+            raise
         self.model = net
         # checked against the first batch that starts with ``example`` (no extra forward pass),
         # else by a forward pass of its own in the first ``relevance`` call
-        self._unchecked: tuple[torch.Tensor, torch.Tensor] | None = (example, reference)
+        self._unchecked: tuple[torch.Tensor, torch.Tensor] | None = None if reference is None else (example, reference)
         self._model_name = type(model).__name__
+
+    def _prepare(self, net: nn.Module) -> None:
+        """Eval mode, frozen parameters, no in-place activations (hooks need the tensors the forward made)."""
+        was_training = net.training
+        net.eval()
+        self._undo.append(lambda: net.train(was_training))
+        flags = [(p, p.requires_grad) for p in net.parameters()]
+        for p, _ in flags:
+            p.requires_grad_(False)
+        self._undo.append(lambda: [p.requires_grad_(f) for p, f in flags])
+        inplace = [m for m in net.modules() if getattr(m, "inplace", False) is True]
+        for m in inplace:
+            m.inplace = False
+        self._undo.append(lambda: [setattr(m, "inplace", True) for m in inplace])
 
     def _check_logits(self, x: torch.Tensor, logits: torch.Tensor) -> None:
         example, reference = self._unchecked
@@ -106,6 +139,8 @@ class LRPExplainer:
         if self.composite is not None:
             self.composite.remove()
             self.composite = None
+        while self._undo:
+            self._undo.pop()()
 
     def __enter__(self) -> LRPExplainer:
         return self
@@ -184,9 +219,11 @@ class LRP(Criterion):
         epsilon: float = 1e-6,
         gamma: float = 0.25,
         stabilizer: float = 1e-6,
+        batch_size: int = 64,
         **options,
     ):
-        super().__init__(**options)
+        # one batched pass over the usual 20-40 reference images
+        super().__init__(batch_size=batch_size, **options)
         if self.batch_size < 1:
             raise ConfigError(f"criterion 'lrp': batch_size must be >= 1, got {self.batch_size}")
         if composite not in COMPOSITES:
@@ -199,10 +236,11 @@ class LRP(Criterion):
         self.gamma = float(gamma)
         self.stabilizer = float(stabilizer)
 
-    def explainer(self, model: nn.Module, inputs: torch.Tensor) -> LRPExplainer:
+    def explainer(self, model: nn.Module, inputs: torch.Tensor, copy: bool = True) -> LRPExplainer:
         return LRPExplainer(
             model,
             inputs[:1],
+            copy=copy,
             composite=self.composite,
             epsilon=self.epsilon,
             gamma=self.gamma,
@@ -219,7 +257,8 @@ class LRP(Criterion):
         totals = {layer.name: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
         if targets is not None:
             targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
-        with self.explainer(model, inputs) as ex:
+        # the model itself is canonized for the call and restored after it: no deep copy to pay for
+        with self.explainer(model, inputs, copy=False) as ex:
             for sl in batches(len(inputs), self.batch_size):
                 units, _, _ = ex.relevance(inputs[sl], None if targets is None else targets[sl], layers)
                 for name, per_sample in units.items():

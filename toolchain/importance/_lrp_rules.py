@@ -1,0 +1,190 @@
+"""The ``epsilon_plus_flat`` composite as lean autograd rules on a canonized CNN (zennit's rules, faster).
+
+zennit attaches a rule by wrapping a layer's input and output: the layer's ordinary backward still
+runs and its result is thrown away, then the rule runs a modified forward and backward of its own,
+and every hook clones the tensors it stores. Here each layer's ``forward`` (on medprune's private
+copy) is replaced by an autograd Function whose forward is the layer's and whose backward *is* the
+rule, so the ordinary backward never runs: a ZPlus conv costs one modified forward and one
+transposed conv, a Pass layer nothing.
+
+The rules and their assignment are zennit's ``EpsilonPlusFlat`` with medprune's additions (see
+``_lrp_canonizers.make_composite``): Flat on the first conv/linear, ZPlus on other convs (the
+positive term only when the input is non-negative, as ``NonNegativeZPlus``), Epsilon on linear
+layers, Norm on sums and average pools (timm's mean pools too), Pass on activations and BatchNorms.
+The same stabilizer formula is used, so relevance matches zennit's (``tests/toolchain/test_lrp.py``).
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from zennit.core import Stabilizer
+from zennit.layer import Sum
+from zennit.types import Activation, AvgPool, BatchNorm
+
+# (module, forward, input, relevance, input known non-negative) -> input relevance
+Rule = Callable[[nn.Module, Callable, Tensor, Tensor, bool], Tensor]
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NONNEG = "_medprune_lrp_nonneg"  # set on ReLU outputs during the forward pass
+
+
+def _grad(out: Tensor, inp: Tensor, grad: Tensor) -> Tensor:
+    (g,) = torch.autograd.grad(out, inp, grad)
+    return g
+
+
+def _zplus(stabilizer: float) -> Rule:
+    stabilize = Stabilizer.ensure(stabilizer)
+
+    def rule(module, forward, x, rel, nonneg):
+        w, b = module.weight, module.bias
+        bp = None if b is None else b.clamp(min=0)
+        if nonneg or x.min() >= 0:
+            # no negative input: zennit's negative term is exactly zero, and z >= 0 so the
+            # stabilizer is z + eps (the same floats as zennit's sign-based formula)
+            xg = x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                zp = module._conv_forward(xg, w.clamp(min=0), bp)
+            s = torch.div(rel, zp.detach().add_(stabilizer))  # zp's storage: conv's backward does not read it
+            return _grad(zp, xg, s).mul_(x)
+        pos = x.clamp(min=0).requires_grad_(True)
+        with torch.enable_grad():
+            zp = module._conv_forward(pos, w.clamp(min=0), bp)
+        neg = x.clamp(max=0).requires_grad_(True)
+        with torch.enable_grad():
+            zn = module._conv_forward(neg, w.clamp(max=0), None)  # zennit zeroes the bias here
+        s = rel / stabilize(zp.detach() + zn.detach())
+        return pos.detach() * _grad(zp, pos, s) + neg.detach() * _grad(zn, neg, s)
+
+    return rule
+
+
+def _epsilon(epsilon: float) -> Rule:
+    stabilize = Stabilizer.ensure(epsilon)
+
+    def rule(module, forward, x, rel, nonneg):
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            z = F.linear(xg, module.weight, module.bias)
+        return x * _grad(z, xg, rel / stabilize(z.detach()))
+
+    return rule
+
+
+def _flat(stabilizer: float) -> Rule:
+    stabilize = Stabilizer.ensure(stabilizer)
+
+    def rule(module, forward, x, rel, nonneg):
+        ones = torch.ones_like(x).requires_grad_(True)
+        w = torch.ones_like(module.weight)
+        with torch.enable_grad():
+            z = module._conv_forward(ones, w, None) if isinstance(module, _CONVS) else F.linear(ones, w)
+        return _grad(z, ones, rel / stabilize(z.detach()))
+
+    return rule
+
+
+def _norm(stabilizer: float) -> Rule:
+    stabilize = Stabilizer.ensure(stabilizer)
+
+    def rule(module, forward, x, rel, nonneg):
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            z = forward(xg)
+        return x * _grad(z, xg, rel / stabilize(z.detach()))
+
+    return rule
+
+
+def _pass(module, forward, x, rel, nonneg):
+    return rel
+
+
+class _Apply(torch.autograd.Function):
+    """Forward: the layer's own forward. Backward: the layer's rule, from output to input relevance."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, module: nn.Module, forward: Callable, rule: Rule, nonneg: bool) -> Tensor:
+        ctx.module, ctx.forward_fn, ctx.rule, ctx.nonneg = module, forward, rule, nonneg
+        ctx.save_for_backward(x)
+        return forward(x)
+
+    @staticmethod
+    def backward(ctx, rel: Tensor):
+        (x,) = ctx.saved_tensors
+        return ctx.rule(ctx.module, ctx.forward_fn, x, rel, ctx.nonneg), None, None, None, None
+
+
+def _mean_pool_types() -> tuple[type, ...]:
+    from timm.layers.adaptive_avgmax_pool import FastAdaptiveAvgPool
+
+    return (FastAdaptiveAvgPool,)
+
+
+def supports(model: nn.Module) -> bool:
+    """Whether every weighted layer of ``model`` has a rule here (else zennit's composite is used)."""
+    return all(
+        isinstance(m, (*_CONVS, nn.Linear, BatchNorm))
+        for m in model.modules()
+        if isinstance(getattr(m, "weight", None), Tensor) and not list(m.children())
+    )
+
+
+def rules_for(model: nn.Module, epsilon: float, stabilizer: float) -> dict[str, Rule]:
+    """``{module name: rule}`` in zennit's assignment order for ``epsilon_plus_flat`` (first match wins)."""
+    table: list[tuple[tuple[type, ...], Rule]] = [
+        (_mean_pool_types(), _norm(stabilizer)),
+        ((Activation,), _pass),
+        ((Sum, AvgPool), _norm(stabilizer)),
+        ((BatchNorm,), _pass),
+        (_CONVS, _zplus(stabilizer)),
+        ((nn.Linear,), _epsilon(epsilon)),
+    ]
+    chosen: dict[str, Rule] = {}
+    first = True
+    for name, module in model.named_modules():
+        if first and isinstance(module, (*_CONVS, nn.Linear)):
+            chosen[name], first = _flat(stabilizer), False
+            continue
+        rule = next((r for kinds, r in table if isinstance(module, kinds)), None)
+        if rule is not None:
+            chosen[name] = rule
+    return chosen
+
+
+def _is_identity(module: nn.Module) -> bool:
+    """A BatchNorm merged into its conv by the canonizer (scale 1, shift 0, eps 0): it computes x."""
+    return (
+        isinstance(module, BatchNorm) and module.eps == 0 and module.weight is not None
+        and bool((module.weight == 1).all() and (module.bias == 0).all())
+        and bool((module.running_mean == 0).all() and (module.running_var == 1).all())
+    )
+
+
+def attach(model: nn.Module, epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Callable[[], None]:
+    """Replace the forwards of ``model``'s layers (canonized) by their LRP rules; returns the undo."""
+    patched_modules = []
+    for name, rule in rules_for(model, epsilon, stabilizer).items():
+        module = model.get_submodule(name)
+        forward = (lambda x: x) if _is_identity(module) else module.forward
+
+        def patched(self, x, forward=forward, rule=rule, relu=isinstance(module, nn.ReLU)):
+            if not x.requires_grad:
+                return forward(x)
+            out = _Apply.apply(x, self, forward, rule, getattr(x, _NONNEG, False))
+            if relu:  # spares the next conv's rule a pass over its input to look for negatives
+                setattr(out, _NONNEG, True)
+            return out
+
+        module.forward = types.MethodType(patched, module)
+        patched_modules.append(module)
+
+    def undo() -> None:
+        for module in patched_modules:
+            del module.forward  # the class's forward shows through again
+
+    return undo
