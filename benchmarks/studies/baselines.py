@@ -33,9 +33,8 @@ from typing import Any
 
 from toolchain.recipes import RECIPES
 
-from .registry import StudyParser, command_line, study
+from .registry import RESULTS, StudyParser, command_line, study
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 def _run(model: str, data: str, **settings: Any) -> dict[str, Any]:
     """A baseline run: the family's recipe (toolchain.recipes), then this dataset's settings over it."""

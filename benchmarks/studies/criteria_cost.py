@@ -15,11 +15,8 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
-from .registry import StudyParser, command_line, study
-
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+from .registry import RESULTS, StudyParser, command_line, study
 
 
 @study("criteria_cost", outputs=("criteria_cost.json", "criteria_cost.md"))
@@ -32,18 +29,20 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = StudyParser("criteria_cost", __doc__)
     ap.add_argument("--n-per-class", type=int, default=10)
-    ap.add_argument("--criteria", default="lrp,dlb,ig,taylor,magnitude,random")
-    ap.add_argument("--models", default="vgg19,resnet50,vit_b16")
+    from toolchain.importance import available
+
+    ap.add_list("--criteria", default="lrp,dlb,ig,taylor,magnitude,random", choices=available(), help="criteria")
+    ap.add_list("--models", default="vgg19,resnet50,vit_b16", help="PneumoniaMNIST baselines (baselines.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     doc = json.loads((RESULTS / "baselines.json").read_text())
     ckpts = {r["model"]: r["checkpoint"] for r in doc["runs"] if r["data"] == "pneumoniamnist"}
     rows = []
-    for model_name in args.models.split(","):
+    for model_name in args.models:
         ctx = load_context(ckpts[model_name], "pneumoniamnist")
         x, y, _ = reference_inputs(ctx, args.n_per_class, "confidence", 0, pool_per_class=200)
         layers = find_unit_layers(ctx.model)
-        for name in args.criteria.split(","):
+        for name in args.criteria:
             before = [forward_backward_seconds(ctx.model, x) for _ in range(2)]
             # per-layer captum IG is ~layers x slower; the grids use the one-pass variant, timed here
             options = {"path": "input"} if name == "ig" else {}

@@ -15,13 +15,11 @@ import shlex
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from toolchain.atomic import atomic_file
 
-from .registry import StudyParser, study
+from .registry import RESULTS, StudyParser, study
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 RECIPES = [
     {"model": "vgg19", "target": "cpu", "ratio": "auto"},
     {"model": "vgg19", "target": "jetson", "ratio": "auto"},

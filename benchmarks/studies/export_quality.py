@@ -26,9 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .registry import StudyParser, command_line, study
+from .registry import RESULTS, StudyParser, command_line, study
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 COMBOS = [("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"),
           ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8")]
 BACKEND = {"onnx": "onnxruntime", "openvino": "openvino"}

@@ -95,7 +95,7 @@ def export_both(model: torch.nn.Module, meta: dict, chw: tuple[int, int, int], s
 @study("harness_report", outputs=("bench.json", "bench.md", "bench.html"))
 def main(argv: list[str] | None = None) -> None:
     p = StudyParser("harness_report", __doc__)
-    p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_list("--families", default=",".join(FAMILIES), choices=FAMILIES, help="model families")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--in-chans", type=int, default=1)
     p.add_argument("--ratio", type=float, default=0.5)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     models, comparisons, notes = [], [], []
     t_start = time.time()
 
-    for family in a.families.split(","):
+    for family in a.families:
         ckpt = Path(given[family]) if family in given else find_checkpoint(family, a.size, a.data)
         log(f"{family}@{a.size}: {'checkpoint ' + str(ckpt) if ckpt else 'random-init weights'}")
         dense, meta = dense_model(family, a.size, a.in_chans, ckpt)

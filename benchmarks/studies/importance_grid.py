@@ -295,12 +295,12 @@ def write_report(report: dict) -> None:
 @study("importance_grid", outputs=("importance.json", "importance.md", "importance.png"))
 def main(argv: list[str] | None = None) -> None:
     p = StudyParser("importance_grid", __doc__)
-    p.add_argument("--models", default=",".join(MODELS), help="baseline models (keys in baselines.json)")
+    p.add_list("--models", default=",".join(MODELS), help="baseline models (keys in baselines.json)")
     p.add_argument("--checkpoint", default=None, help="use this checkpoint instead of the baselines")
     p.add_argument("--criteria", default=None, help="criteria, e.g. lrp,taylor,ig[path=layer] (default: all)")
     p.add_list("--samplings", default=",".join(STRATEGIES), choices=STRATEGIES, help="reference samplings")
     p.add_argument("--data", default="pneumoniamnist")
-    p.add_argument("--ratios", default=",".join(str(r) for r in RATIOS))
+    p.add_list("--ratios", default=",".join(str(r) for r in RATIOS), kind=float, help="pruning ratios")
     p.add_argument("--n-per-class", type=int, default=10)
     p.add_argument("--pool-per-class", type=int, default=300,
                    help="confidence/clustering score a seeded subset of this many train images per class (0: all)")
@@ -314,11 +314,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(RESULTS / "importance"), help="report path stem (.json/.md/.png)")
     args = p.parse_args(argv)
     OUT["stem"] = Path(args.out).with_suffix("") if Path(args.out).suffix in (".json", ".md") else Path(args.out)
-    args.ratios = [float(r) for r in args.ratios.split(",") if r.strip()]
     specs = split_specs(args.criteria) if args.criteria else default_criteria()
     for s in specs:
         parse_criterion(s)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = args.models
 
     if args.checkpoint:
         checkpoints = {Path(args.checkpoint).parent.name or "checkpoint": args.checkpoint}

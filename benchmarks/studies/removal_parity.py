@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .registry import StudyParser, command_line, study
+from .registry import RESULTS, StudyParser, command_line, study
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 DEFAULT_MODELS = ("vgg19", "resnet50", "vit_b16")
 DATASET = "pneumoniamnist"
 
@@ -240,20 +239,19 @@ def main(argv: list[str] | None = None) -> int:
     from toolchain.atomic import atomic_file
 
     p = StudyParser("removal_parity", __doc__)
-    p.add_argument("--models", default=",".join(DEFAULT_MODELS))
-    p.add_argument("--ratios", default="0.3,0.5,0.7")
-    p.add_argument("--granularities", default="neuron,group")
+    from toolchain.importance import available
+
+    p.add_list("--models", default=",".join(DEFAULT_MODELS), help="baseline models (random init when absent)")
+    p.add_list("--ratios", default="0.3,0.5,0.7", kind=float, help="pruning ratios")
+    p.add_list("--granularities", default="neuron,group", help="neuron, group or group+rN (round to N)")
     p.add_argument("--round-to", type=int, default=8)
-    p.add_argument("--criterion", default="magnitude")
+    p.add_argument("--criterion", default="magnitude", choices=available())
     p.add_argument("--img-size", type=int, default=32, help="for random-init models only")
     p.add_argument("--n-example", type=int, default=64, help="test images used as example/score input")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=min(2, torch.get_num_threads()))
-    p.add_argument("--out", default=str(RESULTS))
+    p.add_out()
     a = p.parse_args(argv)
-    a.models = [m for m in a.models.split(",") if m]
-    a.ratios = [float(r) for r in a.ratios.split(",") if r]
-    a.granularities = [g for g in a.granularities.split(",") if g]
     import os
 
     from benchmarks.harness import machine_info

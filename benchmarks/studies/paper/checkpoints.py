@@ -13,7 +13,8 @@ from pathlib import Path
 
 from toolchain.errors import ConfigError
 
-from .config import RESULTS, Grid
+from ..registry import RESULTS
+from .config import Grid
 
 
 def _baseline_configs(path: Path | None = None) -> list[dict]:

@@ -4,11 +4,9 @@ cell's result (:class:`Sizes`, all of it part of the cell key). Criteria default
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from toolchain.errors import ConfigError
 
-RESULTS = Path(__file__).resolve().parents[2] / "results"
 SCHEMA = "medprune.paper_grid/1"
 
 DATASETS = ("pneumoniamnist", "breastmnist", "chest_xray_224")

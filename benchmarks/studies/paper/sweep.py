@@ -15,6 +15,7 @@ from typing import Any
 from toolchain.atomic import atomic_file
 from toolchain.pipeline import digest
 
+from ..registry import RESULTS
 from .cache import (
     Cache,
     Task,
@@ -34,7 +35,7 @@ from .checkpoints import (
     train_config_for,
     train_task,
 )
-from .config import RESULTS, SCHEMA, Grid
+from .config import SCHEMA, Grid
 
 
 def start_ray(num_cpus: int | None = None):
