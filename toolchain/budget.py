@@ -125,8 +125,10 @@ def _onnx_bytes(model: nn.Module, x: torch.Tensor) -> bytes:
         warnings.simplefilter("ignore")
         path = Path(tmp) / "m.onnx"
         try:  # dynamo handles timm VGG's upsampling pool at small inputs; legacy is the fallback
+            # optimize=False: onnxscript's rewrite passes cost minutes on a loaded CPU and ORT applies
+            # its own graph optimisations at session creation anyway
             torch.onnx.export(m, (x,), str(path), dynamo=True, external_data=False, opset_version=18,
-                              input_names=["x"], output_names=["logits"], verbose=False)
+                              input_names=["x"], output_names=["logits"], verbose=False, optimize=False)
         except Exception:
             torch.onnx.export(m, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
                               output_names=["logits"])
