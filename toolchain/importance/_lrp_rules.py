@@ -63,16 +63,21 @@ def _zplus(stabilizer: float) -> Rule:
     return rule
 
 
-def _epsilon(epsilon: float) -> Rule:
-    stabilize = Stabilizer.ensure(epsilon)
+def _proportional(stabilizer: float, output: Callable[[nn.Module, Callable, Tensor], Tensor]) -> Rule:
+    """``x * d(out)/dx . R / stab(out)``: zennit's Epsilon (linear layers) and Norm (sums, pools)."""
+    stabilize = Stabilizer.ensure(stabilizer)
 
     def rule(module, forward, x, rel, nonneg):
         xg = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            z = F.linear(xg, module.weight, module.bias)
+            z = output(module, forward, xg)
         return x * _grad(z, xg, rel / stabilize(z.detach()))
 
     return rule
+
+
+def _epsilon(epsilon: float) -> Rule:
+    return _proportional(epsilon, lambda module, forward, x: F.linear(x, module.weight, module.bias))
 
 
 def _flat(stabilizer: float) -> Rule:
@@ -89,15 +94,7 @@ def _flat(stabilizer: float) -> Rule:
 
 
 def _norm(stabilizer: float) -> Rule:
-    stabilize = Stabilizer.ensure(stabilizer)
-
-    def rule(module, forward, x, rel, nonneg):
-        xg = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            z = forward(xg)
-        return x * _grad(z, xg, rel / stabilize(z.detach()))
-
-    return rule
+    return _proportional(stabilizer, lambda module, forward, x: forward(x))
 
 
 def _pass(module, forward, x, rel, nonneg):
