@@ -10,8 +10,11 @@ from typing import Any
 
 CARD_TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"
 RUNTIME_LINES = {
-    "tensorrt": "On the device: `./build_engine.sh` (trtexec builds a TensorRT engine from the ONNX file) "
-                "then `./run_trt.sh` for latency; `python3 predict.py IMAGE` runs the ONNX file with onnxruntime.",
+    "tensorrt": "On the device (steps in `JETSON.md`): `./build_engine.sh` (trtexec builds a TensorRT engine from "
+                "the ONNX file beside the package and records its checksums) then `./run_trt.sh` for latency and "
+                "agreement on `testset.npz`; `python3 predict.py IMAGE` uses that engine when its recorded ONNX "
+                "checksum matches, else says so and falls back to ONNX Runtime. INT8 is not offered for Jetson "
+                "until measured on a GPU.",
     "openvino": "`python3 predict.py IMAGE` runs the OpenVINO IR (`--runtime onnxruntime` for the ONNX file).",
 }
 DEFAULT_RUNTIME_LINE = "`python3 predict.py IMAGE` runs the ONNX file with onnxruntime."

@@ -75,6 +75,10 @@ def test_instructions_name_only_shipped_and_listed_files(made):
         for rel in re.findall(r'\$PKG/([\w./-]+)', (pkg / script).read_text()):
             assert (pkg / rel).is_file() and rel in manifest["files"], f"{script} names missing {rel}"
     assert "INT8 is not offered" in text and made["report"]["ok"]
+    from devices.deploy.manifest import RUNTIME_LINES  # the model card's line for a Jetson package
+
+    for name in _named_files(RUNTIME_LINES["tensorrt"]):
+        assert (pkg / name).is_file() and name in manifest["files"], f"MODEL_CARD names missing {name}"
 
 
 def test_testset_is_plain_arrays_with_ort_fp32_probabilities(made):
