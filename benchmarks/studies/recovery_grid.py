@@ -139,12 +139,15 @@ def run_model(model: str, args, log) -> dict[str, Any]:
            "dataset": ctx.ds.name, "dataset_fingerprint": ctx.ds.fingerprint, "reference_indices": idx.tolist(),
            **_dense_probs(ctx),
            "class_names": list(ctx.ds.class_names), "cells": {}}
-    for name in args.criteria:
+    def pruner(name: str):
         crit = get_criterion(name)
         t0 = time.perf_counter()
         scores = crit(ctx.model, x, y, layers)  # data-free criteria ignore x (peers trace the graph with it)
         log(f"{model} · {name}: scored in {time.perf_counter() - t0:.1f}s")
-        prune = pruner_at(ctx.model, masker_for(ctx.model, crit, scores, layers, example), example)
+        return pruner_at(ctx.model, masker_for(ctx.model, crit, scores, layers, example), example)
+
+    for name in args.criteria:
+        prune = None  # scored only when a cell has to be computed
         for target in args.macs:
             key = digest({"v": CELL_VERSION, "ckpt": ctx.sha256, "crit": name, "target": target, "refs": idx.tolist(),
                           "recovery": rcfg.recipe() if rcfg else None, "threads": args.threads})
@@ -152,7 +155,11 @@ def run_model(model: str, args, log) -> dict[str, Any]:
             if path.is_file():
                 cell = json.loads(path.read_text())
                 log(f"{model} · {name} · ÷{target:g}: cached")
+            elif args.cached_only:
+                log(f"{model} · {name} · ÷{target:g}: not computed (--cached-only)")
+                continue
             else:
+                prune = prune or pruner(name)
                 cell = run_cell(ctx, prune, example, target, rcfg, args.threads, args.repeats,
                                 lambda m, n=name: log(f"{model} · {n} · {m}"))
                 cell["criterion"] = name
@@ -177,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recover-epochs", type=int, default=1, help="distillation epochs (0: no recovery)")
     p.add_argument("--recover-subset", type=int, default=0, help="recover on N train images (0: all)")
     p.add_argument("--checkpoint", action="append", help="model=path of a dense checkpoint (repeatable)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="report the cells already computed (e.g. by parallel per-criterion runs), compute none")
     p.add_argument("--sampling", default="clustering")
     p.add_argument("--n-per-class", type=int, default=10)
     p.add_argument("--pool-per-class", type=int, default=200)
