@@ -226,7 +226,7 @@ def plot(report: dict, path: Path) -> Path | None:
     return path
 
 
-@study("export_quality", outputs=("export_quality.json", "export_quality.md", "export_quality.png"))
+@study("export_quality", outputs=("export_quality*.json", "export_quality*.md", "export_quality*.png"))  # --stem names variants
 def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
 

@@ -92,7 +92,7 @@ def export_both(model: torch.nn.Module, meta: dict, chw: tuple[int, int, int], s
     return onnx_path, xml_path
 
 
-@study("harness_report", outputs=("bench.json", "bench.md", "bench.html"))
+@study("harness_report", outputs=("bench.json", "bench.md", "bench.html", "bench_*.png"))
 def main(argv: list[str] | None = None) -> None:
     p = StudyParser("harness_report", __doc__)
     p.add_list("--families", default=",".join(FAMILIES), choices=FAMILIES, help="model families")

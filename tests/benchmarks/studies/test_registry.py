@@ -61,3 +61,20 @@ def test_medprune_study_command_passes_options_to_the_study():
     assert result.exit_code == 0 and "--criterion" in result.output and "usage: medprune study ece_study" in result.output
     result = CliRunner().invoke(app, ["study", "--help"])
     assert result.exit_code == 0 and "paper_grid" in result.output
+
+
+# Committed results that no study writes, each with what does (ARCHITECTURE.md lists them too).
+NOT_A_STUDY = {"headline.json": "python -m benchmarks.headline",
+               "baselines_cuda_run.*": "benchmarks/studies/gpu_baselines.sh on a CUDA machine"}
+
+
+def test_every_committed_result_is_declared_by_the_study_that_writes_it():
+    import fnmatch
+    from pathlib import Path
+
+    from benchmarks.studies.registry import RESULTS
+
+    patterns = [p for n in available() for p in get_study(n).outputs] + list(NOT_A_STUDY)
+    orphans = [f.name for f in sorted(Path(RESULTS).iterdir())
+               if not any(fnmatch.fnmatch(f.name, p) for p in patterns)]
+    assert not orphans, f"results no study declares in @study(outputs=...): {orphans}"
