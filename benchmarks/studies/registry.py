@@ -44,6 +44,9 @@ _STUDIES: dict[str, Study] = {}
 
 def study(name: str, *, outputs: Iterable[str] = ()) -> Callable:
     """Register ``main(argv)`` of a study module under ``name`` (decorator)."""
+    if not name.isidentifier():  # it is typed on the command line and names the results
+        raise ValueError(f"study name {name!r} must be an identifier such as 'ece_study'")
+
     def register(fn: Callable[[list[str]], object]) -> Callable[[list[str]], object]:
         if name in _STUDIES and _STUDIES[name].run.__module__ != fn.__module__:
             warnings.warn(f"study {name!r} registered twice ({_STUDIES[name].run.__module__}, {fn.__module__})",
