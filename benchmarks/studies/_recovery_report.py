@@ -19,6 +19,7 @@ import numpy as np
 ATTRIBUTION = ("lrp", "dlb", "ig", "taylor")  # medprune's criteria (taylor: medprune's activation x grad)
 GATE_ACC, GATE_SENS = 1.0, 2.0  # points, on val (the lossless rule)
 N_BOOT = 1000
+TARGETS = {"vgg19": 5, "resnet50": 3, "vit_b16": 2}  # issue 15's speedup_lossless targets (PneumoniaMNIST)
 
 
 def _sens(y: np.ndarray, p: np.ndarray, c: int, w: np.ndarray) -> np.ndarray:
@@ -155,6 +156,29 @@ def _ci(d: dict, nd: int = 1) -> str:
     return f"{d['value']:.{nd}f} [{ci[0]:.{nd}f}, {ci[1]:.{nd}f}]" if ci else f"{d['value']:.{nd}f}"
 
 
+def _target_line(model: str, rows: list[dict], sl: dict | None) -> str:
+    """The issue's target against what was reached, and what limits it (accuracy or latency vs MACs)."""
+    target = TARGETS.get(model)
+    kd = [r for r in rows if r["recovered"]] or rows
+    if not kd:
+        return ""
+    fastest = max(kd, key=lambda r: r["speedup_ort"])
+    per_mac = float(np.median([r["speedup_ort"] / r["macs_ratio"] for r in kd]))
+    reached = sl["speedup_ort"] if sl else 1.0
+    verdict = "reached" if target and reached >= target else "NOT reached"
+    why = []
+    if not any(r["val"]["passes_gates"] for r in kd if r["macs_ratio"] >= (target or 0)):
+        why.append("accuracy: no recovered model at that MACs reduction passes the val gates")
+    if per_mac < 0.9:
+        why.append(f"latency does not follow MACs (median measured speedup per MACs reduction {per_mac:.2f})")
+    return (f"Target (issue 15): speedup_lossless >= {target}x — {verdict} (x{reached:.2f}). Fastest recovered "
+            f"model measured: x{fastest['speedup_ort']:.2f} at MACs ÷{fastest['macs_ratio']:.2f} ({fastest['criterion']},"
+            f" val gates {'pass' if fastest['val']['passes_gates'] else 'fail'}). "
+            + (f"Limits: {'; '.join(why)}." if why and verdict != "reached" else "")
+            + " Budget of this run: lean dense checkpoint, 1 distillation epoch on a train subset, MACs targets "
+            "tried only as listed.")
+
+
 def markdown(doc: dict) -> str:
     lines = ["# Recovery study: criteria at equal MACs, with and without distillation recovery", "",
              f"Command: `{doc['command']}`  ", f"Started: {doc['started']} on {doc['host']}  ",
@@ -175,6 +199,7 @@ def markdown(doc: dict) -> str:
                          f"{_ci(sl['test_worst_sensitivity_drop_pts'])} pts; holds on test: {sl['holds_on_test']}")
         else:
             lines.append("**speedup_lossless**: no recovered model passed the gates on val")
+        lines += ["", _target_line(model, m["rows"], sl)]
         lines += ["", f"**best_criterion** (mean val balanced accuracy, recovered): {h['best_criterion']}", "",
                   "| criterion | MACs ÷ target | recovered | ratio | MACs ÷ | params ÷ | ORT speedup | val acc drop | "
                   "val pass | test acc [95 % CI] (n) | test acc drop pts | test worst sens. drop pts |",

@@ -1,0 +1,43 @@
+"""Recovery study report: drops with paired intervals, the headline chosen on val only, verdicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.studies import _recovery_report as rep
+
+
+def _onehot(pred, k=2):
+    return np.eye(k)[np.asarray(pred)]
+
+
+def test_drops_point_values_and_intervals():
+    y = np.array([0] * 10 + [1] * 10)
+    dense = _onehot(y)
+    pruned = _onehot(np.r_[[1, 1], y[2:]])  # two class-0 errors: accuracy -10 pts, class-0 sensitivity -20 pts
+    d = rep.drops(y, dense, pruned, n_boot=200)
+    assert d["accuracy_drop_pts"]["value"] == pytest.approx(10.0)
+    assert d["worst_sensitivity_drop_pts"]["value"] == pytest.approx(20.0)
+    lo, hi = d["accuracy_drop_pts"]["ci"]
+    assert 0 <= lo <= 10 <= hi and d["n"] == 20
+
+
+def _row(crit, macs, val_acc_drop, val_sens, test_acc_drop, bal=0.9):
+    return {"criterion": crit, "recovered": True, "macs_ratio": macs, "speedup_ort": macs * 0.8,
+            "target_macs_div": macs,
+            "val": {"accuracy_drop_pts": val_acc_drop, "worst_sensitivity_drop_pts": val_sens,
+                    "balanced_accuracy": bal, "passes_gates": val_acc_drop <= 1 and val_sens <= 2},
+            "test": {"accuracy_drop_pts": {"value": test_acc_drop, "ci": [0, 1]},
+                     "worst_sensitivity_drop_pts": {"value": 0.0, "ci": [0, 1]}}}
+
+
+def test_headline_is_chosen_on_val_and_judged_on_test():
+    rows = [_row("lrp", 2.0, 0.5, 1.0, 3.0, bal=0.95),   # passes val, fails test: still the val choice at ÷2
+            _row("tp-magnitude", 4.0, 2.5, 1.0, 0.0),      # best on test, fails val: never chosen
+            _row("lrp", 3.0, 0.8, 1.5, 0.5, bal=0.90)]     # most compressed passing on val
+    h = rep.headline(rows)
+    assert h["speedup_lossless"]["macs_ratio"] == 3.0 and h["speedup_lossless"]["holds_on_test"]
+    assert h["best_criterion"] == "lrp"
+    none = rep.headline([_row("lrp", 2.0, 5.0, 1.0, 0.0)])
+    assert none["speedup_lossless"] is None
