@@ -1,4 +1,4 @@
-"""DL-Backtrace relevance rules as autograd Functions (arXiv 2411.12643, implemented from the paper).
+"""DL-Backtrace relevance rules as autograd Functions (arXiv 2411.12643; checked against the reference code).
 
 Each Function computes its forward exactly like the op it replaces; its backward maps the relevance
 at the output (delivered as the incoming "gradient") to relevance at the inputs. Relevance therefore
@@ -9,15 +9,22 @@ Rule for a weighted sum ``z_j = Σ_i c_ij + b_j`` with ``c_ij = x_i w_ij``: ``P 
 ``b⁺ = max(b, 0)``, ``b⁻ = max(-b, 0)``;
 
     w⁺ = (P + b⁺)/(P + N + b⁺ + b⁻) · P/(P + b⁺)      w⁻ = (N + b⁻)/(P + N + b⁺ + b⁻) · N/(N + b⁻)
-    R_i = Σ_j c⁺_ij/P_j · R_j w⁺_j + |c⁻_ij|/N_j · R_j w⁻_j
+    R_i = Σ_j c⁺_ij/P_j · R_j w⁺_j + |c⁻_ij|/N_j · R_j w⁻_j  =  Σ_j |c_ij| · R_j / (P_j + N_j + |b_j|)
 
-so the bias keeps its share and zero-bias layers conserve relevance. ReLU gating: when the unit is
-inactive (``P + b⁺ - N - b⁻ < 0``) its positive share is 0 (``P`` is taken as 0 in the weights).
-Contributions are never materialised: with ``S = op(|x|, |W|) = P + N`` and ``Z = op(x, W) = P - N``,
+so the bias keeps its share and zero-bias layers conserve relevance. Contributions are never
+materialised: with ``S = op(|x|, |W|) = P + N``, ``R = |x| · op_vjp(|W|, R / (S + |b|))``.
 
-    R = |x| · op_vjp(|W|, (s⁺ + s⁻)/2) + x · op_vjp(W, (s⁺ - s⁻)/2),   s± = R w± / (P or N),
+What the reference code (github.com/Lexsi-Labs/DLBacktrace, the ``dlbacktrace`` graph engine and
+the older ``prop.py``) does and this module follows (see benchmarks/results/dlb_check.md):
 
-and without an active gate ``s⁺ = s⁻ = R/(P + N + |b|)`` so only the first (one conv) term is needed.
+* no ReLU gate: the reference declares ReLU's range as ``l=0`` and tests it for truthiness, so its
+  "inactive unit gives positive contributions nothing" branch never runs (and the graph engine
+  hands every conv/linear the activation "None"). It could not change anything here either: an
+  inactive ReLU outputs 0, so the layer after it hands that unit no relevance;
+* normalisations (BatchNorm, LayerNorm) and activations pass relevance unchanged;
+* a sum of n terms (residual addition) gives each term ``R / n``, a constant term's share is dropped;
+* attention: half of the relevance goes to the values (``A^T (R / 2o) * v``), half to the attention
+  logits (``(R / 2o) v^T * A``), which split it between queries and keys the same way.
 """
 
 from __future__ import annotations
@@ -37,16 +44,10 @@ def safe_div(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(nz, num / torch.where(nz, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
-def dlb_weights(p: Tensor, n: Tensor, bias: Tensor | float = 0.0, relu: bool = False) -> tuple[Tensor, Tensor]:
-    """The aggregate weights ``(w⁺, w⁻)`` of DL-Backtrace for positive sums ``p``, negative sums ``n``.
-
-    ``relu``: the unit feeds a ReLU, so an inactive unit (``p + b⁺ - n - b⁻ < 0``) gives its
-    positive contributions nothing.
-    """
+def dlb_weights(p: Tensor, n: Tensor, bias: Tensor | float = 0.0) -> tuple[Tensor, Tensor]:
+    """The aggregate weights ``(w⁺, w⁻)`` of DL-Backtrace for positive sums ``p``, negative sums ``n``."""
     b = torch.as_tensor(bias, dtype=p.dtype, device=p.device)
     bp, bn = b.clamp(min=0), (-b).clamp(min=0)
-    if relu:
-        p = torch.where(p + bp - n - bn < 0, torch.zeros_like(p), p)
     total = p + n + bp + bn
     wp = safe_div(p + bp, total) * safe_div(p, p + bp)
     wn = safe_div(n + bn, total) * safe_div(n, n + bn)
@@ -57,29 +58,12 @@ def dlb_weights(p: Tensor, n: Tensor, bias: Tensor | float = 0.0, relu: bool = F
 class LinearSpec:
     """A weighted sum over inputs: conv, linear, or a matmul with a constant operand.
 
-    ``fn(x, w)`` is the op without bias; ``bias`` broadcasts against its output. A BatchNorm right
-    after it is folded in (``fold``: per-output-channel scale and shift), and a ReLU after it (or
-    after the folded BatchNorm) turns gating on (``gate_hint``: where the pre-activation was < 0).
+    ``fn(x, w)`` is the op without bias; ``bias`` broadcasts against its output.
     """
 
     fn: Callable[[Tensor, Tensor], Tensor]
     weight: Tensor
     bias: Tensor | None
-    weight_view: tuple[int, ...] | None  # reshape of a per-output-channel vector against ``weight``
-    out_view: tuple[int, ...] | None  # ... and against the output; None: cannot fold a norm
-    relu: bool = False
-    gate_hint: Tensor | None = None
-    fold: tuple[Tensor, Tensor] | None = None
-
-    def effective(self) -> tuple[Tensor, Tensor | None]:
-        if self.fold is None:
-            return self.weight, self.bias
-        scale, shift = self.fold
-        w = self.weight * scale.reshape(self.weight_view)
-        b = shift.reshape(self.out_view)
-        if self.bias is not None:
-            b = b + self.bias * scale.reshape(self.out_view)
-        return w, b
 
 
 def _vjp(out: Tensor, inp: Tensor, grad: Tensor) -> Tensor:
@@ -88,23 +72,11 @@ def _vjp(out: Tensor, inp: Tensor, grad: Tensor) -> Tensor:
 
 
 def linear_backward(spec: LinearSpec, x: Tensor, rel: Tensor) -> Tensor:
-    weight, bias = spec.effective()
     a = x.abs().requires_grad_(True)
     with torch.enable_grad():
-        s_abs = spec.fn(a, weight.abs())  # P + N
-    babs = bias.abs() if bias is not None else torch.zeros((), dtype=rel.dtype, device=rel.device)
-    gated = spec.relu and spec.gate_hint is not None and bool((spec.gate_hint & (rel != 0)).any())
-    if not gated:
-        s = safe_div(rel, s_abs.detach() + babs)
-        return a.detach() * _vjp(s_abs, a, s)
-    xs = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        z = spec.fn(xs, weight)  # P - N
-    sd, zd = s_abs.detach(), z.detach()
-    p, n = ((sd + zd) / 2).clamp(min=0), ((sd - zd) / 2).clamp(min=0)
-    wp, wn = dlb_weights(p, n, bias if bias is not None else 0.0, relu=True)
-    sp, sn = safe_div(rel * wp, p), safe_div(rel * wn, n)
-    return a.detach() * _vjp(s_abs, a, (sp + sn) / 2) + x * _vjp(z, xs, (sp - sn) / 2)
+        s_abs = spec.fn(a, spec.weight.abs())  # P + N
+    babs = spec.bias.abs() if spec.bias is not None else torch.zeros((), dtype=rel.dtype, device=rel.device)
+    return a.detach() * _vjp(s_abs, a, safe_div(rel, s_abs.detach() + babs))
 
 
 class LinearRule(torch.autograd.Function):
@@ -138,50 +110,24 @@ class PositiveLinearRule(torch.autograd.Function):
         return a.detach() * _vjp(z, a, safe_div(rel, z.detach())), None, None
 
 
-class AffineRule(torch.autograd.Function):
-    """Element-wise ``a·x + b`` (a norm layer with its statistics held constant): ``R·|ax|/(|ax|+|b|)``."""
+class SumRule(torch.autograd.Function):
+    """``Σ_k t_k`` (residual additions): each of the n terms gets ``R / n`` (the reference's equal split);
+    the share of a constant term (a position embedding) is dropped, as the reference drops parameters'."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, scale: Tensor, shift: Tensor, compute: Callable[[], Tensor]) -> Tensor:
-        c = (scale * x).abs()
-        ctx.ratio = safe_div(c, c + shift.abs().expand_as(c))
+    def forward(ctx, n_terms: int, compute: Callable[[], Tensor], *xs: Tensor):
+        ctx.n_terms = n_terms
+        ctx.shapes = [x.shape for x in xs]
         return compute()
 
     @staticmethod
     def backward(ctx, rel: Tensor):
-        return rel * ctx.ratio, None, None, None
-
-
-class SumRule(torch.autograd.Function):
-    """``Σ_k t_k + const`` (residual additions): each term gets ``R·|t_k| / (Σ|t| + |const|)``.
-
-    Shares are proportional to the terms' magnitudes rather than their signed values, so a sum that
-    nearly cancels does not blow relevance up; a constant term (a position embedding) is a bias.
-    """
-
-    @staticmethod
-    def forward(ctx, terms: list[tuple[float, Tensor | float]], compute: Callable[[], Tensor], *xs: Tensor):
-        out = compute()
-        mags = []
-        const = torch.zeros((), dtype=out.dtype, device=out.device)
-        for coef, t in terms:
-            if isinstance(t, Tensor) and t.requires_grad:
-                mags.append((abs(coef) * t.detach().abs()).expand_as(out))
-            else:
-                const = const + coef * torch.as_tensor(t, dtype=out.dtype, device=out.device)
-        total = sum(mags) + const.abs()
-        ctx.ratios = [safe_div(m, total) for m in mags]
-        ctx.shapes = [x.shape for x in xs]
-        return out
-
-    @staticmethod
-    def backward(ctx, rel: Tensor):
-        grads = [(rel * r).sum_to_size(s) for r, s in zip(ctx.ratios, ctx.shapes, strict=True)]
-        return (None, None, *grads)
+        share = rel / ctx.n_terms
+        return (None, None, *[share.sum_to_size(s) for s in ctx.shapes])
 
 
 class PassRule(torch.autograd.Function):
-    """Relevance passes unchanged (activations, scaling by a constant, a BatchNorm folded upstream)."""
+    """Relevance passes unchanged (activations, normalisations, scaling by a constant)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, compute: Callable[[], Tensor]) -> Tensor:
@@ -194,22 +140,33 @@ class PassRule(torch.autograd.Function):
 
 
 class AttentionRule(torch.autograd.Function):
-    """``softmax(qkᵀ)·v`` with the attention weights held constant: relevance goes to ``v`` only,
-    split over source tokens in proportion to ``|A_ts v_sd|`` (no bias, so it is conserved)."""
+    """``softmax(s·qkᵀ)·v``: half the relevance to ``v`` through the attention weights, half to the
+    unscaled logits ``qkᵀ`` and from there to ``q`` and ``k`` (the reference's rule, signed, each
+    division stabilised by ``eps·sign``)."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, weights: Callable[[], Tensor], compute: Callable[[], Tensor]):
         ctx.attn = weights()
-        ctx.save_for_backward(v)
-        return compute()
+        ctx.save_for_backward(q, k, v)
+        out = compute()
+        ctx.out = out.detach()
+        return out
 
     @staticmethod
     def backward(ctx, rel: Tensor):
-        (v,) = ctx.saved_tensors
+        q, k, v = ctx.saved_tensors
         attn = ctx.attn
-        va = v.abs()
-        s = safe_div(rel, attn @ va)
-        return None, None, va * (attn.transpose(-2, -1) @ s), None, None
+        s = rel / _stabilize(2 * ctx.out)
+        rel_v = (attn.transpose(-2, -1) @ s) * v
+        rel_logits = (s @ v.transpose(-2, -1)) * attn
+        s2 = rel_logits / _stabilize(2 * (q @ k.transpose(-2, -1)))
+        rel_q = (s2 @ k) * q
+        rel_k = (s2.transpose(-2, -1) @ q) * k
+        return rel_q, rel_k, rel_v, None, None
+
+
+def _stabilize(t: Tensor, eps: float = 1e-6) -> Tensor:
+    return t + eps * torch.where(t >= 0, 1.0, -1.0).to(t)
 
 
 class Guard(torch.autograd.Function):

@@ -1,22 +1,20 @@
-"""DL-Backtrace (arXiv 2411.12643), implemented natively from the paper.
+"""DL-Backtrace (arXiv 2411.12643), implemented natively and checked against the reference code.
 
 The ``dl-backtrace`` package is not used: it pins an old torch and pulls tensorflow under a
 source-available licence. Relevance starts at the explained class (1, or its logit) and is propagated
-backwards layer by layer with DL-Backtrace's rule: each weighted sum splits its relevance over its
-positive and negative contributions, the bias keeps its share, and an inactive ReLU unit gives its
-positive contributions nothing (the rule and its vectorised form: ``_dlb_rules``). Per layer type:
+backwards layer by layer with DL-Backtrace's rules, as the reference implementation
+(github.com/Lexsi-Labs/DLBacktrace) applies them (the rules and where this follows it: ``_dlb_rules``):
 
-* conv / linear: the rule above; a BatchNorm right after a conv is folded into it (so its unit is
-  the conv+BN channel); any other BatchNorm / LayerNorm is a per-channel / per-token affine with its
-  statistics held constant (``R·|ax|/(|ax|+|b|)``).
+* conv / linear: each weighted sum splits its relevance over its positive and negative contributions
+  in proportion to their magnitudes, the bias keeping its share; no ReLU gate (see ``_dlb_rules``).
+* BatchNorm, LayerNorm, activations: relevance passes unchanged.
 * max-pool: to the argmax; average / adaptive pooling, mean: proportional to |input|.
-* residual additions: each branch gets ``R·|branch|/Σ|branches|`` (conserved); constant terms such
-  as position embeddings act as biases.
-* attention: softmax weights are constants; ``attn @ v`` splits relevance over source tokens in
-  proportion to ``|A_ts v_sd|``; q and k get none. GELU and other activations pass relevance through.
+* residual additions: each term gets an equal share.
+* attention: half to the values through the attention weights, half to queries and keys.
 
-Unit scores: |R| summed over positions at each unit layer's hook (``units.reduce_to_units``), summed
-over samples. The caller's model is never modified (the pass runs on a frozen deep copy).
+How this differs from LRP and what it measures: benchmarks/results/dlb_check.md. Unit scores: |R|
+at each unit layer's read point (``units``), reduced by ``units.reduce_to_units``, summed over samples.
+The caller's model is never modified (the pass runs on a frozen deep copy).
 """
 
 from __future__ import annotations
@@ -43,13 +41,17 @@ class Backtrace:
     input_relevance: Tensor  # like the input
     relevance: dict[str, Tensor]  # layer name -> relevance at the layer's hook tensor
     output_relevance: Tensor  # the relevance the pass started from
+    activations: int = 0  # activation ops the relevance passed through
 
 
 def prepare(model: nn.Module) -> nn.Module:
-    """A frozen eval-mode deep copy to run DL-Backtrace on."""
+    """A frozen eval-mode deep copy to run DL-Backtrace on (timm attention on its fused path, one rule)."""
     work = copy.deepcopy(model).eval()
     for p in work.parameters():
         p.requires_grad_(False)
+    for m in work.modules():
+        if getattr(m, "fused_attn", None) is False:
+            m.fused_attn = True
     return work
 
 
@@ -78,7 +80,7 @@ def backtrace(
         else:
             handles.append(module.register_forward_pre_hook(lambda m, i, n=layer.name: captured.__setitem__(n, i[0])))
     try:
-        with torch.enable_grad(), DLBMode():
+        with torch.enable_grad(), DLBMode() as mode:
             out = model(x)
     finally:
         for h in handles:
@@ -104,6 +106,7 @@ def backtrace(
         input_relevance=rel[0],
         relevance={layer.name: r for layer, r in zip(capture, rel[1:], strict=True)},
         output_relevance=output_relevance,
+        activations=mode.activations_seen,
     )
 
 
