@@ -294,14 +294,23 @@ def merge(docs: list[dict], command: str) -> dict:
     differ = [k for k in _SHARED if any(d.get(k) != docs[0].get(k) for d in docs)]
     if differ:
         raise ConfigError(f"--merge: the runs differ in {', '.join(differ)}")
-    models = [m for d in docs for m in d["models"]]
-    names = [m["model"] for m in models]
-    if len(set(names)) < len(names):
-        raise ConfigError(f"--merge: a model appears in more than one run ({', '.join(names)})")
+    models: dict[str, dict] = {}
+    for m in (m for d in docs for m in d["models"]):  # one model split over runs: its cells are combined
+        seen = models.get(m["model"])
+        if seen is None:
+            models[m["model"]] = {**m, "cells": list(m["cells"])}
+            continue
+        if seen["sha256"] != m["sha256"]:
+            raise ConfigError(f"--merge: {m['model']} comes from two different checkpoints")
+        have = {(c["criterion"], c["normalize"]) for c in seen["cells"]}
+        if any((c["criterion"], c["normalize"]) in have for c in m["cells"]):
+            raise ConfigError(f"--merge: a cell of {m['model']} appears in more than one run")
+        seen["cells"] += m["cells"]
+    models = list(models.values())
     return {**docs[0], "command": " && ".join([d["command"] for d in docs] + [command]),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "wall_s": round(sum(d["wall_s"] for d in docs), 1),
-            "models_requested": [n for d in docs for n in d.get("models_requested", [])],
+            "models_requested": list(dict.fromkeys(n for d in docs for n in d.get("models_requested", []))),
             "summary": summarise(models), "models": models}
 
 

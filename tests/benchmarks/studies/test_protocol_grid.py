@@ -101,13 +101,13 @@ def test_bad_checkpoint_argument_is_a_config_error(tmp_path):
         protocol_grid.main(["--checkpoint", f"resnet50={tmp_path}/missing", "--out", str(tmp_path)])
 
 
-def _doc(model: str, holds: list[bool], ratios=(0.1, 0.3)) -> dict:
-    cells = [{"criterion": f"c{i}", "normalize": "none", "attribution": True,
+def _doc(model: str, holds: list[bool], ratios=(0.1, 0.3), sha="s", first=0) -> dict:
+    cells = [{"criterion": f"c{i + first}", "normalize": "none", "attribution": True,
               "selected": {"holds": h, "dense": False}, "selected_point_rule": {"holds": h, "dense": False}}
              for i, h in enumerate(holds)]
     return {"command": f"run {model}", "wall_s": 10.0, "models_requested": [model], "tolerance_pts": 1.0,
             "sens_tolerance_pts": 2.0, "ratios": list(ratios), "budgets": [0.5], "sampling": "clustering",
-            "n_per_class": 10, "n_boot": 100, "seed": 0, "models": [{"model": model, "cells": cells}]}
+            "n_per_class": 10, "n_boot": 100, "seed": 0, "models": [{"model": model, "sha256": sha, "cells": cells}]}
 
 
 def test_merge_combines_runs_of_different_models_and_recounts():
@@ -121,3 +121,9 @@ def test_merge_combines_runs_of_different_models_and_recounts():
         protocol_grid.merge([_doc("a", [True]), _doc("b", [True], ratios=(0.2,))], "merge")
     with pytest.raises(ConfigError, match="more than one run"):
         protocol_grid.merge([_doc("a", [True]), _doc("a", [True])], "merge")
+    with pytest.raises(ConfigError, match="different checkpoints"):
+        protocol_grid.merge([_doc("a", [True]), _doc("a", [True], sha="t", first=1)], "merge")
+    # one model split over two runs (criteria run in parallel): its cells are combined
+    split = protocol_grid.merge([_doc("a", [True]), _doc("a", [False], first=1)], "merge")
+    assert len(split["models"]) == 1 and [c["criterion"] for c in split["models"][0]["cells"]] == ["c0", "c1"]
+    assert split["summary"]["attribution"]["bound_rule"]["k"] == 1
