@@ -57,6 +57,12 @@ def deploy_cmd(
     sign_key: str = typer.Option(None, "--sign-key", help="Ed25519 private key (medprune keygen) to sign the "
                                                           "package with (manifest.sig)"),
     allow_missing_class: bool = allow_missing_class_option(),
+    speedup: str = typer.Option(None, help="budget instead of a ratio: measured batch-1 speedup (e.g. 3); "
+                                           "pruned to it, recovered by distillation, judged on val"),
+    macs_budget: str = typer.Option(None, help="budget: MACs (<=1: fraction of dense, or e.g. 120M)"),
+    params_budget: str = typer.Option(None, help="budget: parameters (<=1: fraction of dense, or e.g. 2M)"),
+    latency_ms: str = typer.Option(None, help="budget: batch-1 latency in ms on the target's runtime"),
+    recover_epochs: int = typer.Option(2, help="distillation epochs after pruning to a budget"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
 ) -> None:
     """Train (cached) → sample → score → ratio (val) → remove → calibrate (val) → export → test report +
@@ -71,7 +77,8 @@ def deploy_cmd(
                        calibrate=calibrate,
                        bench_runs=bench_runs, cache_bench=bench_cache, samples=samples, device=device,
                        data_dir=data_dir, name=name, checkpoint=checkpoint, cache=cache, sign_key=sign_key,
-                       allow_missing_class=allow_missing_class)
+                       allow_missing_class=allow_missing_class, speedup=speedup, macs_budget=macs_budget,
+                       params_budget=params_budget, latency_ms=latency_ms, recover_epochs=recover_epochs)
     try:
         summary = deploy(cfg)
     except KeyboardInterrupt:

@@ -55,6 +55,20 @@ class DeployConfig:
     checkpoint: str | None = None  # deploy this trained checkpoint instead of training one
     allow_missing_class: bool = False  # keep a class without images (toolchain.data.labels)
     sign_key: str | None = None  # Ed25519 private key (medprune keygen): the package gets manifest.sig
+    # a budget instead of a ratio (devices/deploy/recover.py): at most one is set
+    speedup: str | None = None  # measured batch-1 speedup (ONNX Runtime here; predicted for other runtimes)
+    macs_budget: str | None = None  # <= 1: fraction of dense MACs, else an absolute count (120M)
+    params_budget: str | None = None
+    latency_ms: str | None = None
+    recover_epochs: int = 2  # distillation epochs after pruning to a budget
+
+    def budget(self) -> dict | None:
+        """``{"kind", "value"}`` of the one budget given, or None (ConfigError for two or a bad value)."""
+        from toolchain.budget import one_budget
+
+        b = one_budget(speedup=self.speedup, macs=self.macs_budget, params=self.params_budget,
+                       latency_ms=self.latency_ms)
+        return {"kind": b.kind, "value": b.value} if b else None
 
     def resolved(self) -> DeployConfig:
         """A validated copy with every default filled in; ConfigError/ModelError/CheckpointError otherwise."""
@@ -84,6 +98,8 @@ class DeployConfig:
         if cfg.round_to is None:
             cfg.round_to = 8 if profile.runtime == "tensorrt" else 0
         cfg._check_numbers()
+        if cfg.budget() is not None and cfg.recover_epochs < 1:
+            raise ConfigError(f"recover-epochs must be >= 1 with a budget, got {cfg.recover_epochs}")
         if cfg.pool_per_class is not None:
             cfg.pool_per_class = max(cfg.pool_per_class, cfg.n_per_class)
         if cfg.name is not None and (not cfg.name or Path(cfg.name).name != cfg.name or cfg.name.startswith(".")):

@@ -19,6 +19,7 @@ from .holdout import report_phase, seal
 from .packaging import build as build_package
 from .pruning import Prune, prune_recipe
 from .ratio import choose_ratio, ratio_evaluator
+from .recover import budget_ratio, recover_pruned
 from .report import clinical_gates, final_report
 from .scoring import Importance, Reference, load_importance, reference_batch
 from .training import train_checkpoint
@@ -58,11 +59,16 @@ def deploy(cfg: DeployConfig) -> dict:
     scores, example = load_importance(imp), x_ref[:2]
     evaluator = ratio_evaluator(ctx, scores, layers, example, criterion=cfg.criterion,
                                 granularity=cfg.granularity, round_to=cfg.round_to, seed=cfg.seed)
-    # 4 ratio (lossless rule on val)
-    chosen, ratio, selection = choose_ratio(cfg, pipe, imp, evaluator)
+    # 4 ratio (lossless rule on val), or the smallest ratio that meets a budget (recover.py)
+    if cfg.budget() is not None:
+        chosen, ratio = budget_ratio(cfg, pipe, imp, evaluator, scores, example, profile)
+    else:
+        chosen, ratio, selection = choose_ratio(cfg, pipe, imp, evaluator)
     # 5 prune
     pr = Prune(ratio_stage=chosen.key_digest, ratio=ratio, seed=cfg.seed, recipe=prune_recipe(cfg), ctx=ctx,
                evaluator=evaluator, scores=scores, example=example)(pipe)
+    if cfg.budget() is not None:  # 5b recover: distillation from the dense model, judged on val
+        pr, selection = recover_pruned(cfg, pipe, ctx, pr, chosen)
     # 6 calibrate: the deployed weights are the calibrated ones when it runs
     cal = calibrate_pruned(cfg, pipe, ctx, pr)
     source, weights = (cal, cal.path / "calibrated.safetensors") if cal else (pr, pr.path / "pruned.safetensors")

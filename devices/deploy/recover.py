@@ -1,0 +1,133 @@
+"""Stages 4 and 5b when a budget is given (``--speedup``, ``--macs-budget``, ``--params-budget``, ``--latency-ms``).
+
+4 **budget** replaces the lossless ratio search: the smallest ratio whose *physically removed* model meets
+  the budget (``toolchain.budget.search_budget``). Latency is measured with ONNX Runtime on this machine
+  (batch 1, dense and pruned interleaved) for CPU-runtime targets; for other runtimes (TensorRT on a
+  Jetson) the MACs ratio stands in and the record says ``predicted``.
+5b **recover**: the pruned model of stage 5 is fine-tuned with distillation from the dense model
+  (``toolchain.recovery``, cached by its own key) and judged on val by the deploy's lossless rule
+  (``lossless.judge``). Its weights replace the pruned ones downstream (calibrate, export, test report,
+  package); the manifest's pruning record carries the budget, the measured cost and the recovery recipe.
+
+Nothing here reads the test split; the clinical gates judge the recovered model on test once, as always.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .lossless import RULE, judge
+from .stage import Stage, live
+
+MEASURED_RUNTIMES = ("onnxruntime", "openvino")  # runtimes whose CPU latency ORT on this machine stands for
+
+
+def _macs_as_latency(models: dict, x, repeats: int = 0) -> dict:
+    from toolchain.models import count_macs
+
+    return {k: {"median_ms": count_macs(m, x) / 1e6} for k, m in models.items()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class BudgetRatio(Stage):
+    name = "budget"
+    version = 1
+    importance: str  # digest of the importance stage
+    budget: dict  # {"kind", "value"} (toolchain.budget.Budget)
+    granularity: str
+    round_to: int
+    runtime: str
+    max_ratio: float
+    evaluator: Any = live()
+    scores: Any = live()
+    example: Any = live()
+
+    def run(self, workdir: Path) -> dict:
+        from toolchain.budget import Budget, search_budget
+        from toolchain.removal import remove_units
+
+        ctx = self.evaluator.ctx
+
+        def prune(ratio: float):
+            return remove_units(ctx.model, self.evaluator.masks(ratio), self.example, self.granularity,
+                                self.round_to or None, scores=self.scores, strict=False)
+
+        measured = self.budget["kind"] in ("macs", "params") or self.runtime in MEASURED_RUNTIMES
+        label = ("measured: onnxruntime CPU batch 1, this machine" if measured
+                 else f"predicted: MACs ratio ({self.runtime} is not on this machine)")
+        found = search_budget(prune, ctx.model, self.example[:1], Budget(**self.budget), max_ratio=self.max_ratio,
+                              latency_fn=None if measured else _macs_as_latency, latency_label=label)
+        return found.summary()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recover(Stage):
+    name = "recover"
+    version = 1
+    outputs = ("pruned.safetensors",)
+    prune: str  # digest of the prune stage
+    recovery: dict  # RecoveryConfig.recipe()
+    budget: dict
+    tolerance: float
+    sens_tolerance: float
+    seed: int
+    ctx: Any = live()
+    pruned: Any = live()  # the prune StageResult
+    device: str = live("cpu")
+
+    def run(self, workdir: Path) -> dict:
+        from toolchain.evaluate import evaluate, predict
+        from toolchain.models import load_checkpoint, save_checkpoint
+        from toolchain.recovery import RecoveryConfig, recover_cached
+
+        ctx, d = self.ctx, self.pruned.data
+        model, meta = load_checkpoint(self.pruned.path / "pruned.safetensors")
+        rcfg = RecoveryConfig(**self.recovery, device=self.device)
+        recovered, info = recover_cached(model, ctx.model, ctx.ds, ctx.preprocess, rcfg, meta=meta,
+                                         teacher_sha=ctx.sha256, console=None)
+        record = {"key": info["key"], "version": info.get("version"), "recipe": info["recipe"]}
+        save_checkpoint(workdir / "pruned.safetensors", recovered, {**meta, "recovery": record})
+        p_dense, y = predict(ctx.model, ctx.ds, "val", ctx.preprocess)
+        p_rec, _ = predict(recovered, ctx.ds, "val", ctx.preprocess)
+        judged = judge(y, p_dense, p_rec, ctx.ds.class_names, tolerance=self.tolerance,
+                       sens_tolerance=self.sens_tolerance, seed=self.seed)
+        return {**d, "recipe": {**d["recipe"], "budget": self.budget, "recovery": record},
+                "val": {"dense": d["val"]["dense"], "pruned": evaluate(recovered, ctx.ds, "val", ctx.preprocess)},
+                "val_before_recovery": d["val"]["pruned"], "judge_val": judged,
+                "recovery": {"history": info.get("history"), "summary": info.get("summary")}}
+
+
+def budget_ratio(cfg, pipe, imp, evaluator, scores, example, profile) -> tuple[Any, float]:
+    """``(budget stage, ratio to prune at)``."""
+    st = BudgetRatio(importance=imp.key_digest, budget=cfg.budget(), granularity=cfg.granularity,
+                     round_to=cfg.round_to, runtime=profile.runtime, max_ratio=cfg.max_ratio, evaluator=evaluator,
+                     scores=scores, example=example)(pipe)
+    d = st.data
+    pipe.console.print(f"    budget {cfg.budget()['kind']} {cfg.budget()['value']:g}: ratio {d['ratio']:.2f} gives "
+                       f"{d['cost']['ratio']:.2f}x ({d['latency_label'] if cfg.budget()['kind'] in ('speedup', 'latency_ms') else 'counted'})"
+                       + ("" if d["met"] else " — budget NOT reachable up to --max-ratio"))
+    return st, float(d["ratio"])
+
+
+def recover_pruned(cfg, pipe, ctx, pr, budget_stage) -> tuple[Any, dict]:
+    """``(recover stage, selection record for the manifest)``: the recovered model, judged on val."""
+    from toolchain.recovery import RecoveryConfig
+    from toolchain.settings import resolve_device
+
+    rcfg = RecoveryConfig(epochs=cfg.recover_epochs, seed=cfg.seed).validate()
+    rec = Recover(prune=pr.key_digest, recovery=rcfg.recipe(), budget=cfg.budget(), tolerance=cfg.tolerance,
+                  sens_tolerance=cfg.sens_tolerance, seed=cfg.seed, ctx=ctx, pruned=pr,
+                  device=resolve_device(cfg.device))(pipe)
+    v = rec.data["judge_val"]
+    b = budget_stage.data
+    warnings = [] if b["met"] else [f"budget not reachable up to ratio {b['ratio']:.2f} ({b['cost']['ratio']:.2f}x)"]
+    if not v["passes"]:
+        warnings.append(f"after recovery the budget's model fails the lossless rule on val ({'; '.join(v['failed'])})"
+                        "; the test gates still judge it")
+    pipe.console.print(f"    recovered: val accuracy drop {v['accuracy_drop_pts']:.2f} pts, worst sensitivity drop "
+                       f"{v['worst_sensitivity_drop_pts']:.2f} pts ({'passes' if v['passes'] else 'FAILS'} the rule)")
+    selection = {"ratio": b["ratio"], "mode": "budget", "rule": RULE, "split": "val", "val": v, "warnings": warnings,
+                 "budget": {**cfg.budget(), **{k: b[k] for k in ("met", "cost", "latency_label")}}}
+    return rec, selection
