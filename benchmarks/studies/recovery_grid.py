@@ -133,7 +133,8 @@ def run_model(model: str, args, log) -> dict[str, Any]:
     layers = find_unit_layers(ctx.model)
     x, y, idx = reference_inputs(ctx, args.n_per_class, args.sampling, args.seed, pool_per_class=args.pool_per_class)
     example = x[:1].detach()
-    rcfg = RecoveryConfig(epochs=args.recover_epochs, train_subset=args.recover_subset or None,
+    subset = args.recover_subset.get(model, args.recover_subset.get("*", 0))
+    rcfg = RecoveryConfig(epochs=args.recover_epochs, train_subset=subset or None,
                           seed=args.seed, quiet=True) if args.recover_epochs else None
     out = {"model": model, "checkpoint": str(weights), "checkpoint_sha256": ctx.sha256, "train_command": train_cmd,
            "dataset": ctx.ds.name, "dataset_fingerprint": ctx.ds.fingerprint, "reference_indices": idx.tolist(),
@@ -170,6 +171,18 @@ def run_model(model: str, args, log) -> dict[str, Any]:
     return out
 
 
+def _subsets(text: str) -> dict[str, int]:
+    """``"600"`` → every model; ``"vgg19=600,resnet50=1000"`` → per model."""
+    import argparse
+
+    try:
+        if "=" not in text:
+            return {"*": int(text)}
+        return {k.strip(): int(v) for k, v in (part.split("=", 1) for part in text.split(",") if part.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or model=N,..., got {text!r}") from None
+
+
 @study("recovery", outputs=("recovery.json", "recovery.md", "recovery.png"))
 def main(argv: list[str] | None = None) -> int:
     from toolchain.importance import available
@@ -182,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_list("--criteria", default="lrp,taylor,tp-magnitude,tp-taylor,random", choices=available())
     p.add_list("--macs", default="2,3,5", kind=float, help="MACs targets: dense MACs ÷ S")
     p.add_argument("--recover-epochs", type=int, default=1, help="distillation epochs (0: no recovery)")
-    p.add_argument("--recover-subset", type=int, default=0, help="recover on N train images (0: all)")
+    p.add_argument("--recover-subset", type=_subsets, default={"*": 0},
+                   help="recover on N train images (0: all), or per model: vgg19=600,resnet50=1000")
     p.add_argument("--checkpoint", action="append", help="model=path of a dense checkpoint (repeatable)")
     p.add_argument("--cached-only", action="store_true",
                    help="report the cells already computed (e.g. by parallel per-criterion runs), compute none")
