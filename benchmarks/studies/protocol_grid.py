@@ -148,11 +148,11 @@ def _budget_point(points, key: str, budget: float) -> dict | None:
     return None if p is None else {"ratio": p["ratio"], key: p[key], **p["test_metrics"]}
 
 
-def run_model(model_name: str, checkpoint: str, a, log) -> dict:
+def run_model(model_name: str, checkpoint: str, a, log, on_cell=None) -> dict:
+    """Every cell of one model; ``on_cell(model_so_far)`` after each (a stopped run keeps what finished)."""
     import torch
 
     from toolchain.importance import get_criterion
-    from toolchain.metrics import compute_metrics
     from toolchain.prune_eval import load_context, reference_inputs, score_units
     from toolchain.units import find_unit_layers
 
@@ -160,7 +160,6 @@ def run_model(model_name: str, checkpoint: str, a, log) -> dict:
 
     ctx = load_context(checkpoint)
     layers = find_unit_layers(ctx.model)
-    names = list(ctx.ds.class_names)
     example = ctx.preprocess(ctx.ds.split("val").images[:1])
     pv, yv = _probs(ctx.model, ctx, "val")
     pt, yt = _probs(ctx.model, ctx, "test")
@@ -191,15 +190,24 @@ def run_model(model_name: str, checkpoint: str, a, log) -> dict:
                 log(f"  {model_name}/{name}/{normalize or 'raw'}: cached")
             cells.append(cell)
             log(f"  -> val-selected {cell['selected']['ratio']:.2f}, holds on test: {cell['selected']['holds']}")
-    dense_test = compute_metrics(yt, pt, names, n_boot=1000, seed=a.seed)
-    dense_val = compute_metrics(yv, pv, names, n_boot=1000, seed=a.seed)
+            if on_cell:
+                on_cell(_model_entry(model_name, ctx, dense, ref_idx, cells, a))
+    return _model_entry(model_name, ctx, dense, ref_idx, cells, a)
+
+
+def _model_entry(model_name: str, ctx, dense: dict, ref_idx, cells: list[dict], a) -> dict:
+    from toolchain.metrics import compute_metrics
+
+    names = list(ctx.ds.class_names)
+    dense_test = compute_metrics(dense["yt"], dense["pt"], names, n_boot=1000, seed=a.seed)
+    dense_val = compute_metrics(dense["yv"], dense["pv"], names, n_boot=1000, seed=a.seed)
     return {"model": model_name, "checkpoint": str(ctx.checkpoint), "sha256": ctx.sha256,
             "train_config": ctx.meta.get("train_config"), "dataset": ctx.ds.name,
             "dataset_fingerprint": ctx.ds.fingerprint, "class_names": names, "dense_cost": dense["cost"],
             "reference_indices": [int(i) for i in ref_idx],
             "dense": {"val": {k: rules.metric_ci(dense_val, k) for k in rules.SUMMARY_KEYS},
                       "test": {k: rules.metric_ci(dense_test, k) for k in rules.SUMMARY_KEYS}},
-            "cells": cells}
+            "cells": list(cells)}
 
 
 def _cell_key(sha256: str, criterion: str, options: dict, normalize, crit, a) -> str:
@@ -273,8 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     models: list[dict] = []
     for m, path in a.checkpoints.items():  # results are written after every model: a partial run shows
-        models.append(run_model(m, path, a, log))
-        _write(_document(a, argv, models, time.perf_counter() - t0), out)
+        def partial(entry: dict) -> None:
+            _write(_document(a, argv, [*models, entry], time.perf_counter() - t0), out)
+
+        models.append(run_model(m, path, a, log, on_cell=partial))
     log(f"wrote {out / 'protocol_grid.json'}")
     return 0
 
