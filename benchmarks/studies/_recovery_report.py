@@ -233,29 +233,28 @@ def plot(doc: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = list(doc["models"])
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
-    for ax, model in zip(axes[0], models, strict=True):
+    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 9), squeeze=False)
+    for col, model in enumerate(models):
         rows = doc["models"][model]["rows"]
         crits = sorted({r["criterion"] for r in rows})
         colors = dict(zip(crits, plt.cm.tab10.colors, strict=False))
-        for r in rows:
-            ax.scatter(r["speedup_ort"], 100 * r["test"]["accuracy"], color=colors[r["criterion"]],
-                       marker="o" if r["recovered"] else "x", s=30)
-        for c in crits:
-            for rec in (True, False):
-                pts = sorted((r["speedup_ort"], 100 * r["test"]["accuracy"]) for r in rows
-                             if r["criterion"] == c and r["recovered"] == rec)
-                if pts:
-                    ax.plot(*zip(*pts, strict=True), color=colors[c], ls="-" if rec else ":",
-                            label=f"{c} {'KD' if rec else 'no recovery'}")
         dense = rows[0]["test"]["accuracy"] + rows[0]["test"]["accuracy_drop_pts"]["value"] / 100 if rows else None
-        if dense is not None:
-            ax.axhline(100 * dense, color="k", lw=0.8, label="dense")
-        ax.set_title(f"{model}: test accuracy vs measured ORT speedup")
-        ax.set_xlabel("ORT batch-1 speedup (dense/pruned)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        for ax, xkey, xlabel in ((axes[0][col], "speedup_ort", "measured ORT batch-1 speedup (dense/pruned)"),
+                                 (axes[1][col], "macs_ratio", "MACs reduction (dense/pruned)")):
+            for c in crits:
+                for rec in (True, False):
+                    pts = sorted((r[xkey], 100 * r["test"]["accuracy"]) for r in rows
+                                 if r["criterion"] == c and r["recovered"] == rec)
+                    if pts:
+                        ax.plot(*zip(*pts, strict=True), color=colors[c], ls="-" if rec else ":",
+                                marker="o" if rec else "x", label=f"{c} {'KD' if rec else 'no recovery'}")
+            if dense is not None:
+                ax.axhline(100 * dense, color="k", lw=0.8, label="dense")
+            ax.set_title(f"{model}: test accuracy vs {'measured speedup' if xkey == 'speedup_ort' else 'MACs'}")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("test accuracy (%)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
