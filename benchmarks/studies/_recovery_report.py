@@ -186,8 +186,15 @@ def markdown(doc: dict) -> str:
              "Test figures: 95 % intervals (accuracy: class-stratified bootstrap; drops: paired bootstrap vs dense "
              "over the same test images). Speedup: ONNX Runtime CPU batch 1, dense and pruned timed interleaved in "
              f"one process ({doc['args'].get('threads')} intra-op thread(s)), on a shared 2-core machine.", ""]
+    if doc["args"].get("cached_only"):
+        lines += ["This document was assembled with `--cached-only` from cells computed by parallel runs of the same "
+                  "command, one per model x criterion (and target), without that flag; cells listed as missing below "
+                  "were not computed within the session's CPU time.", ""]
     for model, m in doc["models"].items():
         h = m["headline"]
+        have = {(r["criterion"], r["target_macs_div"]) for r in m["rows"]}
+        missing = [f"{c} ÷{t:g}" for t in doc["args"].get("macs", []) for c in doc["args"].get("criteria", [])
+                   if (c, t) not in have]
         lines += [f"## {model} ({m['dataset']})", "",
                   f"Dense checkpoint `{m['checkpoint']}` sha256 `{m['checkpoint_sha256'][:16]}…` "
                   f"(`{m['train_command']}`)", ""]
@@ -200,6 +207,8 @@ def markdown(doc: dict) -> str:
         else:
             lines.append("**speedup_lossless**: no recovered model passed the gates on val")
         lines += ["", _target_line(model, m["rows"], sl)]
+        if missing:
+            lines += ["", f"Missing cells (not computed): {', '.join(missing)}"]
         lines += ["", f"**best_criterion** (mean val balanced accuracy, recovered): {h['best_criterion']}", "",
                   "| criterion | MACs ÷ target | recovered | ratio | MACs ÷ | params ÷ | ORT speedup | val acc drop | "
                   "val pass | test acc [95 % CI] (n) | test acc drop pts | test worst sens. drop pts |",
