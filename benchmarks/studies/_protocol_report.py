@@ -98,10 +98,14 @@ def claims(doc: dict) -> list[str]:
             out.append(f"{name} lossless range {lo:.0%}-{hi:.0%}: NOT JUDGED (no {name} in this run)")
             continue
         chosen = [c["selected"]["ratio"] for c in models[name]["cells"] if c["criterion"] in ATTRIBUTION]
-        inside = sum(lo - 1e-9 <= r <= hi + 1e-9 for r in chosen)
-        out.append(f"{name} lossless range {lo:.0%}-{hi:.0%}: val-selected ratios of {', '.join(ATTRIBUTION)} "
-                   f"are {', '.join(f'{r:.2f}' for r in chosen)} ({inside}/{len(chosen)} inside; grid step "
-                   f"{_step(doc['ratios'])}) -> {'CONFIRMED' if chosen and inside == len(chosen) else 'REFUTED' if not inside else 'PARTIAL'}")
+        verdicts = [_bracket_verdict(r, doc["ratios"], lo, hi) for r in chosen]
+        brackets = ", ".join(f"[{r:.2f}, {_next(r, doc['ratios']):.2f})" for r in chosen)
+        overall = ("NOT JUDGED (no attribution cell)" if not verdicts else verdicts[0] if len(set(verdicts)) == 1
+                   else "PARTIAL" if "CONFIRMED" in verdicts else "UNRESOLVED at this grid step"
+                   if "REFUTED" not in verdicts else "PARTIAL (some cells refute)")
+        out.append(f"{name} lossless range {lo:.0%}-{hi:.0%}: the val-selected lossless ratio of each of "
+                   f"{', '.join(ATTRIBUTION)} present lies in {brackets} (selected grid ratio, next grid ratio "
+                   f"that failed) -> {overall}")
     if "vit_b16" not in models:
         out.append("ViT most robust to pruning: NOT JUDGED (no ViT in this run)")
     for m in doc["models"]:
@@ -121,9 +125,20 @@ def claims(doc: dict) -> list[str]:
     return out
 
 
-def _step(ratios: list[float]) -> str:
-    diffs = sorted({round(b - a, 6) for a, b in zip(ratios, ratios[1:], strict=False)})
-    return "/".join(f"{d:g}" for d in diffs) or "n/a"
+def _next(r: float, ratios: list[float]) -> float:
+    """The grid ratio above ``r`` (the first that failed on val), 1.0 when ``r`` is the largest."""
+    above = [x for x in sorted(ratios) if x > r + 1e-9]
+    return above[0] if above else 1.0
+
+
+def _bracket_verdict(r: float, ratios: list[float], lo: float, hi: float) -> str:
+    """The true boundary lies in [r, next): inside the paper's range, outside it, or not resolved by the grid."""
+    nxt = _next(r, ratios)
+    if r >= lo - 1e-9 and nxt <= hi + 1e-9:
+        return "CONFIRMED"
+    if nxt <= lo + 1e-9 or r > hi + 1e-9:
+        return "REFUTED"
+    return "UNRESOLVED at this grid step"
 
 
 def plot(doc: dict, path: Path) -> None:

@@ -127,3 +127,13 @@ def test_merge_combines_runs_of_different_models_and_recounts():
     split = protocol_grid.merge([_doc("a", [True]), _doc("a", [False], first=1)], "merge")
     assert len(split["models"]) == 1 and [c["criterion"] for c in split["models"][0]["cells"]] == ["c0", "c1"]
     assert split["summary"]["attribution"]["bound_rule"]["k"] == 1
+
+
+def test_lossless_range_claim_uses_the_bracket_the_grid_resolves():
+    from benchmarks.studies._protocol_report import _bracket_verdict
+
+    grid = [0.1, 0.2, 0.3, 0.5, 0.7]
+    assert _bracket_verdict(0.3, grid, 0.45, 0.55) == "UNRESOLVED at this grid step"  # boundary in [0.3, 0.5)
+    assert _bracket_verdict(0.1, grid, 0.45, 0.55) == "REFUTED"  # boundary in [0.1, 0.2)
+    assert _bracket_verdict(0.2, grid, 0.2, 0.3) == "CONFIRMED"  # boundary in [0.2, 0.3)
+    assert _bracket_verdict(0.7, grid, 0.45, 0.55) == "REFUTED"
