@@ -40,6 +40,12 @@ def markdown(doc: dict) -> str:
         "**Holds on test.** Test is read after the choice: point accuracy drop and every class's point "
         "sensitivity drop within the tolerances. Intervals: accuracy exact (Clopper-Pearson), balanced "
         f"accuracy class-stratified bootstrap, drops paired bootstrap ({doc['n_boot']} replicates); all 95 %.", "",
+        "**Costs.** MACs and parameters are counted on the physically removed model (`toolchain.removal`, neuron "
+        "granularity; units whose group cannot be removed stay masked and are counted). Data-free criteria run raw "
+        "and with per-layer L1 normalisation (`toolchain.masking`, global ranking).", "",
+        "**Checkpoints.** Reused from the training cache as found (their train configs are listed per model); they "
+        "were not trained under one hyper-parameter policy (`medprune study hparam_policy` implements it; not run "
+        "here for lack of CPU time).", "",
         *([f"**PARTIAL:** {len(doc['models'])} of the requested models "
            f"{', '.join(doc.get('models_requested', []))} finished.", ""]
           if len(doc.get("models_requested", [])) > len(doc["models"]) else []),
