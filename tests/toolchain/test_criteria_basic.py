@@ -154,3 +154,14 @@ def test_real_architectures(arch):
         scores = get_criterion(name, batch_size=1, **opts)(model, x, None, layers)
         for ly in layers:
             assert scores[ly.name].shape == (ly.size,) and torch.isfinite(scores[ly.name]).all()
+
+
+def test_ig_without_targets_explains_the_predicted_class():
+    model = tiny_model("vgg")
+    layers = find_unit_layers(model)
+    x = _inputs(3)
+    pred = model(x).argmax(1)
+    crit = get_criterion("ig", n_steps=4, internal_batch_size=5)  # several chunks of steps
+    a, b = crit(model, x, None, layers), crit(model, x, pred, layers)
+    assert all(torch.allclose(a[k], b[k]) for k in a)
+    assert not all(torch.allclose(a[k], crit(model, x, 1 - pred, layers)[k]) for k in a)

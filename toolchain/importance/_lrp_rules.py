@@ -107,11 +107,14 @@ class _Apply(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, module: nn.Module, forward: Callable, rule: Rule, nonneg: bool) -> Tensor:
         ctx.module, ctx.forward_fn, ctx.rule, ctx.nonneg = module, forward, rule, nonneg
-        ctx.save_for_backward(x)
+        if rule is not _pass:  # Pass needs no input: keep no activation alive for it
+            ctx.save_for_backward(x)
         return forward(x)
 
     @staticmethod
     def backward(ctx, rel: Tensor):
+        if ctx.rule is _pass:
+            return rel, None, None, None, None
         (x,) = ctx.saved_tensors
         return ctx.rule(ctx.module, ctx.forward_fn, x, rel, ctx.nonneg), None, None, None, None
 
@@ -167,9 +170,12 @@ def attach(model: nn.Module, epsilon: float = 1e-6, stabilizer: float = 1e-6) ->
     patched_modules = []
     for name, rule in rules_for(model, epsilon, stabilizer).items():
         module = model.get_submodule(name)
-        forward = (lambda x: x) if _is_identity(module) else module.forward
+        identity = _is_identity(module)  # its Pass rule is the identity's gradient: no Function needed
+        forward = module.forward
 
-        def patched(self, x, forward=forward, rule=rule, relu=isinstance(module, nn.ReLU)):
+        def patched(self, x, forward=forward, rule=rule, relu=isinstance(module, nn.ReLU), identity=identity):
+            if identity:
+                return x
             if not x.requires_grad:
                 return forward(x)
             out = _Apply.apply(x, self, forward, rule, getattr(x, _NONNEG, False))

@@ -104,9 +104,11 @@ class IntegratedGradients(Criterion):
             )
 
     def conductance(
-        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layers: Sequence[UnitLayer]
+        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None, layers: Sequence[UnitLayer]
     ) -> dict[str, torch.Tensor]:
         """Per-element conductance at every layer's hook along the image path (``path="input"``).
+
+        ``targets`` None: the model's predicted class for each image.
 
         Step 0 (the baseline) needs no gradient; steps 1..n go through the model in chunks of about
         ``internal_batch_size`` images (whole steps, so a chunk's activations line up with the previous one).
@@ -116,9 +118,14 @@ class IntegratedGradients(Criterion):
         attrs: dict[str, torch.Tensor] = {}
         per_chunk = max(1, self.internal_batch_size // n)
         with capture(model, layers) as acts:
+            # step 0 (the baseline: one image when it is the same for all) and, without targets, the
+            # predicted classes: one forward pass
+            b = 1 if self.baseline != "mean" else n
             with torch.no_grad():
-                model(base)
-            previous = {ly.name: acts[ly.name].detach() for ly in layers}
+                logits = model(base[:b] if targets is not None else torch.cat([base[:b], inputs]))
+            previous = {ly.name: acts[ly.name][:b].detach() for ly in layers}
+            if targets is None:
+                targets = logits[b:].argmax(1)
             for first in range(1, self.n_steps + 1, per_chunk):
                 steps = torch.arange(first, min(self.n_steps, first + per_chunk - 1) + 1, dtype=inputs.dtype)
                 alphas = (steps / self.n_steps).to(inputs.device).view(-1, *([1] * inputs.dim()))
@@ -128,10 +135,12 @@ class IntegratedGradients(Criterion):
                 grads = torch.autograd.grad(picked, [acts[ly.name] for ly in layers], allow_unused=True)
                 for ly, g in zip(layers, grads, strict=True):
                     a = acts[ly.name].detach().reshape(len(steps), n, *acts[ly.name].shape[1:])
-                    before = torch.cat([previous[ly.name].unsqueeze(0), a[:-1]])
-                    if g is not None:
-                        term = ((a - before) * g.reshape(a.shape)).sum(0)
-                        attrs[ly.name] = attrs[ly.name] + term if ly.name in attrs else term
+                    if g is not None:  # sum_i (a_i - a_{i-1}) * g_i, one temporary per layer
+                        step = torch.empty_like(a)
+                        torch.sub(a[0], previous[ly.name], out=step[0])
+                        torch.sub(a[1:], a[:-1], out=step[1:])
+                        term = step.mul_(g.reshape(a.shape)).sum(0)
+                        attrs[ly.name] = attrs[ly.name].add_(term) if ly.name in attrs else term
                     previous[ly.name] = a[-1]
         return {ly.name: attrs.get(ly.name, torch.zeros_like(previous[ly.name])) for ly in layers}
 
@@ -148,13 +157,14 @@ class IntegratedGradients(Criterion):
         chunk = max(1, self.batch_size) if self.path == "layer" else max(1, self.internal_batch_size)
         try:
             with no_inplace(model), frozen_params(model):
-                tgt = resolve_targets(model, inputs, targets, self.batch_size)
                 if self.path == "input":
+                    tgt = None if targets is None else resolve_targets(model, inputs, targets, self.batch_size)
                     for sl in batches(len(inputs), chunk):
-                        attrs = self.conductance(model, inputs[sl], tgt[sl], layers)
+                        attrs = self.conductance(model, inputs[sl], None if tgt is None else tgt[sl], layers)
                         for layer in layers:
                             totals[layer.name] += reduce_to_units(attrs[layer.name], layer).sum(0).double().cpu()
                 else:
+                    tgt = resolve_targets(model, inputs, targets, self.batch_size)
                     for layer in layers:
                         for sl in batches(len(inputs), chunk):
                             attr = self.layer_attribution(model, inputs[sl], tgt[sl], layer)
