@@ -49,7 +49,9 @@ def markdown(doc: dict) -> str:
         *([f"**PARTIAL:** {len(doc['models'])} of the requested models "
            f"{', '.join(doc.get('models_requested', []))} finished.", ""]
           if len(doc.get("models_requested", [])) > len(doc["models"]) else []),
-        "## Headline: val-selected ratios that hold on test", "",
+        *[f"**Not run:** {m['model']} {', '.join(miss)} (stopped for time)." for m in doc["models"]
+          if (miss := sorted({_label(c) for o in doc["models"] for c in o["cells"]} - {_label(c) for c in m["cells"]}))],
+        "", "## Headline: val-selected ratios that hold on test", "",
         "| cells | bound rule (protocol) | point rule on whole val (old rule) | chose dense |", "|---|---|---|---|",
         f"| all attribution cells | {_frac(s['attribution']['bound_rule'])} | {_frac(s['attribution']['point_rule'])} "
         f"| {s['attribution']['dense_selected']} |"]
