@@ -122,7 +122,9 @@ def _testset(meta: dict, chw, data: str, limit: int | None = None):
 
 def run_bench(model: str | Path, target: str, *, data: str | None = None, runs: int = 50,
               out: str | Path = "bench", command: str = "", calibrate: bool = True, cross_check: bool = True,
-              progress=None) -> tuple[dict, dict[str, Path]]:
+              progress=None, device_note: str | None = None) -> tuple[dict, dict[str, Path]]:
+    """``device_note`` replaces the "copy the bundle" line for a device that is not attached: deploy runs this
+    in a staging folder that is renamed afterwards, so it points at the package's own instructions instead."""
     say = progress or (lambda _m: None)
     profile = load_profile(target)
     path = _check_model(Path(model))
@@ -182,7 +184,7 @@ def run_bench(model: str | Path, target: str, *, data: str | None = None, runs: 
         report["device_commands"][profile.name] = lines
         report["notes"] += [
             f"{profile.name} is not attached to this machine: its latency here is PREDICTED (roofline), not measured",
-            f"copy {bundle} to the device and run ./run_on_{profile.name}.sh to measure it there",
+            device_note or f"copy {bundle} to the device and run ./run_on_{profile.name}.sh to measure it there",
         ]
     paths = write_report(report, out, stem=f"bench_{profile.name}")
     return report, paths

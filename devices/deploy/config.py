@@ -93,8 +93,8 @@ class DeployConfig:
         if cfg.precision not in PRECISIONS:
             raise ConfigError(f"unsupported precision {cfg.precision!r}: use {', '.join(PRECISIONS)} or default")
         if profile.runtime == "tensorrt" and cfg.precision == "int8":
-            raise ConfigError(f"precision int8 is not supported for {profile.name}: TensorRT INT8 needs "
-                              "calibration on the device; use fp16 or fp32")
+            raise ConfigError(f"precision int8 is not offered for {profile.name} until TensorRT INT8 has been "
+                              "measured on an NVIDIA GPU (make tensorrt-check); use fp16 or fp32")
         if cfg.round_to is None:
             cfg.round_to = 8 if profile.runtime == "tensorrt" else 0
         cfg._check_numbers()

@@ -74,7 +74,9 @@ class Bench(Stage):
 
         report, paths = run_bench(self.entry, self.target, data=self.data, runs=self.runs, out=workdir,
                                   command=f"medprune deploy --target {self.target}", cross_check=False,
-                                  progress=lambda m: self.console.print(f"    {m}"))
+                                  progress=lambda m: self.console.print(f"    {m}"),
+                                  device_note="to measure it on the device, follow JETSON.md in the package "
+                                              "(build_engine.sh, then run_trt.py on the shipped testset.npz)")
         return {"files": {k: str(Path(v).relative_to(workdir)) for k, v in paths.items()},
                 "summary": bench_summary(report)}
 

@@ -221,6 +221,10 @@ def test_jetson_package(tiny, deployed, capsys):
     assert m["benchmark"]["kind"] == "predicted"
     bench = json.loads((pkg / "reports" / "bench_jetson-orin-nano.json").read_text())
     assert bench["predictions"] and bench["predictions"][0]["latency_ms"] > 0
+    # the note points at the package's own instructions, never at deploy's renamed staging folder
+    assert any("JETSON.md" in n for n in bench["notes"]) and not any(".tmp" in n or "copy " in n
+                                                                     for n in bench["notes"])
+    assert (pkg / "JETSON.md").is_file() and (pkg / "testset.npz").is_file()
     with tarfile.open(summary["tarball"]) as tar:
         modes = {Path(m.name).name: m.mode for m in tar.getmembers()}
     assert modes["build_engine.sh"] & 0o111 and modes["run_trt.sh"] & 0o111

@@ -56,7 +56,7 @@ def _args(tiny, tmp_path, *extra) -> list[str]:
     (["--sampling", "psychic"], "'psychic' is not one of 'confidence'"),
     (["--granularity", "atom"], "'atom' is not one of 'neuron', 'group'"),
     (["--precision", "fp8"], "'fp8' is not one of 'default', 'fp32'"),
-    (["--target", "jetson", "--precision", "int8"], "int8 is not supported"),
+    (["--target", "jetson", "--precision", "int8"], "int8 is not offered"),
     (["--tolerance", "-1"], "tolerance must be >= 0"),
     (["--sens-tolerance", "-0.5"], "sens-tolerance must be >= 0"),
     (["--n-per-class", "0"], "n-per-class must be >= 1"),
