@@ -9,7 +9,6 @@ peaks. The result is cached per machine (CPU model, threads, ORT version) under 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import warnings
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.harness import BenchConfig, benchmark, machine_info
+from toolchain.pipeline import digest
 from toolchain.settings import cache_dir
 
 from .roofline import (
@@ -82,8 +82,7 @@ def export_onnx(model, chw: tuple[int, int, int], path: Path) -> Path:
 
 def cache_key(threads: int) -> str:
     info = machine_info()
-    body = json.dumps([info["cpu_model"], info["isa"], threads, info["versions"].get("onnxruntime"), sorted(SUITE)])
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
+    return digest([info["cpu_model"], info["isa"], threads, info["versions"].get("onnxruntime"), sorted(SUITE)])[:16]
 
 
 def run_calibration(threads: int, runs: int = 30, extra: list[tuple[str, Path]] | None = None,
@@ -164,8 +163,8 @@ def load_published(path: Path = PUBLISHED) -> dict:
 
 def _standard_costs(m: dict, work: Path) -> list:
     """Layer costs of a published model from its ONNX export (the path medprune's own models take), cached."""
-    key = hashlib.sha256(json.dumps([m["model"], m["input"], m["classes"], m["batch"], COST_VERSION]).encode())
-    path = cache_dir() / "roofline" / f"published-costs-{key.hexdigest()[:16]}.json"
+    key = digest([m["model"], m["input"], m["classes"], m["batch"], COST_VERSION])
+    path = cache_dir() / "roofline" / f"published-costs-{key[:16]}.json"
     try:
         return [LayerCost(**c) for c in json.loads(path.read_text())]
     except (OSError, ValueError, TypeError):

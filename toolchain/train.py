@@ -22,8 +22,6 @@ Choices (documented here because every later stage inherits these checkpoints):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import random
@@ -42,6 +40,7 @@ from . import settings
 from .atomic import atomic_dir
 from .determinism import deterministic
 from .errors import ConfigError
+from .pipeline import digest
 
 _NOT_HASHED = ("device", "data_dir", "quiet", "allow_missing_class")  # empty classes are in the fingerprint
 SELECT_METRICS = ("balanced_accuracy", "auc", "accuracy")
@@ -103,8 +102,7 @@ class TrainConfig:
         payload["dataset_fingerprint"] = fingerprint
         payload["device"] = settings.resolve_device("auto") if self.device == "auto" else self.device
         payload["code_version"] = training_code_version()
-        blob = json.dumps(payload, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return digest(payload)[:12]
 
 
 def training_code_version() -> str:
