@@ -303,25 +303,14 @@ def _same_pixels(decoded: np.ndarray, loaded: np.ndarray) -> bool:
 
 
 def reference_predict(checkpoint: str | os.PathLike, images: list[str | os.PathLike]) -> np.ndarray:
-    """(N, K) probabilities the toolchain itself computes for image files: its image-folder decoder
-    (with the checkpoint's training load size), the checkpoint's Preprocess (torch, antialiased bilinear) and the torch model.
+    """(N, K) probabilities the toolchain itself computes for image files (``medprune predict``'s path: the
+    image-folder decoder at the checkpoint's training load size, its Preprocess and the torch model).
 
     predict.py must agree with this (same class, |Δprob| within the package's sample tolerance).
     """
-    import torch
-
-    from toolchain.data import Preprocess
-    from toolchain.data.folder import _decode as decode  # the image-folder loader's own decoder
+    from toolchain.commands.predict import predict_files
     from toolchain.models import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)
-    pre = Preprocess.from_dict(meta["preprocess"])
-    load_size = (meta.get("train_config") or {}).get("load_size")  # the resize applied while loading
-    out = []
-    with torch.no_grad():
-        for path in images:
-            path = Path(path)
-            arr = decode(path, path.read_bytes(), load_size)
-            arr = np.array(arr[..., None] if arr.ndim == 2 else arr)  # writable copy for torch
-            out.append(torch.softmax(model(pre(arr)).double(), 1)[0].numpy())
-    return np.stack(out)
+    records = predict_files(model, meta, [Path(p) for p in images])
+    return np.array([list(r["probabilities"].values()) for r in records])

@@ -42,6 +42,33 @@ def tiny_npz(tmp_path) -> Path:
     return write_tiny_npz(tmp_path / "tinymnist.npz")
 
 
+@pytest.fixture
+def cli_env(tmp_path, monkeypatch):
+    """CLI tests: a private cache, one thread, wide tables, and no tracebacks from MEDPRUNE_DEBUG."""
+    monkeypatch.setenv("MEDPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MEDPRUNE_THREADS", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("MEDPRUNE_DEBUG", raising=False)
+
+
+def train_tiny_resnet(root: Path, epochs: int = 2, lr: float | None = 3e-3,
+                      threads: str | None = None) -> tuple[Path, Path]:
+    """A test_resnet trained on the tiny brightness dataset (16 px, 1 channel) under ``root``: (weights, npz).
+
+    ``lr=None`` keeps TrainConfig's default learning rate."""
+    from toolchain.train import TrainConfig, train
+
+    npz = write_tiny_npz(root / "tinymnist.npz", n=(32, 16, 16))
+    settings = {} if lr is None else {"lr": lr}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDPRUNE_CACHE", str(root / "cache"))
+        if threads is not None:
+            mp.setenv("MEDPRUNE_THREADS", threads)
+        weights = train(TrainConfig(model="test_resnet", data=str(npz), img_size=16, epochs=epochs, batch_size=16,
+                                    augment=False, patience=0, device="cpu", quiet=True, **settings))
+    return weights, npz
+
+
 def tiny_model(family: str, in_chans: int = 1, num_classes: int = 2, img_size: int = 16) -> torch.nn.Module:
     """Small members of each family, built with the same timm classes as the real models."""
     from timm.models.resnet import Bottleneck, ResNet

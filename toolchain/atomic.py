@@ -169,39 +169,34 @@ def atomic_file(target: str | os.PathLike, mode: str = "wb") -> Iterator:
     """Open a temp file next to ``target``; it is fsynced and renamed onto ``target`` only if the block succeeds."""
     target = Path(target)
     _check_target(target, want_dir=False)
-    with _staging(target, _mkstemp_closed(".tmp")) as tmp:
-        try:
-            with open(tmp, mode) as fh:
-                yield fh
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-            _fsync_path(target.parent)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+    with _staging(target, _mkstemp_closed(".tmp")) as tmp, _replaced_on_success(tmp, target):
+        with open(tmp, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
-def atomic_path(target: str | os.PathLike) -> contextlib.AbstractContextManager[Path]:
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp *path* (for libraries that insist on writing a file themselves), fsynced and renamed on success."""
+    target = Path(target)
+    _check_target(target, want_dir=False)
+    with _staging(target, _mkstemp_closed(".tmp" + target.suffix)) as tmp, _replaced_on_success(tmp, target):
+        yield tmp
+        _fsync_path(tmp)
 
-    @contextlib.contextmanager
-    def _cm() -> Iterator[Path]:
-        tgt = Path(target)
-        _check_target(tgt, want_dir=False)
-        with _staging(tgt, _mkstemp_closed(".tmp" + tgt.suffix)) as tmp:
-            try:
-                yield tmp
-                _fsync_path(tmp)
-                os.replace(tmp, tgt)
-                _fsync_path(tgt.parent)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
 
-    return _cm()
+@contextlib.contextmanager
+def _replaced_on_success(tmp, target: Path) -> Iterator[None]:
+    """The block's durable temp file replaces ``target`` (and the rename is fsynced) only if the block succeeds."""
+    try:
+        yield
+        os.replace(tmp, target)
+        _fsync_path(target.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _existing_ancestor(path: Path, what: str) -> Path:

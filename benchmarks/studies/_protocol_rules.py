@@ -18,46 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-
 from toolchain.errors import ConfigError
+from toolchain.lossless import drops, passes_bound, passes_point
+
+__all__ = ["drops", "passes_bound", "passes_point", "select_ratio", "holds_fraction", "at_budget", "metric_ci"]
 
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy")
-
-
-def drops(y, p_dense, p_pruned, class_names: Sequence[str], *, n_boot: int | None = None, seed: int = 0) -> dict:
-    """Accuracy and per-class sensitivity drops (points) with 95 % paired bootstrap intervals and n."""
-    from toolchain.metrics import PAIRED_N_BOOT, paired_bootstrap_diff
-
-    y = np.asarray(y)
-    boot = dict(n_boot=n_boot or PAIRED_N_BOOT, seed=seed)
-    acc = paired_bootstrap_diff(y, p_dense, p_pruned, "accuracy", **boot)
-    sens, sens_ci, support = {}, {}, {}
-    for c, name in enumerate(class_names):
-        support[name] = int((y == c).sum())
-        if support[name]:
-            d = paired_bootstrap_diff(y, p_dense, p_pruned, f"sensitivity:{name}", class_names=list(class_names),
-                                      **boot)
-            sens[name], sens_ci[name] = 100.0 * d["diff"], _pts(d["ci"])
-    return {"n": int(len(y)), "support": support, "accuracy": acc["b"], "accuracy_drop_pts": 100.0 * acc["diff"],
-            "accuracy_drop_ci_pts": _pts(acc["ci"]), "sensitivity_drop_pts": sens,
-            "sensitivity_drop_ci_pts": sens_ci, "n_boot": acc["n_boot"]}
-
-
-def _pts(ci) -> list[float]:
-    return [100.0 * ci[0], 100.0 * ci[1]] if ci else [float("nan"), float("nan")]
-
-
-def passes_bound(d: Mapping, tolerance: float, sens_tolerance: float) -> bool:
-    """The protocol's rule: upper 95 % bounds of the drops within the tolerances."""
-    return bool(d["accuracy_drop_ci_pts"][1] <= tolerance + 1e-9
-                and all(ci[1] <= sens_tolerance + 1e-9 for ci in d["sensitivity_drop_ci_pts"].values()))
-
-
-def passes_point(d: Mapping, tolerance: float, sens_tolerance: float) -> bool:
-    """Point drops within the tolerances (the old rule on val; the holds-on-test check on test)."""
-    return bool(d["accuracy_drop_pts"] <= tolerance + 1e-9
-                and all(v <= sens_tolerance + 1e-9 for v in d["sensitivity_drop_pts"].values()))
 
 
 def select_ratio(ratios: Sequence[float], passed: Sequence[bool]) -> float:

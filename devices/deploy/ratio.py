@@ -1,7 +1,7 @@
 """Stage 4, **ratio**: how much to prune, decided on val.
 
 A fixed ``--ratio``, or ``auto``: the largest ratio (0.01 grid, up to ``--max-ratio``) that passes the
-lossless rule (``lossless.py``: paired bootstrap bounds of the accuracy and per-class sensitivity drops)
+lossless rule (``toolchain.lossless``: paired bootstrap bounds of the accuracy and per-class sensitivity drops)
 on the whole val split, found by ``toolchain.prune_eval.find_lossless`` (coarse scan, then bisection).
 The search only ever returns a ratio that passed the rule on val, so no back-off is needed afterwards;
 nothing here reads the test split.
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolchain.lossless import RULE, judge, resolution_warnings
 from toolchain.prune_eval import RatioEvaluator
 
-from .lossless import RULE, judge, resolution_warnings
 from .stage import Stage, live
 
 

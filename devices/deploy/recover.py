@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .lossless import RULE, judge
+from toolchain.lossless import RULE, judge
+
 from .stage import Stage, live
 
 MEASURED_RUNTIMES = ("onnxruntime", "openvino")  # runtimes whose CPU latency ORT on this machine stands for

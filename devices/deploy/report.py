@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from toolchain.errors import GateError
+from toolchain.lossless import judge
 
-from .lossless import judge
 from .stage import Stage, live
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from devices.deploy import holdout
-from devices.deploy.lossless import judge, resolution_warnings
 from tests.devices._deploy_tiny import deploy_args, deploy_json, tiny_setup
 from tests.toolchain import fs_fixtures
 from toolchain.cli import main
+from toolchain.lossless import judge, resolution_warnings
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 readonly_dir = fs_fixtures.readonly_dir  # fixture used below

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import write_tiny_npz
+from tests.conftest import train_tiny_resnet
 from toolchain.cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -14,15 +14,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    from toolchain.train import TrainConfig, train
-
     root = tmp_path_factory.mktemp("budget_cli")
-    npz = write_tiny_npz(root / "tinymnist.npz", n=(32, 16, 16))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDPRUNE_CACHE", str(root / "cache"))
-        weights = train(TrainConfig(model="test_resnet", data=str(npz), img_size=16, epochs=2, batch_size=16,
-                                    lr=3e-3, augment=False, patience=0, device="cpu", quiet=True))
-    return weights, npz, root / "cache"
+    return (*train_tiny_resnet(root), root / "cache")
 
 
 def _run(argv, capsys):

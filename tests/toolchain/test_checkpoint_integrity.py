@@ -18,11 +18,8 @@ META = {"class_names": ["normal", "pneumonia"]}
 
 
 @pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDPRUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("MEDPRUNE_THREADS", "1")
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.delenv("MEDPRUNE_DEBUG", raising=False)
+def _env(cli_env):
+    pass
 
 
 @pytest.fixture

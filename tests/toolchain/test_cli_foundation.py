@@ -19,11 +19,8 @@ TINY_VIT = ["--build-arg", "embed_dim=32", "--build-arg", "depth=2", "--build-ar
 
 
 @pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDPRUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("MEDPRUNE_THREADS", "1")
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.delenv("MEDPRUNE_DEBUG", raising=False)
+def _env(cli_env):
+    pass
 
 
 def run(argv, capsys) -> tuple[int, str, str]:

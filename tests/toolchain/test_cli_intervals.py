@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import write_tiny_npz
+from tests.conftest import train_tiny_resnet
 from toolchain.cli import main
 from toolchain.intervals import clopper_pearson
 
@@ -15,16 +15,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    from toolchain.train import TrainConfig, train
-
-    root = tmp_path_factory.mktemp("cli_intervals")
-    npz = write_tiny_npz(root / "tinymnist.npz", n=(32, 16, 16))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDPRUNE_CACHE", str(root / "cache"))
-        mp.setenv("MEDPRUNE_THREADS", "1")
-        weights = train(TrainConfig(model="test_resnet", data=str(npz), img_size=16, epochs=1, batch_size=16,
-                                    augment=False, patience=0, device="cpu", quiet=True))
-    return weights, npz
+    return train_tiny_resnet(tmp_path_factory.mktemp("cli_intervals"), epochs=1, lr=None, threads="1")
 
 
 def _run(argv, capsys, monkeypatch):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import write_tiny_npz
+from tests.conftest import train_tiny_resnet, write_tiny_npz
 from toolchain.cli import main
 from toolchain.masking import MaskSet, apply_masks
 
@@ -17,15 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """A test_resnet trained for two epochs on the tiny brightness dataset (16 px, 1 channel)."""
-    from toolchain.train import TrainConfig, train
-
-    root = tmp_path_factory.mktemp("prune_cli")
-    npz = write_tiny_npz(root / "tinymnist.npz", n=(32, 16, 16))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDPRUNE_CACHE", str(root / "cache"))
-        weights = train(TrainConfig(model="test_resnet", data=str(npz), img_size=16, epochs=2, batch_size=16,
-                                    lr=3e-3, augment=False, patience=0, device="cpu", quiet=True))
-    return weights, npz
+    return train_tiny_resnet(tmp_path_factory.mktemp("prune_cli"))
 
 
 def _run(argv, capsys):

@@ -16,11 +16,8 @@ from toolchain.errors import DataError
 
 
 @pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDPRUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("MEDPRUNE_THREADS", "1")
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.delenv("MEDPRUNE_DEBUG", raising=False)
+def _env(cli_env):
+    pass
 
 
 def test_val_label_train_never_had_is_named_with_its_split(tmp_path):

@@ -28,11 +28,8 @@ TINY_RESNET = ["--model", "resnet50", "--img-size", "16", "--in-chans", "1", "--
 
 
 @pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDPRUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("MEDPRUNE_THREADS", "1")
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.delenv("MEDPRUNE_DEBUG", raising=False)
+def _env(cli_env):
+    pass
 
 
 def _leftovers(folder: Path) -> list[str]:

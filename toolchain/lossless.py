@@ -6,6 +6,8 @@ bootstrap interval of
 - the accuracy drop (dense − pruned) is at most ``--tolerance`` points, and
 - each class's sensitivity drop is at most ``--sens-tolerance`` points.
 
+Used by deploy (``devices/deploy``) and the protocol grid study, so both apply one rule.
+
 The interval is ``toolchain.metrics.paired_bootstrap_diff``: every replicate resamples the val images
 within each class once and scores both models on that resample, so its width comes from the images on
 which the two models disagree. A pruned model that changes no prediction passes however small val is;
@@ -19,7 +21,7 @@ that lose no image of that class on val; likewise accuracy when the whole val sp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -50,36 +52,50 @@ def resolution_warnings(labels: np.ndarray, class_names: Sequence[str], toleranc
     return out
 
 
-def judge(y: np.ndarray, p_dense: np.ndarray, p_pruned: np.ndarray, class_names: Sequence[str], *,
-          tolerance: float, sens_tolerance: float, seed: int = 0, split: str = "val") -> dict:
-    """Drops (points) of accuracy and each class's sensitivity with 95 % paired intervals, and whether
-    the rule (module docstring) passes. ``passes_point`` is the same check on the point drops."""
-    from toolchain.metrics import paired_bootstrap_diff
+def drops(y, p_dense, p_pruned, class_names: Sequence[str], *, n_boot: int | None = None, seed: int = 0) -> dict:
+    """Accuracy and per-class sensitivity drops (points, dense − pruned) with 95 % paired bootstrap intervals and n."""
+    from .metrics import PAIRED_N_BOOT, paired_bootstrap_diff
 
     y = np.asarray(y)
-    acc = paired_bootstrap_diff(y, p_dense, p_pruned, "accuracy", seed=seed)
+    boot = dict(n_boot=n_boot or PAIRED_N_BOOT, seed=seed)
+    acc = paired_bootstrap_diff(y, p_dense, p_pruned, "accuracy", **boot)
     sens, sens_ci, support = {}, {}, {}
     for c, name in enumerate(class_names):
         support[name] = int((y == c).sum())
         if support[name]:
-            d = paired_bootstrap_diff(y, p_dense, p_pruned, f"sensitivity:{name}", seed=seed,
-                                      class_names=list(class_names))
+            d = paired_bootstrap_diff(y, p_dense, p_pruned, f"sensitivity:{name}", class_names=list(class_names),
+                                      **boot)
             sens[name], sens_ci[name] = 100.0 * d["diff"], _pts(d["ci"])
-    acc_ci = _pts(acc["ci"])
+    return {"n": int(len(y)), "support": support, "accuracy": acc["b"], "accuracy_drop_pts": 100.0 * acc["diff"],
+            "accuracy_drop_ci_pts": _pts(acc["ci"]), "sensitivity_drop_pts": sens,
+            "sensitivity_drop_ci_pts": sens_ci, "confidence": acc["confidence"], "n_boot": acc["n_boot"]}
+
+
+def passes_bound(d: Mapping, tolerance: float, sens_tolerance: float) -> bool:
+    """The rule (module docstring): upper 95 % bounds of the drops within the tolerances."""
+    return bool(d["accuracy_drop_ci_pts"][1] <= tolerance + 1e-9
+                and all(ci[1] <= sens_tolerance + 1e-9 for ci in d["sensitivity_drop_ci_pts"].values()))
+
+
+def passes_point(d: Mapping, tolerance: float, sens_tolerance: float) -> bool:
+    """Point drops within the tolerances (the pre-interval rule; how a choice is judged on test)."""
+    return bool(d["accuracy_drop_pts"] <= tolerance + 1e-9
+                and all(v <= sens_tolerance + 1e-9 for v in d["sensitivity_drop_pts"].values()))
+
+
+def judge(y: np.ndarray, p_dense: np.ndarray, p_pruned: np.ndarray, class_names: Sequence[str], *,
+          tolerance: float, sens_tolerance: float, seed: int = 0, split: str = "val") -> dict:
+    """:func:`drops`, whether the rule passes (with a line per failed figure) and the point check beside it."""
+    d = drops(y, p_dense, p_pruned, class_names, seed=seed)
     failed = []
-    if acc_ci[1] > tolerance + 1e-9:
-        failed.append(f"accuracy drop up to {acc_ci[1]:.2f} pts (allowed {tolerance})")
+    if d["accuracy_drop_ci_pts"][1] > tolerance + 1e-9:
+        failed.append(f"accuracy drop up to {d['accuracy_drop_ci_pts'][1]:.2f} pts (allowed {tolerance})")
     failed += [f"{name} sensitivity drop up to {ci[1]:.2f} pts (allowed {sens_tolerance})"
-               for name, ci in sens_ci.items() if ci[1] > sens_tolerance + 1e-9]
-    acc_pts = 100.0 * acc["diff"]
-    worst = max(sens.values()) if sens else 0.0
-    return {"split": split, "n": int(len(y)), "support": support,
-            "accuracy": acc["b"], "accuracy_drop_pts": acc_pts, "accuracy_drop_ci_pts": acc_ci,
-            "sensitivity_drop_pts": sens, "sensitivity_drop_ci_pts": sens_ci, "worst_sensitivity_drop_pts": worst,
-            "passes": not failed, "failed": failed,
-            "passes_point": bool(acc_pts <= tolerance + 1e-9 and worst <= sens_tolerance + 1e-9),
-            "tolerance_pts": tolerance, "sens_tolerance_pts": sens_tolerance, "confidence": acc["confidence"],
-            "n_boot": acc["n_boot"], "seed": seed}
+               for name, ci in d["sensitivity_drop_ci_pts"].items() if ci[1] > sens_tolerance + 1e-9]
+    sens = d["sensitivity_drop_pts"]
+    return {"split": split, **d, "worst_sensitivity_drop_pts": max(sens.values()) if sens else 0.0,
+            "passes": not failed, "failed": failed, "passes_point": passes_point(d, tolerance, sens_tolerance),
+            "tolerance_pts": tolerance, "sens_tolerance_pts": sens_tolerance, "seed": seed}
 
 
 def _pts(ci) -> list[float]:
