@@ -24,7 +24,13 @@ from toolchain.errors import MedpruneError
 from toolchain.models.checkpoint import sha256_file
 
 from .package_archive import PackageError, fsync_tree, refuse_pickle, safe_extract, write_tarball
-from .package_verify import PREDICT_TEMPLATE, predict_template, verify_package
+from .package_verify import (
+    PACKAGE_SCRIPTS,
+    PREDICT_TEMPLATE,
+    image_input_template,
+    predict_template,
+    verify_package,
+)
 
 __all__ = ["PackageError", "PackageSpec", "Sample", "build_package", "canonical_sha256", "package_preprocess",
            "reference_predict", "refuse_pickle", "safe_extract", "verify_package", "write_tarball"]
@@ -71,7 +77,7 @@ def package_preprocess(preprocess: dict, load_size: int | None = None) -> dict:
     out = {"img_size": int(preprocess["img_size"]), "in_chans": int(preprocess["in_chans"]),
            "mean": [float(v) for v in preprocess["mean"]], "std": [float(v) for v in preprocess["std"]]}
     chain = ["decode: PIL; 16-bit scaled to 0..255; RGB whose channels differ by <= "
-             f"{predict_template().GREY_TOLERANCE} is grey (toolchain.data.folder)"]
+             f"{image_input_template().GREY_TOLERANCE} is grey (toolchain.data.folder)"]
     if load_size:
         out["load_size"], out["load_resample"] = int(load_size), "bilinear"
         chain.append(f"load resize to {int(load_size)} px: PIL Image.resize BILINEAR on uint8 "
@@ -92,7 +98,7 @@ def _check_preprocess(pre: dict) -> None:
         raise PackageError(f"package preprocess: in_chans {pre['in_chans']} does not match mean/std")
     if "load_size" in pre and (not isinstance(pre["load_size"], int) or pre["load_size"] < 1):
         raise PackageError(f"package preprocess: load_size must be a positive int, got {pre['load_size']!r}")
-    if pre.get("load_resample", "bilinear") not in predict_template().LOAD_RESAMPLE:
+    if pre.get("load_resample", "bilinear") not in image_input_template().LOAD_RESAMPLE:
         raise PackageError(f"package preprocess: unknown load_resample {pre['load_resample']!r}")
 
 
@@ -138,7 +144,8 @@ def _fill(spec: PackageSpec, root: Path) -> None:
     """Write every file of the package into ``root`` (an empty folder), manifest last."""
     roles = _file_roles(spec, root)
     samples = _write_samples(root, spec.samples)
-    shutil.copyfile(PREDICT_TEMPLATE, root / "predict.py")
+    for script in PACKAGE_SCRIPTS:  # verify_package requires them byte-identical to these templates
+        shutil.copyfile(PREDICT_TEMPLATE.with_name(script), root / script)
     (root / "predict.py").chmod(0o755)
     (root / "MODEL_CARD.md").write_text(spec.model_card)
     if spec.reports:

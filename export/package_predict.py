@@ -4,8 +4,8 @@ The package is verified first as ``medprune verify-package`` does (every checksu
 predict.py equal to this medprune's template, the signature with ``trusted_key``, the sample smoke
 test). Images then go through the manifest's preprocessing with this toolchain's own copy of the
 predict.py template (the package's code is never run), so the result is what ``python3 predict.py``
-prints on the device. Packages whose manifest records the training images' ``input_profile``
-get the same input warnings as ``medprune predict -c``.
+prints on the device, input warnings included: packages whose manifest records the training images'
+``input_profile`` warn as ``medprune predict -c`` does (the same ``input_warnings``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from .package_archive import PackageError, safe_extract
-from .package_verify import predict_template, verify_package
+from .package_verify import image_input_template, predict_template, verify_package
 
 
 def predict_with_package(package: str | Path, files: list[Path], runtime: str | None = None,
@@ -30,13 +30,12 @@ def predict_with_package(package: str | Path, files: list[Path], runtime: str | 
         try:
             manifest = tpl.load_manifest(root)
             runner = tpl.Runner(manifest, runtime, root=root)
-            probs = [tpl.classify(manifest, runner, f) for f in files]
-            warnings = [_warnings(tpl, manifest, f) for f in files]
+            results = [tpl.classify(manifest, runner, f, image_input_template()) for f in files]
         except tpl.PackageError as exc:
             raise PackageError(str(exc)) from None
     names = list(manifest["class_names"])
     records = []
-    for f, p, w in zip(files, probs, warnings, strict=True):
+    for f, (p, w) in zip(files, results, strict=True):
         k = int(p.argmax())
         records.append({"file": str(f), "prediction": names[k], "probability": float(p[k]),
                         "probabilities": {n: float(v) for n, v in zip(names, p, strict=True)}, "warnings": w})
@@ -44,12 +43,3 @@ def predict_with_package(package: str | Path, files: list[Path], runtime: str | 
              "signature": report["signature"], "class_names": names, "preprocess": manifest["preprocess"]}
     return records, facts
 
-
-def _warnings(tpl, manifest: dict, path: Path) -> list[str]:
-    """Input warnings against the training images' profile, when the manifest carries one."""
-    from toolchain.data.input_profile import file_size, input_warnings
-
-    profile = manifest.get("input_profile")
-    if not profile:
-        return []
-    return input_warnings(profile, tpl.read_image(path, manifest["preprocess"]), file_size(path))

@@ -3,8 +3,9 @@
 Nothing shipped in a package is imported or executed here: the checks and the smoke test's
 preprocessing come from *this* toolchain's own copy of the predict.py template (loaded from the
 installed source, not the package), the model file is run by the runtime only after its sha256
-matched, and the package's predict.py (and a Jetson package's trt_runner.py) must be byte-identical to
-that template, so an edited script is refused even when its checksum in manifest.json was recomputed.
+matched, and the package's predict.py and _preprocess.py (and a Jetson package's trt_runner.py) must be
+byte-identical to those templates, so an edited script is refused even when its checksum in manifest.json
+was recomputed.
 A Jetson package is checked on its shipped ONNX file with ONNX Runtime: engines are built on the device.
 """
 
@@ -24,26 +25,40 @@ from toolchain.errors import GateError
 from .package_archive import PackageError, refuse_pickle, safe_extract
 
 PREDICT_TEMPLATE = Path(__file__).parent / "templates" / "predict.py"
-# scripts a package must carry unchanged from this toolchain's templates, by the runtime that ships them
+IMAGE_INPUT_TEMPLATE = PREDICT_TEMPLATE.with_name("_preprocess.py")  # predict.py's IMAGE_INPUT
+# every package carries these unchanged from this toolchain's templates (package.py copies them) ...
+PACKAGE_SCRIPTS = (PREDICT_TEMPLATE.name, IMAGE_INPUT_TEMPLATE.name)
+# ... and these too, by the runtime that ships them
 TEMPLATE_SCRIPTS = {"tensorrt": ("trt_runner.py",)}
+
+
+def _compile_template(path: Path, name: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    exec(compile(path.read_text(), str(path), "exec"), module.__dict__)  # noqa: S102
+    return module
 
 
 @functools.cache
 def predict_template() -> types.ModuleType:
     """The template as a module, compiled from source (no __pycache__ written); importing it runs no
     check and imports only the standard library: numpy, PIL, the runtime and cryptography load on use."""
-    module = types.ModuleType("medprune_predict_template")
-    module.__file__ = str(PREDICT_TEMPLATE)
-    exec(compile(PREDICT_TEMPLATE.read_text(), str(PREDICT_TEMPLATE), "exec"), module.__dict__)  # noqa: S102
-    return module
+    return _compile_template(PREDICT_TEMPLATE, "medprune_predict_template")
+
+
+@functools.cache
+def image_input_template() -> types.ModuleType:
+    """This toolchain's copy of the packages' ``_preprocess.py`` (decoding, preprocessing, input warnings):
+    what ``predict_template().classify`` takes as ``image_input`` here, instead of the package's copy."""
+    return _compile_template(IMAGE_INPUT_TEMPLATE, "medprune_image_input_template")
 
 
 @contextlib.contextmanager
 def _as_package_error(where: Path):
-    """The template's own PackageError (it cannot import medprune) as a medprune PackageError."""
+    """The templates' own errors (they cannot import medprune) as a medprune PackageError."""
     try:
         yield
-    except predict_template().PackageError as exc:
+    except (predict_template().PackageError, image_input_template().ImageError) as exc:
         raise PackageError(f"{where}: {exc}") from None
 
 
@@ -71,28 +86,20 @@ def verify_package(path: str | os.PathLike, runtime: str | None = None,
             manifest = tpl.load_manifest(root)
             for rel in manifest["files"]:
                 refuse_pickle(root / rel)
-            _check_predict_script(root)
             shipped_runtime = manifest["model"]["runtime"]
-            for script in TEMPLATE_SCRIPTS.get(shipped_runtime, ()):
+            for script in (*PACKAGE_SCRIPTS, *TEMPLATE_SCRIPTS.get(shipped_runtime, ())):
                 _check_template_copy(root, script)
             signature = tpl.signature_status(manifest, trusted_key, root)
             if runtime is None and shipped_runtime == "tensorrt":
                 runtime = "onnxruntime"  # the shipped ONNX file; an engine is built (and checked) on the device
             runner = tpl.Runner(manifest, runtime, root=root)
-            got = [tpl.classify(manifest, runner, root / s["file"]) for s in manifest["samples"]]
+            got = [tpl.classify(manifest, runner, root / s["file"], image_input_template())[0]
+                   for s in manifest["samples"]]
         report = _smoke_test(path, manifest, got)
     return {"package": str(path), "name": manifest["name"], "files_checked": len(manifest["files"]), **report,
             "runtime": runner.runtime, "precision_hint": getattr(runner, "precision_hint", None),
             "signature": signature, "signed": not signature.startswith("UNSIGNED"),
             "trusted": trusted_key is not None, "ok": True}
-
-
-def _check_predict_script(root: Path) -> None:
-    if not (root / "predict.py").is_file():
-        raise PackageError(f"{root}: the package has no predict.py")
-    if _sha256(root / "predict.py") != _sha256(PREDICT_TEMPLATE):
-        raise PackageError(f"{root}: predict.py differs from this medprune's template (edited, or built by "
-                           "another medprune version); refusing it")
 
 
 def _check_template_copy(root: Path, name: str) -> None:

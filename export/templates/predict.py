@@ -34,8 +34,7 @@ from pathlib import Path  # noqa: E402
 HERE = Path(__file__).resolve().parent
 SIGNATURE_FILE = "manifest.sig"
 SIGNATURE_CONTEXT = "medprune-package-ed25519-v1:"  # signed message: this prefix + manifest_sha256
-GREY_TOLERANCE = 2  # RGB files whose channels differ by at most this are grey (as the toolchain loads them)
-LOAD_RESAMPLE = ("bilinear",)  # PIL filters the load-size step may name (toolchain.data.resize)
+IMAGE_INPUT = "_preprocess.py"  # decoding, preprocessing, input warnings: shipped beside this script
 
 
 class PackageError(Exception):
@@ -136,157 +135,25 @@ def key_id(public) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def read_image(path: Path, spec: dict):
-    """uint8 (H, W) or (H, W, 3) pixels decoded as the toolchain decodes image folders, then the
-    load-size step of ``spec`` (PIL resample on uint8, JPEG draft) when the model was trained with one;
-    DICOM via pydicom (its display pipeline, see _dicom_pixels) when installed."""
-    import numpy as np
-    from PIL import Image
+def load_template(name: str, manifest: dict, root: Path = HERE):
+    """The script ``name`` shipped beside this one, as a module, compiled from the very bytes whose sha256
+    ``manifest`` lists: read once, so a file swapped after load_manifest's check is never run. It is
+    never imported (this folder is off sys.path), so nothing planted beside it can stand in for it."""
+    import types
 
-    load_size = int(spec.get("load_size") or 0)
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        img = Image.fromarray(_dicom_pixels(path))
-    else:
-        with Image.open(path) as im:
-            if load_size and im.format == "JPEG":
-                im.draft(im.mode, (load_size, load_size))  # as toolchain.data.folder decodes big JPEGs
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I", "F"):
-                arr = np.asarray(im, dtype=np.float64)
-                scale = 255.0 / 65535.0 if arr.max() > 255 else 1.0
-                img = Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8))
-            else:
-                img = im.convert("L" if im.mode in ("1", "L", "LA") else "RGB")
-    if img.mode == "RGB":
-        rgb = np.asarray(img)
-        spread = rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1)
-        if spread.max(initial=0) <= GREY_TOLERANCE:
-            img = Image.fromarray(rgb[..., 0] if not spread.any() else np.rint(rgb.mean(axis=-1)).astype(np.uint8))
-    if load_size and img.size != (load_size, load_size):
-        resample = spec.get("load_resample", "bilinear")
-        if resample not in LOAD_RESAMPLE:
-            raise PackageError(f"unknown load resample filter {resample!r} in manifest")
-        img = img.resize((load_size, load_size), getattr(Image, "Resampling", Image).BILINEAR)
-    return np.asarray(img)
-
-
-def _dicom_pixels(path: Path):
-    """uint8 pixels of a DICOM file through the display pipeline, as medprune's toolchain.data.dicom
-    (tests keep the two equal): modality rescale, VOI LUT or window (LINEAR/LINEAR_EXACT/SIGMOID),
-    else the image's min-max, MONOCHROME1 inverted; colour converted to 8-bit RGB."""
-    import numpy as np
-
+    digest = manifest["files"].get(name)
+    if not digest:
+        raise PackageError(f"{name} is not listed in manifest.json")
     try:
-        import pydicom
-    except ImportError as exc:
-        raise PackageError("reading DICOM needs pydicom: pip install pydicom") from exc
-    try:  # pydicom >= 3
-        from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
-        from pydicom.pixels import pixel_array as _decode
-    except ImportError:  # pydicom 2.x
-        from pydicom.pixel_data_handlers.util import apply_color_lut, apply_modality_lut, convert_color_space
-        from pydicom.pixel_data_handlers.util import apply_voi_lut as apply_voi
-
-        def _decode(ds, as_rgb=True):
-            arr = ds.pixel_array
-            pi = str(ds.get("PhotometricInterpretation", ""))
-            return convert_color_space(arr, pi, "RGB") if pi.startswith("YBR") else arr
-    ds = pydicom.dcmread(str(path))
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise PackageError(f"{path}: a multi-frame DICOM; export the frames as separate files")
-    try:
-        stored = _decode(ds, as_rgb=True)
-    except Exception as exc:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        raise PackageError(f"{path}: cannot decode its pixel data ({getattr(syntax, 'name', syntax)}): "
-                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR"):
-        if photometric == "PALETTE COLOR":
-            rgb = np.asarray(apply_color_lut(stored, ds), dtype=np.float64)
-            bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
-        else:
-            rgb, bits = np.asarray(stored, dtype=np.float64), int(ds.get("BitsStored", 8) or 8)
-        return np.clip(np.rint(rgb * (255.0 / ((1 << bits) - 1))), 0, 255).astype(np.uint8)
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise PackageError(f"{path}: DICOM photometric interpretation {photometric or '(none)'} is not supported")
-    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-    centre, width = _dicom_first(ds.get("WindowCenter")), _dicom_first(ds.get("WindowWidth"))
-    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
-        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        unit = np.clip(np.asarray(apply_voi(values, ds, index=0), dtype=np.float64) / ((1 << bits) - 1), 0, 1)
-    elif centre is not None and width is not None and width > 0:
-        function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() or "LINEAR"
-        if function == "LINEAR_EXACT":
-            unit = np.clip((values - centre) / width + 0.5, 0.0, 1.0)
-        elif function == "SIGMOID":
-            unit = 1.0 / (1.0 + np.exp(-4.0 * (values - centre) / width))
-        elif function == "LINEAR" and width >= 1:
-            unit = np.clip((values - (centre - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
-        else:
-            raise PackageError(f"{path}: unsupported DICOM window (function {function}, width {width})")
-    else:
-        lo, hi = float(values.min()), float(values.max())
-        unit = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-    if photometric == "MONOCHROME1":
-        unit = 1.0 - unit
-    return np.rint(unit * 255.0).astype(np.uint8)
-
-
-def _dicom_first(value):
-    if value is None or value == "":
-        return None
-    try:
-        return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
-def resize_weights(n_in: int, n_out: int):
-    """(n_out, n_in) matrix of antialiased bilinear resampling along one axis.
-
-    The same triangle filter, widened by the scale when shrinking, with half-pixel centres and
-    edge renormalisation as torch's ``interpolate(mode="bilinear", antialias=True)`` used in
-    training, so this resize agrees with the toolchain's to float rounding (~1e-7).
-    """
-    import numpy as np
-
-    scale = n_in / n_out
-    support = scale if scale > 1.0 else 1.0
-    inv = 1.0 / scale if scale > 1.0 else 1.0
-    w = np.zeros((n_out, n_in), dtype=np.float64)
-    for i in range(n_out):
-        center = scale * (i + 0.5)
-        lo = max(int(center - support + 0.5), 0)
-        hi = min(int(center + support + 0.5), n_in)
-        j = np.arange(lo, hi)
-        k = np.clip(1.0 - np.abs((j - center + 0.5) * inv), 0.0, None)
-        w[i, lo:hi] = k / k.sum()
-    return w.astype(np.float32)
-
-
-def preprocess(pixels, spec: dict):
-    """uint8 image → float32 (1, C, S, S), exactly as the model was trained (see manifest preprocess):
-    [0, 1] scaling, RGB → grey by channel mean, antialiased bilinear resize, grey → RGB, normalisation."""
-    import numpy as np
-
-    size, chans = int(spec["img_size"]), int(spec["in_chans"])
-    arr = np.asarray(pixels)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3 or arr.shape[-1] not in (1, 3):
-        raise PackageError(f"expected a grey or RGB image, got pixel array of shape {arr.shape}")
-    x = arr.astype(np.float32).transpose(2, 0, 1) / np.float32(255.0)  # (C, H, W)
-    if x.shape[0] == 3 and chans == 1:
-        x = x.mean(axis=0, keepdims=True)
-    if x.shape[1:] != (size, size):
-        wh, ww = resize_weights(x.shape[1], size), resize_weights(x.shape[2], size)
-        x = np.stack([wh @ ch @ ww.T for ch in x])
-    if x.shape[0] == 1 and chans == 3:
-        x = np.repeat(x, 3, axis=0)
-    mean = np.asarray(spec["mean"], dtype=np.float32).reshape(-1, 1, 1)
-    std = np.asarray(spec["std"], dtype=np.float32).reshape(-1, 1, 1)
-    return ((x - mean) / std)[None].astype(np.float32)
+        code = (root / name).read_bytes()
+    except OSError as exc:
+        raise PackageError(f"missing file {name}: {exc}") from exc
+    if hashlib.sha256(code).hexdigest() != digest:
+        raise PackageError(f"checksum mismatch for {name}: the package was modified")
+    module = types.ModuleType(name.rsplit(".", 1)[0].lstrip("_"))
+    module.__file__ = str(root / name)
+    exec(compile(code, module.__file__, "exec"), module.__dict__)  # noqa: S102
+    return module
 
 
 class Runner:
@@ -337,17 +204,22 @@ class Runner:
         return e / e.sum(axis=1, keepdims=True)
 
 
-def classify(manifest: dict, runner: Runner, path: Path):
-    """Probabilities (K,) of one image file through the package's full preprocessing chain."""
+def classify(manifest: dict, runner: Runner, path: Path, image_input):
+    """``(probabilities (K,), input warnings)`` of one image file through the package's full preprocessing
+    chain; ``image_input`` is the checked ``_preprocess.py`` module (load_template). The warnings compare the
+    file with the training images' ``input_profile`` in the manifest and never change the probabilities."""
     if not path.is_file():
         raise PackageError(f"image not found: {path}")
+    spec = manifest["preprocess"]
     try:
-        pixels = read_image(path, manifest["preprocess"])
-    except PackageError:
-        raise
+        pixels, raw_size = image_input.decode(path, spec)
+        x = image_input.preprocess(pixels, spec)
+    except image_input.ImageError as exc:
+        raise PackageError(str(exc)) from None
     except Exception as exc:
         raise PackageError(f"cannot read image {path}: {exc}") from exc
-    return runner.probabilities(preprocess(pixels, manifest["preprocess"]))[0]
+    warnings = image_input.input_warnings(manifest.get("input_profile"), pixels, raw_size)
+    return runner.probabilities(x)[0], warnings
 
 
 def main(argv=None) -> int:
@@ -368,14 +240,17 @@ def main(argv=None) -> int:
             print(f"OK {manifest['name']}: {len(manifest['files'])} files match manifest.json; {status}")
             return 0
         print(f"package {manifest['name']}: {status}", file=sys.stderr)
+        image_input = load_template(IMAGE_INPUT, manifest)
         runner = Runner(manifest, args.runtime)
         classes = manifest["class_names"]
         results = []
         for path in args.images:
-            probs = classify(manifest, runner, path)
+            probs, warnings = classify(manifest, runner, path, image_input)
             named = dict(zip(classes, (float(p) for p in probs)))  # noqa: B905 (no strict= on py3.8 Jetsons)
             results.append({"image": str(path), "prediction": classes[int(probs.argmax())],
-                            "probabilities": named})
+                            "probabilities": named, "warnings": warnings})
+            for warning in warnings:  # as they come: a long batch shows them early
+                print(f"predict: warning: {path}: {warning}", file=sys.stderr)
     except PackageError as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 2
@@ -390,7 +265,8 @@ def main(argv=None) -> int:
     else:
         for r in results:
             probs = "  ".join(f"{c}={p:.4f}" for c, p in r["probabilities"].items())
-            print(f"{r['image']}: {r['prediction']}  ({probs})")
+            flag = f"  [{len(r['warnings'])} input warning(s)]" if r["warnings"] else ""
+            print(f"{r['image']}: {r['prediction']}  ({probs}){flag}")
     print("Research use only; not a certified medical device.", file=sys.stderr)
     return 0
 

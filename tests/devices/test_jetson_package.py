@@ -192,7 +192,7 @@ def test_select_uses_only_an_engine_built_from_this_onnx(made, tmp_path, monkeyp
 
 def test_predict_runner_takes_the_engine_trt_runner_selects(made, tmp_path, monkeypatch):
     """predict.py delegates a tensorrt package to trt_runner.select (mocked here) and runs what it returns."""
-    from export.package_verify import predict_template
+    from export.package_verify import image_input_template, predict_template
 
     tpl = predict_template()
     fake = tmp_path / "fake"
@@ -205,7 +205,7 @@ def test_predict_runner_takes_the_engine_trt_runner_selects(made, tmp_path, monk
     manifest = json.loads((made["pkg"] / "manifest.json").read_text())
     runner = tpl.Runner(manifest, root=made["pkg"])
     assert runner.runtime == "tensorrt"
-    probs = tpl.classify(manifest, runner, made["images"][0])
+    probs, _ = tpl.classify(manifest, runner, made["images"][0], image_input_template())
     assert probs.argmax() == 1 and probs[1] > 0.99
     (fake / "trt_runner.py").write_text("def select(manifest, root):\n    return 'onnxruntime', None\n")
     assert tpl.Runner(manifest, root=made["pkg"]).runtime == "onnxruntime"

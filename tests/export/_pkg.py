@@ -84,7 +84,7 @@ def toolchain_probabilities(model_file: Path, images: list[Path]) -> np.ndarray:
 
 
 def build(root: Path, files: dict[str, Path], images: list[Path], runtime: str, *, name: str,
-          sign_key: Path | None = None) -> Path:
+          sign_key: Path | None = None, manifest: dict | None = None) -> Path:
     """A package with raw samples whose probabilities came from the toolchain; returns its folder."""
     from export.package import PackageSpec, Sample, build_package, package_preprocess
 
@@ -92,5 +92,6 @@ def build(root: Path, files: dict[str, Path], images: list[Path], runtime: str, 
     probs = toolchain_probabilities(model_files["openvino" if runtime == "openvino" else "onnx"], images)
     samples = [Sample(p.stem, None, "normal", list(q), source=p) for p, q in zip(images, probs, strict=True)]
     spec = PackageSpec(name=name, runtime=runtime, model_files=model_files, class_names=["normal", "pneumonia"],
-                       preprocess=package_preprocess(PRE, LOAD_SIZE), samples=samples, model_card="# tiny\n")
+                       preprocess=package_preprocess(PRE, LOAD_SIZE), samples=samples, model_card="# tiny\n",
+                       manifest=dict(manifest or {}))
     return build_package(spec, root / "dist", sign_key=sign_key)[0]

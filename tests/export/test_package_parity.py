@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from export.package import reference_predict, verify_package
-from export.package_verify import predict_template
+from export.package_verify import image_input_template, predict_template
 from tests.export._pkg import LOAD_SIZE, PRE, build, checkpoint_and_exports, predict_probs, raw_images
 
 
@@ -30,7 +30,7 @@ def test_load_size_step_is_replayed_exactly(made):
     manifest = json.loads((made["ort"] / "manifest.json").read_text())
     assert manifest["preprocess"]["load_size"] == LOAD_SIZE and manifest["preprocess"]["load_resample"] == "bilinear"
     assert any("load resize" in step for step in manifest["preprocess"]["chain"])
-    tpl = predict_template()
+    tpl = image_input_template()
     for path in made["images"]:
         want = _decode(path, path.read_bytes(), LOAD_SIZE)
         got = tpl.read_image(path, manifest["preprocess"])
@@ -51,9 +51,9 @@ def test_raw_folder_parity_with_the_toolchain(made):
     assert (got.argmax(1) == want.argmax(1)).all()
     assert np.abs(got - want).max() <= 1e-4
     # the same images through a chain without the load-size step land elsewhere: the step matters here
-    tpl = predict_template()
-    runner = tpl.Runner(json.loads((made["ort"] / "manifest.json").read_text()), root=made["ort"])
-    skipped = np.stack([runner.probabilities(tpl.preprocess(tpl.read_image(p, PRE), PRE))[0] for p in made["images"]])
+    runner = predict_template().Runner(json.loads((made["ort"] / "manifest.json").read_text()), root=made["ort"])
+    pre = image_input_template()
+    skipped = np.stack([runner.probabilities(pre.preprocess(pre.read_image(p, PRE), PRE))[0] for p in made["images"]])
     assert np.abs(skipped - want).max() > 10 * np.abs(got - want).max()
 
 

@@ -31,10 +31,10 @@ def _shipped() -> list[str]:
 
 
 def test_template_decodes_every_shipped_file_like_the_toolchain():
-    from export.package_verify import predict_template
+    from export.package_verify import image_input_template
     from toolchain.data.folder import read_image
 
-    tpl = predict_template()
+    tpl = image_input_template()
     compared = 0
     for f in _shipped():
         try:
