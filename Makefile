@@ -46,7 +46,7 @@ bench: install
 	$(MEDPRUNE) study jetson_prediction
 
 baselines: install
-	$(MEDPRUNE) study baselines
+	$(MEDPRUNE) study baselines_cpu  # full-length recipes: medprune study baselines
 
 importance: install
 	$(MEDPRUNE) study importance_grid

@@ -32,7 +32,11 @@ def _label(c: dict) -> str:
 def markdown(doc: dict) -> str:
     s = doc["summary"]
     lines = [
-        "# Paper grid under the selection protocol (reduced)", "",
+        "# Paper grid under the selection protocol", "",
+        f"Cells: {', '.join(sorted({m['dataset'] for m in doc['models']}))} x "
+        f"{', '.join(sorted({m['model'] for m in doc['models']}))} x "
+        f"{', '.join(dict.fromkeys(c['criterion'] for m in doc['models'] for c in m['cells']))} "
+        f"({sum(len(m['cells']) for m in doc['models'])} cells; see **Not run** for what is missing).", "",
         f"Command: `{doc['command']}`  ", f"Created {doc['created']}, wall {doc['wall_s'] / 60:.1f} min, "
         f"sampling {doc['sampling']} ({doc['n_per_class']}/class), ratios {doc['ratios']}, tolerance "
         f"{doc['tolerance_pts']} pts accuracy / {doc['sens_tolerance_pts']} pts per-class sensitivity.", "",
@@ -43,9 +47,10 @@ def markdown(doc: dict) -> str:
         "**Costs.** MACs and parameters are counted on the physically removed model (`toolchain.removal`, neuron "
         "granularity; units whose group cannot be removed stay masked and are counted). Data-free criteria run raw "
         "and with per-layer L1 normalisation (`toolchain.masking`, global ranking).", "",
-        "**Checkpoints.** Reused from the training cache as found (their train configs are listed per model); they "
-        "were not trained under one hyper-parameter policy (`medprune study hparam_policy` implements it; not run "
-        "here for lack of CPU time).", "",
+        _checkpoints_note(doc), "",
+        ("**Val stops at the first failure** (bound and point rule), test is read at the chosen ratio only; "
+         "the equal-cost comparison needs `--full-curves` and is not in this run." if not doc.get("full_curves")
+         else "Every ratio was evaluated on val and test (`--full-curves`)."), "",
         *([f"**PARTIAL:** {len(doc['models'])} of the requested models "
            f"{', '.join(doc.get('models_requested', []))} finished.", ""]
           if len(doc.get("models_requested", [])) > len(doc["models"]) else []),
@@ -76,6 +81,9 @@ def markdown(doc: dict) -> str:
             cost = "1.00 / 1.00" if sel["dense"] else f"{sel['macs_frac']:.2f} / {sel['params_frac']:.2f}"
             lines.append(f"| {_label(c)} | {sel['ratio']:.2f} | {cost} | {drop} | {'yes' if sel['holds'] else '**no**'}"
                          f" | {old['ratio']:.2f} | {'yes' if old['holds'] else '**no**'} |")
+        if not doc.get("full_curves"):
+            lines.append("")
+            continue
         lines += ["", "Test accuracy % [95 %] (n per cell = test n) at equal units, equal MACs, equal parameters "
                   "(first grid ratio whose removed-model cost is <= the budget; its actual fraction in brackets):", ""]
         budgets = [f"{b:g}" for b in doc["budgets"]]
@@ -100,37 +108,67 @@ def claims(doc: dict) -> list[str]:
     from .paper.claims import ATTRIBUTION, LOW_RATIO, PAPER_RANGES
 
     out = []
-    models = {m["model"]: m for m in doc["models"]}
+    families = {m["model"] for m in doc["models"]}
     for name, (lo, hi) in PAPER_RANGES.items():
-        if name not in models:
+        if name not in families:
             out.append(f"{name} lossless range {lo:.0%}-{hi:.0%}: NOT JUDGED (no {name} in this run)")
             continue
-        chosen = [c["selected"]["ratio"] for c in models[name]["cells"] if c["criterion"] in ATTRIBUTION]
+        chosen = [c["selected"]["ratio"] for m in doc["models"] if m["model"] == name for c in m["cells"]
+                  if c["criterion"] in ATTRIBUTION]
         verdicts = [_bracket_verdict(r, doc["ratios"], lo, hi) for r in chosen]
         brackets = ", ".join(f"[{r:.2f}, {_next(r, doc['ratios']):.2f})" for r in chosen)
         overall = ("NOT JUDGED (no attribution cell)" if not verdicts else verdicts[0] if len(set(verdicts)) == 1
                    else "PARTIAL" if "CONFIRMED" in verdicts else "UNRESOLVED at this grid step"
                    if "REFUTED" not in verdicts else "PARTIAL (some cells refute)")
-        out.append(f"{name} lossless range {lo:.0%}-{hi:.0%}: the val-selected lossless ratio of each of "
-                   f"{', '.join(ATTRIBUTION)} present lies in {brackets} (selected grid ratio, next grid ratio "
-                   f"that failed) -> {overall}")
-    if "vit_b16" not in models:
-        out.append("ViT most robust to pruning: NOT JUDGED (no ViT in this run)")
+        out.append(f"{name} lossless range {lo:.0%}-{hi:.0%}: the val-selected lossless ratio of each "
+                   f"{'/'.join(ATTRIBUTION)} cell (all datasets run) lies in {brackets} (selected grid ratio, next "
+                   f"grid ratio, which failed) -> {overall}")
+    out.append(_vit_most_robust(doc, ATTRIBUTION))
     for m in doc["models"]:
         ranks = sorted(((c["selected"]["ratio"], _label(c)) for c in m["cells"]), reverse=True)
         best = [lbl for r, lbl in ranks if r == ranks[0][0]]
-        out.append(f"LRP best ({m['model']}, by val-selected lossless ratio): first is {', '.join(best)} at "
+        where = f"{m['model']} on {m['dataset']}"
+        out.append(f"LRP best ({where}, by val-selected lossless ratio): first is {', '.join(best)} at "
                    f"{ranks[0][0]:.2f}; LRP {next(r for r, lbl in ranks if lbl == 'lrp'):.2f}" if any(
-                       lbl == "lrp" for _, lbl in ranks) else f"LRP best ({m['model']}): NOT JUDGED (no lrp cell)")
+                       lbl == "lrp" for _, lbl in ranks) else f"LRP best ({where}): NOT JUDGED (no lrp cell)")
         improved = [f"{_label(c)}@{p['ratio']:g} ({_drop(-p['test']['accuracy_drop_pts'], [-x for x in p['test']['accuracy_drop_ci_pts'][::-1]])} pts)"
                     for c in m["cells"] for p in c["points"] if p["ratio"] <= LOW_RATIO + 1e-9
-                    and p["test"]["accuracy_drop_ci_pts"][1] < 0]
-        out.append(f"Low ratios (<= {LOW_RATIO:g}) improve accuracy ({m['model']}): "
+                    and "test" in p and p["test"]["accuracy_drop_ci_pts"][1] < 0]
+        out.append(f"Low ratios (<= {LOW_RATIO:g}) improve test accuracy ({where}, at the ratios where test was read): "
                    + (f"gain with paired 95 % interval above 0 at {'; '.join(improved)}" if improved else
                       "no cell gains beyond its paired 95 % interval -> NOT SUPPORTED"))
     out.append(f"Clustering best sampling: NOT JUDGED (one sampling, {doc['sampling']}, in this run)")
-    out.append("Other datasets (BreastMNIST, chest_xray_224): NOT JUDGED (PneumoniaMNIST only)")
     return out
+
+
+def _vit_most_robust(doc: dict, attribution) -> str:
+    """Claim 1 on the datasets where all three families ran: ViT's median val-selected ratio is the largest."""
+    import statistics
+
+    per: dict[str, dict[str, list[float]]] = {}
+    for m in doc["models"]:
+        per.setdefault(m["dataset"], {}).setdefault(m["model"], []).extend(
+            c["selected"]["ratio"] for c in m["cells"] if c["criterion"] in attribution)
+    complete = {d: {k: statistics.median(v) for k, v in fam.items() if v} for d, fam in per.items()
+                if {"vgg19", "resnet50", "vit_b16"} <= {k for k, v in fam.items() if v}}
+    if not complete:
+        return "ViT most robust to pruning: NOT JUDGED (no dataset with all three models in this run)"
+    wins = {d: med["vit_b16"] > max(v for k, v in med.items() if k != "vit_b16") for d, med in complete.items()}
+    detail = "; ".join(f"{d}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(med.items()))
+                       for d, med in complete.items())
+    verdict = "CONFIRMED" if all(wins.values()) else "REFUTED" if not any(wins.values()) else "PARTIAL"
+    return (f"ViT most robust to pruning (median val-selected ratio of its attribution cells is the largest, "
+            f"per dataset): {detail} -> {verdict}")
+
+
+def _checkpoints_note(doc: dict) -> str:
+    src = doc.get("checkpoints_source")
+    if src:
+        return (f"**Checkpoints.** From `{src}` (`make baselines`: one CPU schedule for every model, each model's "
+                "learning rate chosen on val by the hyper-parameter policy); each model section names its weights "
+                "sha256.")
+    return ("**Checkpoints.** Given by path (their train configs are listed per model); not necessarily trained "
+            "under the hyper-parameter policy (`make baselines` trains those).")
 
 
 def _next(r: float, ratios: list[float]) -> float:
@@ -150,36 +188,39 @@ def _bracket_verdict(r: float, ratios: list[float], lo: float, hi: float) -> str
 
 
 def plot(doc: dict, path: Path) -> None:
+    """Val accuracy drop (paired 95 % CI) per evaluated ratio; test drops as stars where test was read."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     models = doc["models"]
-    fig, axes = plt.subplots(len(models), 2, figsize=(11, 4 * len(models)), squeeze=False)
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 3.6 * len(models)), squeeze=False)
     for row, m in zip(axes, models, strict=True):
         for ax, key, xlabel in ((row[0], "ratio", "units pruned (fraction)"),
                                 (row[1], "macs_frac", "MACs of the removed model (fraction of dense)")):
             for c in m["cells"]:
                 pts = c["points"]
-                xs = [p[key] for p in pts]
-                acc = [p["test_metrics"]["accuracy"] for p in pts]
-                ys = [100 * a["value"] for a in acc]
-                lo = [100 * (a["value"] - a["ci"][0]) for a in acc]
-                hi = [100 * (a["ci"][1] - a["value"]) for a in acc]
+                ys = [p["val"]["accuracy_drop_pts"] for p in pts]
+                lo = [y - p["val"]["accuracy_drop_ci_pts"][0] for y, p in zip(ys, pts, strict=True)]
+                hi = [p["val"]["accuracy_drop_ci_pts"][1] - y for y, p in zip(ys, pts, strict=True)]
                 style = "-" if c["attribution"] else "--"
-                ax.errorbar(xs, ys, yerr=[lo, hi], fmt=style + "o", ms=3, capsize=2, label=_label(c))
-            dense = m["dense"]["test"]["accuracy"]["value"] * 100
-            ax.axhline(dense, color="k", lw=0.8, ls=":")
+                line = ax.errorbar([p[key] for p in pts], ys, yerr=[lo, hi], fmt=style + "o", ms=3, capsize=2,
+                                   label=_label(c))
+                tested = [p for p in pts if "test" in p]
+                ax.plot([p[key] for p in tested], [p["test"]["accuracy_drop_pts"] for p in tested], "*", ms=9,
+                        color=line[0].get_color())
+            ax.axhline(doc["tolerance_pts"], color="k", lw=0.8, ls=":")
             ax.set_xlabel(xlabel)
-            ax.set_ylabel("test accuracy % (95 % CI)")
-            ax.set_title(f"{m['model']} / {m['dataset']} (test n={m['dense']['test']['accuracy']['n']})")
+            ax.set_ylabel("accuracy drop, pts (val; * test)")
+            ax.set_title(f"{m['model']} / {m['dataset']} (val n={m['dense']['val']['accuracy']['n']}, "
+                         f"test n={m['dense']['test']['accuracy']['n']})", fontsize=9)
             if key == "macs_frac":
                 ax.invert_xaxis()
         row[0].legend(fontsize=7)
     fig.tight_layout()
     with atomic_file(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
+        fig.savefig(fh, format="png", dpi=90)
     plt.close(fig)
 
 

@@ -4,7 +4,7 @@
 95 % paired, class-stratified bootstrap interval (``toolchain.metrics.paired_bootstrap_diff``) of the
 accuracy drop (dense - pruned) is at most ``tolerance`` points and that of every class's sensitivity
 drop at most ``sens_tolerance`` points. The selected ratio is the largest grid ratio such that it and
-every smaller grid ratio pass (a ratio beyond the first failure is never chosen).
+every smaller grid ratio pass (a ratio beyond the first failure is never chosen, so val stops there).
 
 **Holds on test.** Test is read once the ratio is chosen: the choice holds when the *point* accuracy
 drop on test is <= ``tolerance`` and every class's point sensitivity drop <= ``sens_tolerance``.
@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 from toolchain.errors import ConfigError
 from toolchain.lossless import drops, passes_bound, passes_point
 
-__all__ = ["drops", "passes_bound", "passes_point", "select_ratio", "holds_fraction", "at_budget", "metric_ci"]
+__all__ = ["drops", "passes_bound", "passes_point", "select_ratio", "both_failed", "holds_fraction", "at_budget",
+           "metric_ci"]
 
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy")
 
@@ -36,6 +37,13 @@ def select_ratio(ratios: Sequence[float], passed: Sequence[bool]) -> float:
             break
         chosen = float(r)
     return chosen
+
+
+def both_failed(points: Sequence[Mapping]) -> bool:
+    """Whether the bound rule and the point rule have each failed at some evaluated ratio (ratio order):
+    :func:`select_ratio` can then choose no later ratio under either rule, so val may stop."""
+    return (any(not p["val_pass_bound"] for p in points)
+            and any(not p["val_pass_point"] for p in points))
 
 
 def holds_fraction(holds: Sequence[bool]) -> dict:

@@ -1,9 +1,9 @@
 """The paper grid rerun under the selection protocol: choose on val, read test once, compare at equal cost.
 
     MEDPRUNE_DATA=/work/shared/data medprune study protocol_grid \
-        --checkpoint vgg19=PATH --checkpoint resnet50=PATH \
+        --checkpoint vgg19=PATH --checkpoint resnet50=PATH [--checkpoint vgg19=PATH_OTHER_DATASET ...] \
         [--criteria lrp,dlb,ig,taylor,magnitude,random] [--sampling clustering] \
-        [--ratios 0.1,0.2,...,0.8] [--tolerance 1] [--sens-tolerance 2] [--budgets 0.75,0.5,0.25]
+        [--ratios 0.1,0.2,...,0.8] [--tolerance 1] [--sens-tolerance 2] [--full-curves --budgets 0.75,0.5,0.25]
 
 Per model: unit scores of every criterion on ``--n-per-class`` reference images per class (one
 sampling); data-free criteria (magnitude, random) both raw and with per-layer L1 normalisation
@@ -11,8 +11,13 @@ sampling); data-free criteria (magnitude, random) both raw and with per-layer L1
 across layers. At every grid ratio the masked units are *physically removed* (``toolchain.removal``)
 and the removed model's MACs/parameters counted and its val probabilities taken. The lossless ratio
 is chosen on the whole val split with the bound rule of ``benchmarks.studies._protocol_rules``; only
-then is test read: whether the choice holds on test, and the test curves used to compare criteria at
-equal units, equal MACs and equal parameters (reporting only; nothing is chosen on them).
+then is test read, once, at the chosen ratio: whether the choice holds on test.
+
+Val stops at the first ratio that fails (under both the bound rule and the old point rule, reported
+beside it): the selected ratio is the largest ratio such that it and every smaller one pass, so no
+later ratio can be chosen and evaluating it changes nothing. ``--full-curves`` evaluates every ratio on
+val and on test instead, for the curves that compare criteria at equal units, equal MACs and equal
+parameters (reporting only; nothing is chosen on them).
 
 Headline: the fraction of attribution cells (criteria that need data) whose val-selected ratio holds on
 test. Writes benchmarks/results/protocol_grid.{json,md,png} (``--out`` to change). Runs in one process
@@ -45,6 +50,10 @@ def parse_args(argv: list[str]):
     p = StudyParser("protocol_grid", __doc__)
     p.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=PATH",
                    help="a trained checkpoint per model (repeat)")
+    p.add_argument("--from-baselines", type=Path, default=None, metavar="JSON",
+                   help="take the checkpoints of a baselines_cpu.json (make baselines) instead of --checkpoint")
+    p.add_argument("--runs", default=[], type=lambda t: [k.strip() for k in t.split(",") if k.strip()],
+                   help="with --from-baselines: only these runs (MODEL:DATASET, comma list)")
     p.add_list("--criteria", default=",".join(default_criteria()), choices=available(), help="criteria")
     p.add_argument("--sampling", default="clustering", choices=STRATEGIES)
     p.add_list("--ratios", default=",".join(map(str, RATIOS)), kind=float, help="unit ratios in (0, 1)")
@@ -57,23 +66,42 @@ def parse_args(argv: list[str]):
     p.add_argument("--n-boot", type=int, default=2000, help="paired bootstrap replicates")
     p.add_argument("--seed", type=int, default=0)
     p.add_out()
+    p.add_argument("--full-curves", action="store_true",
+                   help="every ratio on val and test (equal-cost comparison); default: val up to the first "
+                        "failure, test at the chosen ratio only")
     p.add_argument("--report-only", action="store_true", help="re-render md/png from --out's JSON")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="DIR",
                    help="combine the protocol_grid.json of runs (one per model, same settings) into --out")
     a = p.parse_args(argv)
-    if not (a.checkpoint or a.report_only or a.merge):
-        raise ConfigError("give --checkpoint MODEL=PATH (or --merge DIR... / --report-only)")
+    if not (a.checkpoint or a.from_baselines or a.report_only or a.merge):
+        raise ConfigError("give --checkpoint MODEL=PATH or --from-baselines JSON (or --merge DIR... / --report-only)")
     if any(not 0 < r < 1 for r in a.ratios) or any(not 0 < b <= 1 for b in a.budgets):
         raise ConfigError("--ratios must lie in (0, 1) and --budgets in (0, 1]")
     if a.tolerance < 0 or a.sens_tolerance < 0:
         raise ConfigError("tolerances must be >= 0 points")
-    a.checkpoints = {}
+    a.checkpoints = []  # (model, path): one model family may come with checkpoints of several datasets
     for item in a.checkpoint:
         model, sep, path = item.partition("=")
         if not sep or not model or not Path(path).exists():
             raise ConfigError(f"--checkpoint expects MODEL=PATH to an existing checkpoint, got {item!r}")
-        a.checkpoints[model] = path
+        a.checkpoints.append((model, path))
+    a.checkpoints += _baseline_checkpoints(a.from_baselines, a.runs) if a.from_baselines else []
     return a
+
+
+def _baseline_checkpoints(path: Path, runs: list[str]) -> list[tuple[str, str]]:
+    """(model, checkpoint) of each run of a baselines_cpu.json, in its order (``runs`` filters by key)."""
+    if not path.is_file():
+        raise ConfigError(f"--from-baselines: {path} not found (run make baselines)")
+    listed = {r["key"]: r["checkpoint"] for r in json.loads(path.read_text()).get("runs", [])}
+    unknown = [k for k in runs if k not in listed]
+    if unknown:
+        raise ConfigError(f"--runs: {', '.join(unknown)} not in {path} (it has {', '.join(listed) or 'no runs'})")
+    missing = [k for k in (runs or listed) if not Path(listed[k]).is_file()]
+    if missing:
+        raise ConfigError(f"--from-baselines: the checkpoints of {', '.join(missing)} are not in the training cache "
+                          "(run make baselines)")
+    return [(k.split(":")[0], listed[k]) for k in (runs or listed)]
 
 
 def _probs(model, ctx, split: str):
@@ -97,9 +125,8 @@ def _costs(model, example) -> dict:
 
 
 def run_cell(ctx, scores, layers, normalize, dense: dict, a, log) -> dict:
-    """Val over every ratio, the choice, then test: the holds-on-test check and the reporting curve."""
+    """Val up to the first failure (every ratio with ``a.full_curves``), the choice, then test."""
     from toolchain.masking import build_masks
-    from toolchain.metrics import compute_metrics
 
     names = list(ctx.ds.class_names)
     boot = dict(n_boot=a.n_boot, seed=a.seed)
@@ -119,14 +146,16 @@ def run_cell(ctx, scores, layers, normalize, dense: dict, a, log) -> dict:
                        "val_pass_point": rules.passes_point(d, a.tolerance, a.sens_tolerance)})
         log(f"    r={r:.2f} macs {points[-1]['macs_frac']:.2f} val acc drop {d['accuracy_drop_pts']:+.2f} "
             f"(ub {d['accuracy_drop_ci_pts'][1]:.2f}) {time.perf_counter() - t0:.0f}s")
+        if not a.full_curves and rules.both_failed(points):
+            break  # neither rule can choose a larger ratio now
     ratios = [p["ratio"] for p in points]
     chosen = rules.select_ratio(ratios, [p["val_pass_bound"] for p in points])
     chosen_point_rule = rules.select_ratio(ratios, [p["val_pass_point"] for p in points])
-    for p in points:  # 2. test, read after the choice is fixed
-        pt, _ = _probs(kept.pop(p["ratio"]), ctx, "test")
-        p["test"] = rules.drops(dense["yt"], dense["pt"], pt, names, **boot)
-        m = compute_metrics(dense["yt"], pt, names, n_boot=min(a.n_boot, 1000), seed=a.seed)
-        p["test_metrics"] = {k: rules.metric_ci(m, k) for k in rules.SUMMARY_KEYS}
+    read = ratios if a.full_curves else sorted({chosen, chosen_point_rule} - {0.0})
+    for p in points:  # 2. test, read after the choice is fixed (at the chosen ratios only by default)
+        model = kept.pop(p["ratio"])
+        if p["ratio"] in read:
+            _test_point(p, model, dense, ctx, names, a)
     by_ratio = {p["ratio"]: p for p in points}
 
     def verdict(r: float) -> dict:
@@ -138,9 +167,20 @@ def run_cell(ctx, scores, layers, normalize, dense: dict, a, log) -> dict:
                 "test_sensitivity_drop_pts": t["sensitivity_drop_pts"], "macs_frac": by_ratio[r]["macs_frac"],
                 "params_frac": by_ratio[r]["params_frac"], "test_metrics": by_ratio[r]["test_metrics"]}
 
-    equal = {key: {f"{b:g}": _budget_point(points, key, b) for b in a.budgets} for key in ("macs_frac", "params_frac")}
+    equal = ({key: {f"{b:g}": _budget_point(points, key, b) for b in a.budgets} for key in ("macs_frac", "params_frac")}
+             if a.full_curves else None)  # needs test at every ratio
     return {"normalize": normalize or "none", "points": points, "selected": verdict(chosen),
             "selected_point_rule": verdict(chosen_point_rule), "equal_cost": equal}
+
+
+def _test_point(p: dict, model, dense: dict, ctx, names: list[str], a) -> None:
+    """Test drops and metrics (with intervals) of one evaluated ratio, added to its point."""
+    from toolchain.metrics import compute_metrics
+
+    pt, _ = _probs(model, ctx, "test")
+    p["test"] = rules.drops(dense["yt"], dense["pt"], pt, names, n_boot=a.n_boot, seed=a.seed)
+    m = compute_metrics(dense["yt"], pt, names, n_boot=min(a.n_boot, 1000), seed=a.seed)
+    p["test_metrics"] = {k: rules.metric_ci(m, k) for k in rules.SUMMARY_KEYS}
 
 
 def _budget_point(points, key: str, budget: float) -> dict | None:
@@ -218,7 +258,7 @@ def _cell_key(sha256: str, criterion: str, options: dict, normalize, crit, a) ->
                    "sampling": a.sampling if crit.needs_data else None, "n_per_class": a.n_per_class,
                    "pool": a.pool_per_class, "seed": a.seed, "ratios": sorted(a.ratios), "budgets": a.budgets,
                    "tol": [a.tolerance, a.sens_tolerance], "n_boot": a.n_boot, "device": "cpu",
-                   "code": code_version(type(crit), rules, run_cell)})[:20]
+                   "full_curves": a.full_curves, "code": code_version(type(crit), rules, run_cell, _test_point)})[:20]
 
 
 def _cache_path(key: str) -> Path:
@@ -280,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     models: list[dict] = []
-    for m, path in a.checkpoints.items():  # results are written after every model: a partial run shows
+    for m, path in a.checkpoints:  # results are written after every model: a partial run shows
         def partial(entry: dict) -> None:
             _write(_document(a, argv, [*models, entry], time.perf_counter() - t0), out)
 
@@ -290,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # settings that must agree for runs to be merged into one table
-_SHARED = ("tolerance_pts", "sens_tolerance_pts", "ratios", "budgets", "sampling", "n_per_class", "n_boot", "seed")
+_SHARED = ("tolerance_pts", "sens_tolerance_pts", "ratios", "budgets", "sampling", "n_per_class", "n_boot", "seed",
+           "full_curves")
 
 
 def _read(path: Path) -> dict:
@@ -304,14 +345,14 @@ def merge(docs: list[dict], command: str) -> dict:
     differ = [k for k in _SHARED if any(d.get(k) != docs[0].get(k) for d in docs)]
     if differ:
         raise ConfigError(f"--merge: the runs differ in {', '.join(differ)}")
-    models: dict[str, dict] = {}
+    models: dict[tuple, dict] = {}
     for m in (m for d in docs for m in d["models"]):  # one model split over runs: its cells are combined
-        seen = models.get(m["model"])
+        seen = models.get((m["model"], m["dataset"]))
         if seen is None:
-            models[m["model"]] = {**m, "cells": list(m["cells"])}
+            models[(m["model"], m["dataset"])] = {**m, "cells": list(m["cells"])}
             continue
         if seen["sha256"] != m["sha256"]:
-            raise ConfigError(f"--merge: {m['model']} comes from two different checkpoints")
+            raise ConfigError(f"--merge: {m['model']} on {m['dataset']} comes from two different checkpoints")
         have = {(c["criterion"], c["normalize"]) for c in seen["cells"]}
         if any((c["criterion"], c["normalize"]) in have for c in m["cells"]):
             raise ConfigError(f"--merge: a cell of {m['model']} appears in more than one run")
@@ -320,7 +361,7 @@ def merge(docs: list[dict], command: str) -> dict:
     return {**docs[0], "command": " && ".join([d["command"] for d in docs] + [command]),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "wall_s": round(sum(d["wall_s"] for d in docs), 1),
-            "models_requested": list(dict.fromkeys(n for d in docs for n in d.get("models_requested", []))),
+            "models_requested": [n for d in docs for n in d.get("models_requested", [])],
             "summary": summarise(models), "models": models}
 
 
@@ -342,4 +383,6 @@ def _document(a, argv: list[str], models: list[dict], wall: float) -> dict:
         "rule": rules.__doc__.strip(), "tolerance_pts": a.tolerance, "sens_tolerance_pts": a.sens_tolerance,
         "ratios": sorted(a.ratios), "budgets": a.budgets, "sampling": a.sampling, "n_per_class": a.n_per_class,
         "n_boot": a.n_boot, "seed": a.seed, "wall_s": round(wall, 1),
-        "models_requested": list(a.checkpoints), "summary": summarise(models), "models": models}
+        "full_curves": a.full_curves, "models_requested": [m for m, _ in a.checkpoints],
+        "checkpoints_source": str(a.from_baselines) if a.from_baselines else None,
+        "summary": summarise(models), "models": models}

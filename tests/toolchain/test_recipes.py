@@ -1,7 +1,9 @@
 """Training recipes are defined once (toolchain.recipes) and read by the baselines study."""
 
+import pytest
+
 from benchmarks.studies.baselines import RUNS
-from toolchain.recipes import RECIPES, recipe_for
+from toolchain.recipes import CPU_BUDGET, RECIPES, CpuBudget, recipe_for
 from toolchain.train import TrainConfig
 
 
@@ -20,3 +22,13 @@ def test_baseline_runs_come_from_the_recipes():
         assert run.get("build_args", {}) == recipe.build_args, key
         if key != "vit_b16:chest_xray_224":  # its lr was re-chosen on that dataset's val split
             assert run["lr"] == recipe.lr, key
+
+
+def test_cpu_budget_gives_every_dataset_about_the_same_number_of_images():
+    big, small = CPU_BUDGET.schedule(4708), CPU_BUDGET.schedule(546)
+    assert (big["epochs"], big["train_subset"]) == (2, 1500) and (small["epochs"], small["train_subset"]) == (6, None)
+    assert big["patience"] == big["epochs"] and small["warmup_epochs"] == pytest.approx(1.5)
+    assert CpuBudget(images_seen=100, subset=1500, min_epochs=3).schedule(1000)["epochs"] == 3
+    TrainConfig(**big).validate()
+    with pytest.raises(ValueError):
+        CPU_BUDGET.schedule(0)

@@ -12,18 +12,19 @@ from toolchain.recipes import RECIPES
 
 
 def _args(**kw):
-    base = dict(data="pneumoniamnist", epochs=2, train_subset=1500, seed=0, lr_factors=[1 / 3, 1.0, 3.0])
+    base = dict(data="pneumoniamnist", seed=0, lr_factors=[1 / 3, 1.0, 3.0])
     return types.SimpleNamespace(**{**base, **kw})
 
 
 @pytest.mark.parametrize("model", sorted(RECIPES))
 def test_candidates_vary_only_the_learning_rate(model):
-    cfgs = hp.candidates(model, _args())
+    cfgs = hp.candidates(model, _args(), n_train=4708)
     assert [c.lr for c in cfgs] == pytest.approx([RECIPES[model].lr / 3, RECIPES[model].lr, RECIPES[model].lr * 3],
                                                  rel=1e-2)
     others = [{k: v for k, v in c.to_dict().items() if k != "lr"} for c in cfgs]
     assert all(o == others[0] for o in others)
     assert others[0]["build_args"] == RECIPES[model].build_args and others[0]["device"] == "cpu"
+    assert (others[0]["epochs"], others[0]["train_subset"]) == (2, 1500)  # toolchain.recipes.CPU_BUDGET
 
 
 def test_choose_takes_the_best_val_score_and_breaks_ties_towards_the_recipe():

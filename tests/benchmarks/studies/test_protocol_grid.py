@@ -69,7 +69,7 @@ def test_main_end_to_end_on_a_tiny_resnet(tiny_ckpt, tmp_path, monkeypatch, caps
     monkeypatch.setenv("MEDPRUNE_CACHE", str(tmp_path / "cache"))
     argv = ["--checkpoint", f"resnet50={tiny_ckpt['checkpoint']}", "--criteria", "lrp,magnitude", "--sampling", "random",
             "--n-per-class", "2", "--ratios", "0.2,0.5", "--budgets", "0.9,0.5", "--n-boot", "100",
-            "--out", str(tmp_path)]
+            "--full-curves", "--out", str(tmp_path)]
     assert protocol_grid.main(argv) == 0
     first = json.loads((tmp_path / "protocol_grid.json").read_text())
     capsys.readouterr()
@@ -107,7 +107,8 @@ def _doc(model: str, holds: list[bool], ratios=(0.1, 0.3), sha="s", first=0) -> 
              for i, h in enumerate(holds)]
     return {"command": f"run {model}", "wall_s": 10.0, "models_requested": [model], "tolerance_pts": 1.0,
             "sens_tolerance_pts": 2.0, "ratios": list(ratios), "budgets": [0.5], "sampling": "clustering",
-            "n_per_class": 10, "n_boot": 100, "seed": 0, "models": [{"model": model, "sha256": sha, "cells": cells}]}
+            "n_per_class": 10, "n_boot": 100, "seed": 0,
+            "models": [{"model": model, "dataset": "d", "sha256": sha, "cells": cells}]}
 
 
 def test_merge_combines_runs_of_different_models_and_recounts():
@@ -137,3 +138,59 @@ def test_lossless_range_claim_uses_the_bracket_the_grid_resolves():
     assert _bracket_verdict(0.1, grid, 0.45, 0.55) == "REFUTED"  # boundary in [0.1, 0.2)
     assert _bracket_verdict(0.2, grid, 0.2, 0.3) == "CONFIRMED"  # boundary in [0.2, 0.3)
     assert _bracket_verdict(0.7, grid, 0.45, 0.55) == "REFUTED"
+
+
+def test_val_stops_at_the_first_failure_and_test_is_read_at_the_chosen_ratio_only(monkeypatch):
+    """Pruning beyond 0.3 loses every image: val stops at 0.3 (0.5 and 0.7 cannot be chosen), the choice
+    is the same as with every ratio evaluated, and test is read once, at the chosen ratio 0.2."""
+    import types
+
+    from benchmarks.studies import protocol_grid as pg
+
+    y = np.array([0, 1] * 20)
+    calls = []
+
+    def probs(model, ctx, split):  # the "model" is its ratio: up to 0.2 it keeps every prediction
+        calls.append((model, split))
+        return _onehot(y if model <= 0.2 + 1e-9 else 1 - y), y
+
+    monkeypatch.setattr(pg, "_removed", lambda ctx, masks, example: masks.ratio)
+    monkeypatch.setattr(pg, "_costs", lambda model, example: {"macs": int(100 * (1 - model)), "params": 10})
+    monkeypatch.setattr(pg, "_probs", probs)
+    monkeypatch.setattr("toolchain.masking.build_masks", lambda scores, layers, r, mode, norm: types.SimpleNamespace(
+        ratio=r, units_pruned=int(10 * r), units_total=10))
+    ctx = types.SimpleNamespace(ds=types.SimpleNamespace(class_names=["a", "b"]))
+    dense = {"example": None, "cost": {"macs": 100, "params": 10}, "pv": _onehot(y), "yv": y, "pt": _onehot(y), "yt": y}
+    a = types.SimpleNamespace(ratios=[0.1, 0.2, 0.3, 0.5, 0.7], n_boot=50, seed=0, tolerance=1.0, sens_tolerance=2.0,
+                              budgets=[0.5], full_curves=False)
+    cell = pg.run_cell(ctx, None, None, None, dense, a, lambda msg: None)
+    assert [p["ratio"] for p in cell["points"]] == [0.1, 0.2, 0.3]
+    assert [m for m, s in calls if s == "test"] == [0.2] and cell["selected"]["ratio"] == 0.2
+    assert cell["selected"]["holds"] and cell["equal_cost"] is None
+    assert ["test" in p for p in cell["points"]] == [False, True, False]
+    calls.clear()
+    full = pg.run_cell(ctx, None, None, None, dense, types.SimpleNamespace(**{**vars(a), "full_curves": True}),
+                       lambda msg: None)
+    assert len(full["points"]) == 5 and full["selected"] == cell["selected"]
+    assert [m for m, s in calls if s == "test"] == [0.1, 0.2, 0.3, 0.5, 0.7]
+
+
+def test_both_failed_needs_a_failure_under_each_rule():
+    assert not rules.both_failed([{"val_pass_bound": False, "val_pass_point": True}])
+    assert rules.both_failed([{"val_pass_bound": False, "val_pass_point": True},
+                              {"val_pass_bound": False, "val_pass_point": False}])
+
+
+def test_from_baselines_takes_the_listed_checkpoints(tmp_path):
+    from benchmarks.studies import protocol_grid as pg
+
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"x")
+    listing = tmp_path / "baselines_cpu.json"
+    listing.write_text(json.dumps({"runs": [{"key": "vgg19:breastmnist", "checkpoint": str(ckpt)},
+                                            {"key": "resnet50:breastmnist", "checkpoint": str(tmp_path / "gone")}]}))
+    assert pg._baseline_checkpoints(listing, ["vgg19:breastmnist"]) == [("vgg19", str(ckpt))]
+    with pytest.raises(ConfigError, match="not in the training cache"):
+        pg._baseline_checkpoints(listing, [])
+    with pytest.raises(ConfigError, match="not in"):
+        pg._baseline_checkpoints(listing, ["vit_b16:breastmnist"])

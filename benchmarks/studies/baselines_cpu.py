@@ -1,0 +1,206 @@
+"""CPU baselines: every checkpoint the protocol grid uses, trained on this CPU by one command, timed.
+
+    MEDPRUNE_DATA=/work/shared/data medprune study baselines_cpu        # = make baselines
+        [--models vgg19,resnet50,vit_b16] [--datasets pneumoniamnist,breastmnist,chest_xray_224]
+
+1. The hyper-parameter policy (``benchmarks.studies.hparam_policy``): each model's learning rate is
+   chosen on the val split of ``--policy-data`` (recipe lr x 1/3, 1, 3; all else equal).
+2. Every model x dataset is trained with its recipe (``toolchain.recipes``), the chosen lr and the shared
+   CPU schedule ``toolchain.recipes.CPU_BUDGET`` (about 3000 images seen; the policy's own checkpoints
+   are the chosen PneumoniaMNIST ones, reused from the training cache, not trained twice).
+
+The whole command is timed: wall clock, CPU time of the process (all its threads) and the 1-min load
+average sampled every 15 s, with the machine's CPU, cores and torch threads, so the minutes can be read
+against how busy the machine was. Checkpoints live in the training cache (key: config, data fingerprint,
+device, training code); each run records its weights sha256, which results cite.
+
+Writes benchmarks/results/baselines_cpu.{json,md} and hparam_policy.{json,md} (``--out`` to change).
+The full-length recipes (``medprune study baselines``, many hours on 2 cores) are a separate study.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+
+from toolchain.errors import ConfigError
+
+from . import hparam_policy as hp
+from .registry import StudyParser, command_line, study
+
+# how each dataset is read (BreastMNIST from its 64 px file, chest_xray_224 decoded at 64 px; both
+# trained at 32 px like PneumoniaMNIST)
+DATASETS = {"pneumoniamnist": {"data": "pneumoniamnist"}, "breastmnist": {"data": "breastmnist_64"},
+            "chest_xray_224": {"data": "chest_xray_224", "load_size": 64}}
+
+
+def config(model: str, dataset: str, lr: float, seed: int = 0):
+    """The TrainConfig of one CPU baseline: recipe, chosen lr, CPU_BUDGET schedule for that train split."""
+    from toolchain.data import load_dataset
+    from toolchain.recipes import CPU_BUDGET, recipe_for
+    from toolchain.train import TrainConfig
+
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    spec = DATASETS[dataset]
+    ds = load_dataset(spec["data"], load_size=spec.get("load_size"), seed=seed)
+    recipe = recipe_for(model)
+    args = {**(recipe.train_args() if recipe else {}), **CPU_BUDGET.schedule(len(ds.split("train").labels))}
+    return TrainConfig(model=model, seed=seed, device="cpu", quiet=True, **spec, **{**args, "lr": lr})
+
+
+class LoadSampler:
+    """The 1-min load average every ``period`` seconds in a daemon thread (``with`` starts and stops it)."""
+
+    def __init__(self, period: float = 15.0):
+        self.period, self.samples, self._stop = period, [], threading.Event()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(round(os.getloadavg()[0], 2))
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> LoadSampler:
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        s = self.samples or [float("nan")]
+        return {"mean": round(sum(s) / len(s), 2), "max": max(s), "min": min(s), "samples": len(self.samples),
+                "period_s": self.period}
+
+
+def machine() -> dict:
+    """What the minutes were measured on."""
+    import torch
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in _cpuinfo() if ln.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores_usable": len(os.sched_getaffinity(0)), "cores_online": os.cpu_count(),
+            "torch": torch.__version__, "python": platform.python_version(), "nice": os.nice(0),
+            "host": platform.node()}
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def run_entry(key: str, weights: Path, seconds: float) -> dict:
+    """One trained run as the report lists it (test metrics from the checkpoint, read by training's end)."""
+    from toolchain.models import read_sidecar
+
+    from .baselines import cli_command
+
+    _, side = read_sidecar(weights)
+    meta = side["meta"]
+    cfg = meta["train_config"]
+    from toolchain.train import TrainConfig
+
+    command = cli_command(TrainConfig(**cfg))
+    if cfg.get("train_subset"):  # baselines.cli_command predates train_subset
+        command += f" --train-subset {cfg['train_subset']}"
+    pick = ("accuracy", "accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "auc", "auc_ci", "n")
+    metrics = meta.get("metrics") or {}
+    return {"key": key, "checkpoint": str(weights), "weights_sha256": side["weights_sha256"],
+            "dataset_fingerprint": (meta.get("dataset") or {}).get("fingerprint"), "train_config": cfg,
+            "command": command, "seconds": round(seconds, 1), "train": meta.get("train"),
+            **{split: {k: (metrics.get(split) or {}).get(k) for k in pick} for split in ("val", "test")}}
+
+
+def markdown(doc: dict) -> str:
+    t = doc["timing"]
+    lines = ["# CPU baselines (one command, timed)", "", f"Command: `{doc['command']}`  ",
+             f"Created {doc['created']}. **{t['wall_min']:.1f} min wall**, {t['cpu_min']:.1f} min process CPU time "
+             f"on {doc['machine']['cpu']} ({doc['machine']['cores_usable']} usable cores, nice {doc['machine']['nice']}); "
+             f"1-min load average mean {t['load']['mean']} (max {t['load']['max']}, {t['load']['samples']} samples): "
+             "the machine was shared, so wall time is an upper bound for a quiet machine.", "",
+             doc["schedule"], "", "Learning rates chosen on val by the hyper-parameter policy (`hparam_policy.md`): "
+             + ", ".join(f"{m} {lr:g}" for m, lr in doc["chosen_lr"].items()) + ".", "",
+             "| run | lr | epochs | train images | val bal. acc. [95 %] | test acc. [95 %] | test AUC | n test | "
+             "train s | weights sha256 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["runs"]:
+        v, te, cfg = r["val"], r["test"], r["train_config"]
+        lines.append(f"| {r['key']} | {cfg['lr']:g} | {cfg['epochs']} | {(r['train'] or {}).get('train_images')} | "
+                     f"{_ci(v['balanced_accuracy'], v['balanced_accuracy_ci'])} | {_ci(te['accuracy'], te['accuracy_ci'])}"
+                     f" | {_ci(te['auc'], te['auc_ci'])} | {te['n']} | {r['seconds']:.0f} | `{r['weights_sha256'][:16]}` |")
+    if doc.get("not_run"):
+        lines += ["", "**Not run:** " + ", ".join(doc["not_run"])]
+    lines += ["", "## Reproduce each run", "", *[f"- {r['key']}: `{r['command']}`" for r in doc["runs"]], ""]
+    return "\n".join(lines)
+
+
+def _ci(v, ci) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{v:.3f}"
+
+
+def _write(doc: dict, out: Path) -> None:
+    from toolchain.atomic import atomic_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out / "baselines_cpu.json", "w") as fh:
+        json.dump(doc, fh, indent=1)
+    with atomic_file(out / "baselines_cpu.md", "w") as fh:
+        fh.write(markdown(doc))
+
+
+@study("baselines_cpu", outputs=("baselines_cpu.json", "baselines_cpu.md", "hparam_policy.json", "hparam_policy.md"))
+def main(argv: list[str] | None = None) -> int:
+    from toolchain.recipes import CPU_BUDGET
+    from toolchain.train import train
+
+    argv = list(argv or [])
+    p = StudyParser("baselines_cpu", __doc__)
+    hp.add_options(p)
+    p.add_list("--datasets", default=",".join(DATASETS), choices=list(DATASETS), help="datasets to train on")
+    p.add_out()
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    doc: dict = {"schema": "medprune.baselines_cpu/1", "command": command_line("baselines_cpu", argv),
+                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                 "machine": machine(), "schedule": f"Schedule for every run: {_schedule_text(CPU_BUDGET)}",
+                 "runs": [], "not_run": [f"{m}:{d}" for d in a.datasets for m in a.models]}
+    with LoadSampler() as load:
+        policy = hp.policy(a, argv, hp.log)
+        hp.write(policy, out)
+        doc["chosen_lr"] = {m["model"]: m["chosen"]["lr"] for m in policy["models"]}
+        for dataset in a.datasets:
+            for model in a.models:
+                key, t0 = f"{model}:{dataset}", time.perf_counter()
+                cfg = config(model, dataset, doc["chosen_lr"][model], a.seed)
+                hp.log(f"== {key}: lr {cfg.lr:g}, {cfg.epochs} epochs, subset {cfg.train_subset}")
+                weights = train(cfg)
+                doc["runs"].append(run_entry(key, weights, time.perf_counter() - t0))
+                doc["not_run"].remove(key)
+                doc["timing"] = _timing(wall0, cpu0, load)
+                _write(doc, out)  # after every run: a stopped command keeps what finished
+                hp.log(f"== {key}: weights sha256 {doc['runs'][-1]['weights_sha256']}")
+    doc["timing"] = _timing(wall0, cpu0, load)
+    _write(doc, out)
+    hp.log(f"wrote {out / 'baselines_cpu.json'}: {doc['timing']['wall_min']:.1f} min wall")
+    return 0
+
+
+def _schedule_text(budget) -> str:
+    return (f"about {budget.images_seen} training images seen (a stratified subset of at most {budget.subset} "
+            f"images, at least {budget.min_epochs} epochs), warm-up {budget.warmup_fraction:.0%} of the run, "
+            "no early stop, best val epoch kept; 32 px, batch 64, AdamW, seed 0, CPU")
+
+
+def _timing(wall0: float, cpu0: float, load: LoadSampler) -> dict:
+    return {"wall_min": round((time.perf_counter() - wall0) / 60, 2),
+            "cpu_min": round((time.process_time() - cpu0) / 60, 2), "load": load.summary()}
