@@ -8,7 +8,7 @@ import json
 import typer
 
 from toolchain.commands.choices import Criterion, Sampling, one_of
-from toolchain.commands.options import allow_missing_class_option
+from toolchain.commands.options import allow_missing_class_option, ordinal_option
 from toolchain.removal import GRANULARITIES
 
 from .deploy.config import TARGET_ALIASES
@@ -40,6 +40,11 @@ def deploy_cmd(
     tolerance: float = typer.Option(1.0, help="max accuracy drop (points): bound of the val drop when choosing, "
                                               "the test drop at the final gate"),
     sens_tolerance: float = typer.Option(2.0, help="max sensitivity drop (points) of any class, as --tolerance"),
+    ordinal: bool = ordinal_option(),
+    qwk_tolerance: float = typer.Option(2.0, help="with graded classes (--ordinal): max test QWK drop at the final "
+                                                  "gate, points (100 x kappa)"),
+    data_description: str = typer.Option(None, help="text file describing the data (population, sites, labels) "
+                                                    "for the model card [default: DESCRIPTION.md beside the data]"),
     max_ratio: float = typer.Option(0.9, help="largest ratio the auto search tries"),
     round_to: int = typer.Option(-1, help="channel multiple (-1: the target's, 0: none)"),
     fidelity_images: int = typer.Option(16, help="test images for explanation fidelity (0: skip)"),
@@ -73,6 +78,7 @@ def deploy_cmd(
                        n_per_class=n_per_class, pool_per_class=pool_per_class or None, ratio=ratio,
                        granularity=granularity, precision=precision, out=out, img_size=img_size, epochs=epochs,
                        seed=seed, tolerance=tolerance, sens_tolerance=sens_tolerance, max_ratio=max_ratio,
+                       ordinal=ordinal, qwk_tolerance=qwk_tolerance, data_description=data_description,
                        round_to=None if round_to < 0 else round_to, fidelity_images=fidelity_images,
                        calibrate=calibrate,
                        bench_runs=bench_runs, cache_bench=bench_cache, samples=samples, device=device,

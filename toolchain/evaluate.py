@@ -45,13 +45,14 @@ def evaluate(model: nn.Module, ds, split: str, preprocess, batch_size: int = 128
     """``compute_metrics`` of ``model`` on ``split`` (accuracy, balanced accuracy, AUC, ECE, per class,
     with 95 % intervals and per-class n unless ``intervals=False``)."""
     from .metrics import compute_metrics
+    from .ordinal import is_ordinal
 
     probs, labels = predict(model, ds, split, preprocess, batch_size, device, indices)
-    return compute_metrics(labels, probs, list(ds.class_names), intervals=intervals)
+    return compute_metrics(labels, probs, list(ds.class_names), intervals=intervals, ordinal=is_ordinal(ds))
 
 
 def dataset_for_checkpoint(meta: dict[str, Any], data: str | None = None, data_dir: str | None = None,
-                           allow_missing_class: bool | None = None):
+                           allow_missing_class: bool | None = None, ordinal: bool | None = None):
     """``(dataset, preprocess)`` a checkpoint expects: ``data`` or the dataset it was trained on, loaded
     with the training run's split settings, and the preprocessing stored with the model."""
     from .data import Preprocess, load_dataset
@@ -67,6 +68,9 @@ def dataset_for_checkpoint(meta: dict[str, Any], data: str | None = None, data_d
     ds = load_dataset(spec, data_dir, load_size=cfg.get("load_size"), val_fraction=cfg.get("val_fraction", 0.1),
                       seed=cfg.get("seed", 0), allow_missing_class=allow_missing_class)
     apply_recorded_names(ds, meta)
+    from .ordinal import ORDINAL_KEY, mark_ordinal
+
+    mark_ordinal(ds, bool(meta.get(ORDINAL_KEY)) if ordinal is None else ordinal)  # None: as trained
     if ds.num_classes != int(meta["num_classes"]):
         raise DataError(f"dataset {ds.name} has {ds.num_classes} classes but the checkpoint predicts "
                         f"{meta['num_classes']}")
@@ -77,10 +81,11 @@ def dataset_for_checkpoint(meta: dict[str, Any], data: str | None = None, data_d
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None, split: str = "test", *,
                         data_dir: str | None = None, batch_size: int = 128, device: str = "cpu",
-                        allow_missing_class: bool | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                        allow_missing_class: bool | None = None,
+                        ordinal: bool | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(metrics, meta)`` of a saved checkpoint on ``data`` (default: the dataset it was trained on)."""
     from .models import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint, device=device)
-    ds, preprocess = dataset_for_checkpoint(meta, data, data_dir, allow_missing_class)
+    ds, preprocess = dataset_for_checkpoint(meta, data, data_dir, allow_missing_class, ordinal)
     return evaluate(model, ds, split, preprocess, batch_size, device), meta

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from .intervals import CONFIDENCE, N_BOOT, bootstrap_replicates, clopper_pearson, percentile_interval
+from .ordinal import METRICS as ORDINAL_METRICS
+from .ordinal import ordinal_metrics
 
 ECE_BINS = 15
 PAIRED_N_BOOT = 2000
@@ -99,7 +101,8 @@ def _class_metric(c: int, of_positives: bool) -> Metric:
     return rate
 
 
-METRICS: dict[str, Metric] = {"accuracy": accuracy, "balanced_accuracy": balanced_accuracy, "auc": auc}
+METRICS: dict[str, Metric] = {"accuracy": accuracy, "balanced_accuracy": balanced_accuracy, "auc": auc,
+                               **ORDINAL_METRICS}  # qwk, grade_mae: graded labels (toolchain.ordinal)
 CLASS_METRICS = ("sensitivity", "specificity")
 
 
@@ -190,7 +193,7 @@ def _as_list(ci) -> list[float] | None:
 
 
 def compute_metrics(y_true, probs, class_names: Sequence[str], *, intervals: bool = True, n_boot: int = N_BOOT,
-                    seed: int = 0, confidence: float = CONFIDENCE) -> dict:
+                    seed: int = 0, confidence: float = CONFIDENCE, ordinal: bool = False) -> dict:
     """Metrics of predicted class probabilities ``probs`` (N,K) against integer labels ``y_true`` (N,).
 
     Sensitivity of a class is its recall; specificity is the recall of "not this class". A class absent
@@ -198,6 +201,7 @@ def compute_metrics(y_true, probs, class_names: Sequence[str], *, intervals: boo
     ``intervals`` each accuracy-like figure ``x`` also gets ``x_ci = [lo, hi]`` (``toolchain.intervals``)
     and each class its n: ``support`` (positives, behind sensitivity) and ``n_negative`` (behind
     specificity). ``intervals=False`` skips the intervals (model selection needs only the values).
+    ``ordinal`` (classes are ordered grades) adds ``qwk`` and ``grade_mae`` (``toolchain.ordinal``).
     """
     k = len(class_names)
     y_true = np.asarray(y_true).astype(np.int64).reshape(-1)
@@ -252,18 +256,25 @@ def compute_metrics(y_true, probs, class_names: Sequence[str], *, intervals: boo
         out["intervals"] = {"confidence": confidence, "exact": "clopper-pearson (accuracy, sensitivity, specificity)",
                             "bootstrap": "class-stratified percentile (balanced_accuracy, auc)", "n_boot": n_boot,
                             "seed": seed}
+    if ordinal:
+        out.update(ordinal_metrics(y_true, probs, intervals=intervals, n_boot=n_boot, seed=seed,
+                                   confidence=confidence))
+        if intervals:
+            out["intervals"]["bootstrap"] += "; qwk, grade_mae: the same bootstrap"
     return out
 
 
 # Row label, key.  Per-class rows (n, sensitivity, specificity) follow for every class seen in any column.
 _SUMMARY_ROWS = (("n", "n"), ("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"),
                  ("AUC", "auc"), ("ECE", "ece"))
+_ORDINAL_ROWS = (("QWK", "qwk"), ("grade MAE", "grade_mae"))  # shown when a column has them (--ordinal)
 
 
 def _rows(columns: Mapping[str, Mapping]) -> list[tuple[str, list, list]]:
     """``(label, values, intervals)`` per table row."""
     cols = list(columns.values())
-    rows = [(label, [c.get(key) for c in cols], [c.get(f"{key}_ci") for c in cols]) for label, key in _SUMMARY_ROWS]
+    keys = _SUMMARY_ROWS + (_ORDINAL_ROWS if any("qwk" in c for c in cols) else ())
+    rows = [(label, [c.get(key) for c in cols], [c.get(f"{key}_ci") for c in cols]) for label, key in keys]
     classes: list[str] = []
     for col in cols:
         classes += [c for c in (col.get("per_class") or {}) if c not in classes]
@@ -331,7 +342,8 @@ def _caption(columns: Mapping[str, Mapping]) -> str | None:
     if not info:
         return None
     return (f"[lo, hi]: {info['confidence']:.0%} interval (accuracy, sensitivity, specificity: exact "
-            f"Clopper-Pearson; balanced accuracy, AUC: stratified bootstrap, {info['n_boot']} resamples)")
+            f"Clopper-Pearson; balanced accuracy, AUC{', QWK, grade MAE' if 'qwk' in info['bootstrap'] else ''}: "
+            f"stratified bootstrap, {info['n_boot']} resamples)")
 
 
 def metrics_to_markdown(columns: Mapping[str, Mapping], *, reference: str | None = None) -> str:

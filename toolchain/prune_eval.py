@@ -55,15 +55,15 @@ class Context:
 
 
 def load_context(checkpoint, data: str | None = None, *, data_dir=None, device: str = "cpu",
-                 allow_missing_class: bool | None = None) -> Context:
+                 allow_missing_class: bool | None = None, ordinal: bool | None = None) -> Context:
     """Load ``checkpoint`` and its dataset (``data`` or the one it was trained on) with its preprocessing
-    (``allow_missing_class`` None: as the checkpoint was trained)."""
+    (``allow_missing_class``, ``ordinal`` None: as the checkpoint was trained)."""
     from .evaluate import dataset_for_checkpoint
     from .models import load_checkpoint, recorded_sha256, resolve_checkpoint
 
     weights = resolve_checkpoint(checkpoint)
     model, meta = load_checkpoint(weights, device=device)
-    ds, preprocess = dataset_for_checkpoint(meta, data, data_dir, allow_missing_class)
+    ds, preprocess = dataset_for_checkpoint(meta, data, data_dir, allow_missing_class, ordinal)
     check_compatible(meta, ds)
     return Context(model.eval(), meta, ds, preprocess, device, str(weights), recorded_sha256(weights))
 

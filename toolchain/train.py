@@ -77,6 +77,7 @@ class TrainConfig:
     device: str = "auto"
     data_dir: str | None = None
     allow_missing_class: bool = False  # keep classes without images (see toolchain.data.labels)
+    ordinal: bool = False  # classes are ordered grades: QWK and grade MAE beside accuracy (toolchain.ordinal)
     quiet: bool = False
 
     def validate(self) -> None:
@@ -96,9 +97,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def cache_key(self, fingerprint: str) -> str:
-        # class_names=None is left out so that adding the field kept every earlier cache key
-        payload = {k: v for k, v in self.to_dict().items()
-                   if k not in _NOT_HASHED and not (k == "class_names" and v is None)}
+        # class_names=None and ordinal=False are left out so that adding them kept every earlier cache key
+        payload = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED
+                   and not (k == "class_names" and v is None) and not (k == "ordinal" and not v)}
         payload["dataset_fingerprint"] = fingerprint
         payload["device"] = settings.resolve_device("auto") if self.device == "auto" else self.device
         payload["code_version"] = training_code_version()
@@ -215,12 +216,14 @@ def train(cfg: TrainConfig, force: bool = False) -> Path:
     from .data.class_names import rename_classes
     from .data.input_profile import input_profile
     from .models import build_model, read_sidecar
+    from .ordinal import ORDINAL_KEY, mark_ordinal
 
     cfg.validate()
     console = _console(cfg.quiet)
     ds = load_dataset(cfg.data, cfg.data_dir, load_size=cfg.load_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
                       allow_missing_class=cfg.allow_missing_class)
     source_names = rename_classes(ds, cfg.class_names)
+    mark_ordinal(ds, cfg.ordinal)  # before any evaluation: val/test metrics then carry QWK and grade MAE
     out_dir = checkpoint_dir(cfg, ds.name, ds.fingerprint)
     weights = out_dir / "model.safetensors"
     if weights.exists() and not force:
@@ -246,6 +249,7 @@ def train(cfg: TrainConfig, force: bool = False) -> Path:
         "dataset": {"name": ds.name, "fingerprint": ds.fingerprint, "source": str(ds.source),
                     **({"source_class_names": source_names} if source_names else {})},
         "input_profile": input_profile(ds),
+        **({ORDINAL_KEY: True} if cfg.ordinal else {}),
         "metrics": result["metrics"],
         "train_config": {k: v for k, v in cfg.to_dict().items() if k not in ("quiet",)},
         "train": {**result["summary"], "device": device, "threads": threads, "torch": torch.__version__,

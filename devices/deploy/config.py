@@ -39,6 +39,8 @@ class DeployConfig:
     seed: int = 0
     tolerance: float = 1.0  # accuracy drop allowed, points
     sens_tolerance: float = 2.0  # per-class sensitivity drop allowed, points
+    ordinal: bool = False  # classes are ordered grades (else as the checkpoint was trained): QWK/MAE reported
+    qwk_tolerance: float = 2.0  # with graded classes: test QWK drop allowed at the gate, points (100 x kappa)
     # the val search uses tolerances x margin; 1: the full tolerances (the rule's bootstrap bound is the margin)
     search_margin: float = 1.0
     max_ratio: float = 0.9
@@ -55,6 +57,7 @@ class DeployConfig:
     checkpoint: str | None = None  # deploy this trained checkpoint instead of training one
     allow_missing_class: bool = False  # keep a class without images (toolchain.data.labels)
     sign_key: str | None = None  # Ed25519 private key (medprune keygen): the package gets manifest.sig
+    data_description: str | None = None  # the model card's data text (else the one beside the data; deploy.description)
     # a budget instead of a ratio (devices/deploy/recover.py): at most one is set
     speedup: str | None = None  # measured batch-1 speedup (ONNX Runtime here; predicted for other runtimes)
     macs_budget: str | None = None  # <= 1: fraction of dense MACs, else an absolute count (120M)
@@ -105,6 +108,10 @@ class DeployConfig:
         if cfg.name is not None and (not cfg.name or Path(cfg.name).name != cfg.name or cfg.name.startswith(".")):
             raise ConfigError(f"package name must be a plain file name, got {cfg.name!r}")
         cfg._check_outputs()
+        if cfg.data_description is not None:
+            from .description import read_description
+
+            read_description(cfg.data_description)  # unreadable, empty or huge: one line now, not after training
         if cfg.sign_key is not None:
             from export.signing import load_private_key
 
@@ -140,7 +147,7 @@ class DeployConfig:
     def _check_numbers(self) -> None:
         if self.round_to < 0:
             raise ConfigError(f"round_to must be >= 0, got {self.round_to}")
-        for name in ("tolerance", "sens_tolerance"):
+        for name in ("tolerance", "sens_tolerance", "qwk_tolerance"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0 points, got {getattr(self, name)}")
         if self.n_per_class < 1:

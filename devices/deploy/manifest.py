@@ -34,6 +34,8 @@ def build_manifest(cfg, profile, ctx, *, exported: str, pr, exp, bench, fid: dic
     """Everything reproducible about the package (package-level fields are added by export.package)."""
     from toolchain import __version__
 
+    from .description import dataset_description
+
     summary = bench.data["summary"]
     return {
         "runtime_target": profile.name,
@@ -61,7 +63,9 @@ def build_manifest(cfg, profile, ctx, *, exported: str, pr, exp, bench, fid: dic
                       "note": "latency/throughput/memory are in reports/ (measured on the build machine "
                               "or predicted for an absent device); they are not reproducible byte for byte"},
         "dataset": {"name": ctx.ds.name, "fingerprint": ctx.ds.fingerprint,
-                    "source": Path(str(getattr(ctx.ds, "source", "") or "")).name or None},
+                    "source": Path(str(getattr(ctx.ds, "source", "") or "")).name or None,
+                    # the card's Data section: this dataset's own description, or a line saying there is none
+                    "description": dataset_description(ctx.ds, cfg.data_description)},
         "training": training,
         # what the training images looked like: medprune predict --package warns about inputs far from it
         "input_profile": ctx.meta.get("input_profile"),
@@ -89,7 +93,8 @@ def _metric_rows(test: dict, cal: dict) -> list[str]:
     d, dep = test["dense"], test["deployed"]
     name = "deployed" + (f" (pruned, temperature {cal['temperature']:.3f})" if "fit_split" in cal else " (pruned)")
     rows = [f"| metric (n) | dense | {name} |", "|---|---:|---:|"]
-    for key in ("accuracy", "balanced_accuracy", "auc"):
+    graded = ("qwk", "grade_mae") if "qwk" in d else ()  # ordered grades (--ordinal): toolchain.ordinal
+    for key in ("accuracy", "balanced_accuracy", "auc", *graded):
         rows.append(f"| {key} ({test['n']}) | {_ci(d, key)} | {_ci(dep, key)} |")
     rows.append(f"| ece ({test['n']}) | {_fmt(d.get('ece'))} | {_fmt(dep.get('ece'))} |")
     for cls, row in d.get("per_class", {}).items():
@@ -123,9 +128,12 @@ def _gates_line(gates: dict) -> str:
     worst_txt = (f"worst per-class sensitivity drop {sens[worst]:.2f} pts ({worst}, 95% CI "
                  f"{gates['sensitivity_drop_ci_pts'][worst][0]:.2f} to {gates['sensitivity_drop_ci_pts'][worst][1]:.2f}; "
                  f"allowed {gates['sens_tolerance_pts']})" if worst else "no per-class sensitivity")
+    qwk = gates.get("qwk_drop_ci_pts")
+    qwk_txt = (f", QWK drop {gates['qwk_drop_pts']:.2f} pts (95% CI {qwk[0]:.2f} to {qwk[1]:.2f}; allowed "
+               f"{gates['qwk_tolerance_pts']})" if qwk else "")
     return (f"Clinical gates passed on the test split (n={gates['n']}): accuracy drop "
             f"{gates['accuracy_drop_pts']:.2f} pts (95% CI {ci[0]:.2f} to {ci[1]:.2f}; allowed "
-            f"{gates['tolerance_pts']}), {worst_txt}.")
+            f"{gates['tolerance_pts']}), {worst_txt}{qwk_txt}.")
 
 
 def _calibration_line(cal: dict) -> str:
@@ -154,7 +162,8 @@ def model_card(cfg, ctx, manifest: dict, profile) -> str:
         model=cfg.model, dataset=ctx.ds.name, target=profile.name, runtime=profile.runtime,
         precision=manifest["precision"], classes=", ".join(ctx.ds.class_names),
         runtime_line=RUNTIME_LINES.get(profile.runtime, DEFAULT_RUNTIME_LINE),
-        fingerprint=ctx.ds.fingerprint[:16], img_size=ctx.meta["img_size"], in_chans=ctx.meta["in_chans"],
+        fingerprint=ctx.ds.fingerprint[:16], data_description=manifest["dataset"]["description"]["text"],
+        img_size=ctx.meta["img_size"], in_chans=ctx.meta["in_chans"],
         epochs=train.get("epochs", cfg.epochs), seed=train.get("seed", cfg.seed), criterion=cfg.criterion,
         n_per_class=cfg.n_per_class, sampling=cfg.sampling, ratio_pct=f"{manifest['pruning']['ratio']:.0%}",
         granularity=cfg.granularity, ratio_search=manifest["pruning"]["ratio_search"],

@@ -5,7 +5,10 @@ intervals and per-class n (``toolchain.metrics.compute_metrics``), and the deplo
 against the dense one get paired bootstrap intervals (``lossless.judge``). Then the **clinical gates**
 judge those held-out numbers once: the test accuracy drop must be at most ``--tolerance`` points and
 every class's sensitivity drop at most ``--sens-tolerance`` points (point estimates; the intervals are
-reported beside them). A failure is exit 3 with the numbers, and no package is written.
+reported beside them). With graded classes (``--ordinal``, or a checkpoint trained with it) the test
+QWK drop must also be at most ``--qwk-tolerance`` points (``toolchain.ordinal``), and QWK and the mean
+absolute grade error are reported with their intervals. A failure is exit 3 with the numbers, and no
+package is written.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class FinalReport(Stage):
     tolerance: float
     sens_tolerance: float
     seed: int  # bootstrap seed
+    ordinal: bool = False  # graded classes: QWK and grade MAE, and their drops
     ctx: Any = live()
     pruned_weights: Any = live()
     deployed_weights: Any = live()
@@ -39,6 +43,7 @@ class FinalReport(Stage):
         from toolchain.evaluate import predict
         from toolchain.metrics import compute_metrics
         from toolchain.models import load_checkpoint
+        from toolchain.ordinal import ordinal_drops
 
         ctx, names = self.ctx, list(self.ctx.ds.class_names)
         probs = {"dense": predict(ctx.model, ctx.ds, "test", ctx.preprocess)}
@@ -48,17 +53,21 @@ class FinalReport(Stage):
         y = probs["dense"][1]
         out: dict[str, Any] = {"split": "test", "n": int(len(y)), "read": "once, after every choice was made on val"}
         for which, (p, _) in probs.items():
-            out[which] = compute_metrics(y, p, names, seed=self.seed)
+            out[which] = compute_metrics(y, p, names, seed=self.seed, ordinal=self.ordinal)
         out["drop"] = judge(y, probs["dense"][0], probs["deployed"][0], names, tolerance=self.tolerance,
                             sens_tolerance=self.sens_tolerance, seed=self.seed, split="test")
+        if self.ordinal:
+            out["ordinal_drop"] = ordinal_drops(y, probs["dense"][0], probs["deployed"][0], seed=self.seed)
         return out
 
 
 def final_report(cfg, pipe, ctx, trained, pr, source, weights: Path):
     """The final report stage (call inside ``holdout.report_phase()``)."""
+    from toolchain.ordinal import is_ordinal
+
     return FinalReport(checkpoint=trained.sha256, data=ctx.ds.fingerprint, pruned=pr.key_digest,
                        deployed=source.key_digest, tolerance=cfg.tolerance, sens_tolerance=cfg.sens_tolerance,
-                       seed=cfg.seed, ctx=ctx, pruned_weights=pr.path / "pruned.safetensors",
+                       seed=cfg.seed, ordinal=is_ordinal(ctx.ds), ctx=ctx, pruned_weights=pr.path / "pruned.safetensors",
                        deployed_weights=weights)(pipe)
 
 
@@ -78,7 +87,21 @@ def clinical_gates(cfg, report: dict) -> dict:
     failed += [f"{name} sensitivity drop {v:.2f} pts [95% CI {sens_ci[name][0]:.2f}, {sens_ci[name][1]:.2f}] "
                f"(n={d['support'][name]}, allowed {cfg.sens_tolerance})"
                for name, v in sens.items() if v > cfg.sens_tolerance + 1e-9]
+    failed += _qwk_gate(cfg, report.get("ordinal_drop"), gates)
     if failed:
         raise GateError(f"clinical gate failed on the test split (n={d['n']}, read once after choosing on val): "
                         f"{'; '.join(failed)}; no package written — lower --ratio or raise the tolerance")
     return gates
+
+
+def _qwk_gate(cfg, od: dict | None, gates: dict) -> list[str]:
+    """Graded classes: record the QWK drop in ``gates`` and return the failure line when it exceeds
+    ``--qwk-tolerance`` (undefined QWK, a single grade on test, is recorded and not judged)."""
+    if not od:
+        return []
+    drop, ci = od["qwk_drop_pts"], od["qwk_drop_ci_pts"]
+    gates.update(qwk_drop_pts=drop, qwk_drop_ci_pts=ci, qwk_tolerance_pts=cfg.qwk_tolerance,
+                 grade_mae_increase=od["grade_mae_increase"], grade_mae_increase_ci=od["grade_mae_increase_ci"])
+    if drop is None or drop <= cfg.qwk_tolerance + 1e-9:
+        return []
+    return [f"QWK drop {drop:.2f} pts [95% CI {ci[0]:.2f}, {ci[1]:.2f}] (allowed {cfg.qwk_tolerance})"]

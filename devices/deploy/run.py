@@ -46,7 +46,7 @@ def deploy(cfg: DeployConfig) -> dict:
     # 1 train (outside the seal: toolchain.train owns its own dataset)
     trained = train_checkpoint(cfg, pipe.console)
     ctx = load_context(trained.weights, cfg.data, data_dir=cfg.data_dir,
-                       allow_missing_class=cfg.allow_missing_class or None)
+                       allow_missing_class=cfg.allow_missing_class or None, ordinal=cfg.ordinal or None)
     seal(ctx.ds)  # stages 2-7 choose on train/val only: reading test before the report phase raises
     layers = find_unit_layers(ctx.model)
     base = {"checkpoint": trained.sha256, "data": ctx.ds.fingerprint}

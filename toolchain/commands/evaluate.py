@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from .choices import Split
-from .options import allow_missing_class_option
+from .options import allow_missing_class_option, ordinal_option
 
 
 def register(app: typer.Typer) -> None:
@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
         data_dir: str = typer.Option(None, "--data-dir", help="data root (default: MEDPRUNE_DATA)"),
         json_out: Path = typer.Option(None, "--json", help="also write the metrics as JSON here"),
         allow_missing_class: bool = allow_missing_class_option(),
+        ordinal: bool = ordinal_option(),
     ) -> None:
         """Evaluate a checkpoint: accuracy, balanced accuracy, AUC, ECE and per-class sensitivity/specificity."""
         from rich.console import Console
@@ -35,7 +36,8 @@ def register(app: typer.Typer) -> None:
             ensure_writable_file(json_out, "--json")
         metrics, meta = evaluate_checkpoint(checkpoint, data, split, data_dir=data_dir, batch_size=batch_size,
                                             device=resolve_device(device),
-                                            allow_missing_class=allow_missing_class or None)
+                                            allow_missing_class=allow_missing_class or None,
+                                            ordinal=ordinal or None)
         Console().print(metrics_table({f"{meta['arch']} {split}": metrics}))
         if json_out is not None:
             payload = {"checkpoint": str(checkpoint), "data": data or (meta.get("dataset") or {}).get("name"),

@@ -11,6 +11,11 @@ import typer
 from ..data.labels import ALLOW_FLAG
 
 
+def ordinal_option():
+    return typer.Option(False, "--ordinal", help="the classes are ordered grades (in label order): also report "
+                        "quadratic-weighted kappa and mean absolute grade error [default: as the model was trained]")
+
+
 def allow_missing_class_option():
     return typer.Option(False, ALLOW_FLAG, help="keep a class whose folder is empty (or that has no train "
                         "images) instead of stopping; a val/test label train never had is still an error")

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from .choices import Criterion, Sampling, Scope
+from .options import ordinal_option
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -66,6 +67,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(128, "--batch-size", help="evaluation batch size"),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
         data_dir: str = typer.Option(None, "--data-dir", help="data root (default: MEDPRUNE_DATA)"),
+        ordinal: bool = ordinal_option(),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
         speedup: str = typer.Option(None, "--speedup", help="budget: measured ONNX Runtime CPU batch-1 speedup, e.g. 3"),
         macs_budget: str = typer.Option(None, "--macs-budget", help="budget: MACs (<=1: fraction of dense, or 120M)"),
@@ -143,7 +145,8 @@ def register(app: typer.Typer) -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             say(f"loading {checkpoint}")
-            ctx = load_context(checkpoint, data, data_dir=data_dir, device=resolve_device(device))
+            ctx = load_context(checkpoint, data, data_dir=data_dir, device=resolve_device(device),
+                               ordinal=ordinal or None)
             layers = find_unit_layers(ctx.model)
             x = y = idx = None
             if crit.needs_data:

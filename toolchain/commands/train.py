@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from .choices import SelectMetric
-from .options import allow_missing_class_option
+from .options import allow_missing_class_option, ordinal_option
 
 
 def register(app: typer.Typer) -> None:
@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
                                         help="comma-separated names for the dataset's classes, in label order"),
         data_dir: str = typer.Option(None, "--data-dir", help="data root (default: MEDPRUNE_DATA)"),
         allow_missing_class: bool = allow_missing_class_option(),
+        ordinal: bool = ordinal_option(),
         out: Path = typer.Option(None, "--out", help="also copy the checkpoint here (.safetensors or a folder)"),
         force: bool = typer.Option(False, "--force", help="retrain even if a cached checkpoint exists"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
@@ -56,7 +57,7 @@ def register(app: typer.Typer) -> None:
             augment=augment, label_smoothing=label_smoothing, train_subset=train_subset or None,
             load_size=load_size or None, seed=seed, device=device, build_args=parse_build_args(build_arg),
             data_dir=data_dir, quiet=quiet, allow_missing_class=allow_missing_class,
-            class_names=parse_class_names(class_names),
+            class_names=parse_class_names(class_names), ordinal=ordinal,
         )
         _check_outputs(out)
         weights = train(cfg, force=force)
