@@ -7,15 +7,14 @@ import json
 
 import typer
 
-from toolchain.commands.choices import Criterion, Sampling, one_of
+from toolchain.commands.choices import Criterion, Granularity, Sampling, constant, one_of
 from toolchain.commands.options import allow_missing_class_option, ordinal_option
-from toolchain.removal import GRANULARITIES
 
-from .deploy.config import TARGET_ALIASES
 from .profiles import PRECISIONS, profile_names
 
+# read from source: importing devices.deploy loads the whole pipeline (torch), and --help must not
+TARGET_ALIASES = constant("devices.deploy.config", "TARGET_ALIASES")
 Target = one_of([*profile_names(), *TARGET_ALIASES])
-Granularity = one_of(GRANULARITIES)
 Precision = one_of(["default", *PRECISIONS])
 
 

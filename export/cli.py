@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from toolchain.commands.choices import one_of
+from toolchain.commands.choices import constant, one_of
 
-from .exporter import FORMATS
+FORMATS = constant("export.exporter", "FORMATS")  # read from its source: exporter imports torch (--help stays light)
 
 Format = one_of(FORMATS)
 Precision = one_of(dict.fromkeys(p for precisions in FORMATS.values() for p in precisions))

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import typer
 
-from ..data.labels import ALLOW_FLAG
+from .choices import constant
+
+ALLOW_FLAG = constant("toolchain.data.labels", "ALLOW_FLAG")  # read, not imported: --help stays light
 
 
 def ordinal_option():
