@@ -35,7 +35,8 @@ from .package_verify import (
 __all__ = ["PackageError", "PackageSpec", "Sample", "build_package", "canonical_sha256", "package_preprocess",
            "reference_predict", "refuse_pickle", "safe_extract", "verify_package", "write_tarball"]
 
-FORMAT_VERSION = 2  # 2: preprocess chain with the load-size step, raw samples, manifest.sig, openvino_config
+FORMAT_VERSION = 3  # 2: preprocess chain with the load-size step, raw samples, manifest.sig, openvino_config;
+#                     3: _preprocess.py beside predict.py, input_profile warnings
 PRECISIONS = ("fp32", "fp16", "int8")
 SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 

@@ -112,3 +112,17 @@ def ordinal_drops(y, p_dense, p_pruned, *, n_boot: int | None = None, seed: int 
             "qwk_drop_ci_pts": [100.0 * v for v in q["ci"]] if q["ci"] else None,
             "grade_mae": m["a"], "grade_mae_increase": m["diff"], "grade_mae_increase_ci": m["ci"],
             "confidence": q["confidence"], "n_boot": q["n_boot"]}
+
+
+def with_qwk_bound(verdict: dict, y, p_dense, p_pruned, qwk_tolerance: float, seed: int = 0) -> dict:
+    """``verdict`` (``toolchain.lossless.judge``'s) with the QWK drop added to the lossless rule: the upper
+    end of its 95 % paired bootstrap interval must be at most ``qwk_tolerance`` points as well (a QWK
+    undefined on the split, a single grade, adds no condition)."""
+    od = ordinal_drops(y, p_dense, p_pruned, seed=seed)
+    ci, drop = od["qwk_drop_ci_pts"], od["qwk_drop_pts"]
+    failed = list(verdict["failed"])
+    if ci is not None and ci[1] > qwk_tolerance + 1e-9:
+        failed.append(f"QWK drop up to {ci[1]:.2f} pts (allowed {qwk_tolerance})")
+    point = drop is None or drop <= qwk_tolerance + 1e-9
+    return {**verdict, "ordinal": od, "qwk_tolerance_pts": qwk_tolerance, "failed": failed, "passes": not failed,
+            "passes_point": bool(verdict["passes_point"] and point)}

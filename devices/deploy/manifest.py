@@ -116,6 +116,8 @@ def _selection_line(selection: dict) -> str:
     worst = max(v["sensitivity_drop_ci_pts"].items(), key=lambda kv: kv[1][1], default=None)
     sens = (f"; worst class sensitivity drop bound {worst[1][1]:.2f} pts ({worst[0]}, n={v['support'][worst[0]]})"
             if worst else "")
+    qwk = (v.get("ordinal") or {}).get("qwk_drop_ci_pts")
+    sens += f"; QWK drop bound {qwk[1]:.2f} pts" if qwk else ""
     return (f"Rule — {selection['rule']}. Ratio {selection['ratio']:.2f} is {how}: on val (n={v['n']}) the accuracy "
             f"drop is {v['accuracy_drop_pts']:.2f} pts [95% CI {ci[0]:.2f}, {ci[1]:.2f}]{sens}; it "
             f"{'passes' if v['passes'] else 'does not pass'} the rule.")

@@ -1,8 +1,8 @@
 """Stage 4, **ratio**: how much to prune, decided on val.
 
 A fixed ``--ratio``, or ``auto``: the largest ratio (0.01 grid, up to ``--max-ratio``) that passes the
-lossless rule (``toolchain.lossless``: paired bootstrap bounds of the accuracy and per-class sensitivity drops)
-on the whole val split, found by ``toolchain.prune_eval.find_lossless`` (coarse scan, then bisection).
+lossless rule (``toolchain.lossless``: paired bootstrap bounds of the accuracy and per-class sensitivity drops,
+and of the QWK drop for graded classes: ``toolchain.ordinal.with_qwk_bound``) on the whole val split, found by ``toolchain.prune_eval.find_lossless`` (coarse scan, then bisection).
 The search only ever returns a ratio that passed the rule on val, so no back-off is needed afterwards;
 nothing here reads the test split.
 """
@@ -17,7 +17,7 @@ from typing import Any
 from toolchain.lossless import RULE, judge, resolution_warnings
 from toolchain.prune_eval import RatioEvaluator
 
-from .stage import Stage, live
+from .stage import Stage, added, live
 
 
 @dataclass
@@ -25,6 +25,7 @@ class ValEvaluator(RatioEvaluator):
     """Masks at any ratio, judged by the lossless rule on a split (val) from cached probabilities."""
 
     seed: int = 0
+    qwk_tolerance: float | None = None  # graded classes: the rule also bounds the QWK drop (points)
     _probs: dict = field(default_factory=dict, repr=False)
 
     def probs(self, ratio: float, split: str):
@@ -42,8 +43,13 @@ class ValEvaluator(RatioEvaluator):
         """The lossless rule at ``ratio`` on ``split`` (what ``find_lossless`` probes)."""
         p_dense, y = self.probs(0.0, split)
         p_pruned, _ = self.probs(ratio, split)
-        return {"ratio": ratio, **judge(y, p_dense, p_pruned, self.ctx.ds.class_names, tolerance=tolerance,
-                                        sens_tolerance=sens_tolerance, seed=self.seed, split=split)}
+        verdict = judge(y, p_dense, p_pruned, self.ctx.ds.class_names, tolerance=tolerance,
+                        sens_tolerance=sens_tolerance, seed=self.seed, split=split)
+        if self.qwk_tolerance is not None:
+            from toolchain.ordinal import with_qwk_bound
+
+            verdict = with_qwk_bound(verdict, y, p_dense, p_pruned, self.qwk_tolerance, self.seed)
+        return {"ratio": ratio, **verdict}
 
 
 @dataclass
@@ -65,12 +71,14 @@ class GroupEvaluator(ValEvaluator):
 
 
 def ratio_evaluator(ctx, scores, layers, example, *, criterion: str, granularity: str,
-                    round_to: int | None, seed: int) -> ValEvaluator:
-    """Masks + judgements at any ratio for ``granularity`` (one evaluator serves the search and prune)."""
+                    round_to: int | None, seed: int, qwk_tolerance: float | None = None) -> ValEvaluator:
+    """Masks + judgements at any ratio for ``granularity`` (one evaluator serves the search and prune);
+    ``qwk_tolerance`` (points, graded classes only) adds the QWK drop to the rule."""
     if granularity == "neuron":
-        return ValEvaluator(ctx, scores, layers, meta={"criterion": criterion}, seed=seed)
+        return ValEvaluator(ctx, scores, layers, meta={"criterion": criterion}, seed=seed,
+                            qwk_tolerance=qwk_tolerance)
     return GroupEvaluator(ctx, scores, layers, meta={"criterion": criterion}, seed=seed, example=example,
-                          round_to=round_to or None)
+                          round_to=round_to or None, qwk_tolerance=qwk_tolerance)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +94,7 @@ class RatioChoice(Stage):
     max_ratio: float
     round_to: int
     seed: int  # bootstrap seed
+    qwk_tolerance: float | None = added(None)  # graded classes: the evaluator's QWK bound (margin applied)
     evaluator: Any = live()
 
     def run(self, workdir: Path) -> dict:
@@ -104,7 +113,9 @@ class RatioChoice(Stage):
         if self.ratio != "auto" and not val["passes"]:
             warnings.append(f"the fixed ratio {ratio:.2f} fails the lossless rule on val ({'; '.join(val['failed'])})"
                             "; the test gates still judge it")
-        return {"ratio": ratio, "mode": "auto" if self.ratio == "auto" else "fixed", "rule": RULE,
+        rule = RULE + ("; graded classes: also the QWK drop's upper bound <= qwk-tolerance (points)"
+                       if self.qwk_tolerance is not None else "")
+        return {"ratio": ratio, "mode": "auto" if self.ratio == "auto" else "fixed", "rule": rule,
                 "split": "val", "val": val, "search": search, "warnings": warnings}
 
 
@@ -113,7 +124,7 @@ def choose_ratio(cfg, pipe, imp, evaluator) -> tuple[Any, float, dict]:
     chosen = RatioChoice(importance=imp.key_digest, ratio=cfg.ratio, granularity=cfg.granularity,
                          tolerance=cfg.tolerance, sens_tolerance=cfg.sens_tolerance,
                          search_margin=cfg.search_margin, max_ratio=cfg.max_ratio, round_to=cfg.round_to,
-                         seed=cfg.seed, evaluator=evaluator)(pipe)
+                         seed=cfg.seed, qwk_tolerance=evaluator.qwk_tolerance, evaluator=evaluator)(pipe)
     d = chosen.data
     v = d["val"]
     ci = v["accuracy_drop_ci_pts"]

@@ -20,7 +20,7 @@ from typing import Any
 from toolchain.errors import GateError
 from toolchain.lossless import judge
 
-from .stage import Stage, live
+from .stage import Stage, added, live
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,7 +34,7 @@ class FinalReport(Stage):
     tolerance: float
     sens_tolerance: float
     seed: int  # bootstrap seed
-    ordinal: bool = False  # graded classes: QWK and grade MAE, and their drops
+    ordinal: bool = added(False)  # graded classes: QWK and grade MAE, and their drops
     ctx: Any = live()
     pruned_weights: Any = live()
     deployed_weights: Any = live()

@@ -28,6 +28,7 @@ from .training import train_checkpoint
 def deploy(cfg: DeployConfig) -> dict:
     """Run the whole pipeline; returns the summary (package paths, metrics, per-stage timings)."""
     from devices.profiles import load_profile
+    from toolchain.ordinal import is_ordinal
     from toolchain.prune_eval import load_context
     from toolchain.settings import cache_dir
     from toolchain.units import find_unit_layers
@@ -58,7 +59,8 @@ def deploy(cfg: DeployConfig) -> dict:
                      layers=layers)(pipe)
     scores, example = load_importance(imp), x_ref[:2]
     evaluator = ratio_evaluator(ctx, scores, layers, example, criterion=cfg.criterion,
-                                granularity=cfg.granularity, round_to=cfg.round_to, seed=cfg.seed)
+                                granularity=cfg.granularity, round_to=cfg.round_to, seed=cfg.seed,
+                                qwk_tolerance=cfg.qwk_tolerance * cfg.search_margin if is_ordinal(ctx.ds) else None)
     # 4 ratio (lossless rule on val), or the smallest ratio that meets a budget (recover.py)
     if cfg.budget() is not None:
         chosen, ratio = budget_ratio(cfg, pipe, imp, evaluator, scores, example, profile)

@@ -32,6 +32,12 @@ from typing import Any, ClassVar
 from toolchain.pipeline import Pipeline, StageResult
 
 
+def added(default: Any) -> Any:
+    """A key field added after stages were cached: left out of the key while it holds ``default``, so every
+    earlier key (and the result cached under it) stays valid."""
+    return field(default=default, metadata={"added": True})
+
+
 def live(default: Any = None) -> Any:
     """A field holding an in-memory input (not part of the cache key: it derives from key fields)."""
     return field(default=default, compare=False, repr=False, metadata={"live": True})
@@ -44,8 +50,9 @@ class Stage:
     outputs: ClassVar[tuple[str, ...]] = ()  # files written into the stage folder (besides result.json)
 
     def key(self) -> dict:
-        """The cache key: every non-live field plus the stage version."""
-        key = {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("live")}
+        """The cache key: every non-live field (an ``added`` one only off its default) plus the stage version."""
+        key = {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("live")
+               and not (f.metadata.get("added") and getattr(self, f.name) == f.default)}
         return {"v": self.version, **key}
 
     def run(self, workdir: Path) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from devices.deploy.description import NONE_GIVEN, dataset_description, find_description
@@ -68,7 +69,7 @@ def test_deploy_gates_and_card_use_graded_metrics_and_the_description(graded, tm
     summary = deploy_json(["deploy", "--checkpoint", str(graded["ckpt"]), "--data", str(graded["npz"]),
                            "--out", str(tmp_path / "dist"), "--cache", str(tmp_path / "cache"), "--n-per-class", "3",
                            "--pool-per-class", "12", "--fidelity-images", "0", "--bench-runs", "3",
-                           "--ratio", "0.2", "--tolerance", "100", "--sens-tolerance", "100",
+                           "--criterion", "magnitude", "--ratio", "0.2", "--tolerance", "100", "--sens-tolerance", "100",
                            "--qwk-tolerance", "100"])
     pkg = Path(summary["package"])
     manifest = json.loads((pkg / "manifest.json").read_text())
@@ -76,6 +77,9 @@ def test_deploy_gates_and_card_use_graded_metrics_and_the_description(graded, tm
         assert "qwk" in manifest["metrics"][which] and "grade_mae_ci" in manifest["metrics"][which]
     gates = manifest["metrics"]["gates"]
     assert gates["qwk_tolerance_pts"] == 100 and gates["qwk_drop_ci_pts"][0] <= gates["qwk_drop_pts"]
+    val = manifest["selection"]["val"]  # the val rule bounds the QWK drop too
+    assert "QWK" in manifest["selection"]["rule"] and val["qwk_tolerance_pts"] == 100
+    assert val["ordinal"]["qwk_drop_ci_pts"][0] <= val["ordinal"]["qwk_drop_pts"] <= val["ordinal"]["qwk_drop_ci_pts"][1]
     assert manifest["dataset"]["description"]["source"] == "beside the data: tinygrades.DESCRIPTION.md"
     card = (pkg / "MODEL_CARD.md").read_text()
     assert DESCRIPTION in card and "| qwk (30) |" in card and "| grade_mae (30) |" in card and "QWK drop" in card
@@ -132,3 +136,26 @@ def test_bad_data_description_stops_deploy_before_any_work(graded, tmp_path, cap
                             tmp_path / "nope.md"], capsys)
     assert code == 2 and "data description" in err and "Traceback" not in err
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+
+
+def test_val_rule_with_a_qwk_bound():
+    from toolchain.lossless import judge
+    from toolchain.ordinal import with_qwk_bound
+
+    y = np.repeat([0, 1, 2], 20)
+    dense = np.eye(3)[y]
+    shifted = np.eye(3)[np.where(np.arange(60) % 4 == 0, 2 - y, y)]  # a quarter of the grades mirrored
+    verdict = judge(y, dense, shifted, ["g0", "g1", "g2"], tolerance=100, sens_tolerance=100)
+    assert verdict["passes"]
+    strict = with_qwk_bound(verdict, y, dense, shifted, qwk_tolerance=1.0)
+    assert not strict["passes"] and "QWK drop up to" in strict["failed"][-1] and strict["ordinal"]["qwk_drop_pts"] > 1
+    assert with_qwk_bound(verdict, y, dense, shifted, qwk_tolerance=100.0)["passes"]
+    assert with_qwk_bound(verdict, y, dense, dense, qwk_tolerance=0.0)["passes"]  # nothing changed: no drop
+
+
+def test_added_stage_fields_keep_earlier_keys():
+    from devices.deploy.report import FinalReport
+
+    base = dict(checkpoint="c", data="d", pruned="p", deployed="q", tolerance=1.0, sens_tolerance=2.0, seed=0)
+    assert "ordinal" not in FinalReport(**base).key()  # the key every earlier test-report was cached under
+    assert FinalReport(**base, ordinal=True).key()["ordinal"] is True

@@ -104,3 +104,11 @@ def test_input_warnings_agree_and_leave_predictions_alone(made, capsys):
     rows = out.splitlines()
     assert code == 0 and rows[0].endswith(",warnings")
     assert [row.endswith(",") for row in rows[1:]] == [not w for w in bedside]
+
+
+@pytest.mark.parametrize("name", ["predict.py", "_preprocess.py", "trt_runner.py"])
+def test_templates_parse_as_python_38(name):
+    """JetPack 5 ships Python 3.8: the scripts a package runs on the device must parse there."""
+    import ast
+
+    ast.parse(IMAGE_INPUT_TEMPLATE.with_name(name).read_text(), feature_version=(3, 8))
