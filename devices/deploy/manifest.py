@@ -67,8 +67,8 @@ def build_manifest(cfg, profile, ctx, *, exported: str, pr, exp, bench, fid: dic
                     # the card's Data section: this dataset's own description, or a line saying there is none
                     "description": dataset_description(ctx.ds, cfg.data_description)},
         "training": training,
-        # what the training images looked like: medprune predict --package warns about inputs far from it
-        "input_profile": ctx.meta.get("input_profile"),
+        # what the training images looked like: predict.py and medprune predict warn about inputs far from it
+        "input_profile": input_profile_for(ctx),
         "source_checkpoint_sha256": ctx.sha256,
         "seeds": {"train": (training or {}).get("seed", cfg.seed), "sampling": cfg.seed,
                   "fidelity": cfg.seed, "export_calibration": cfg.seed},
@@ -76,6 +76,14 @@ def build_manifest(cfg, profile, ctx, *, exported: str, pr, exp, bench, fid: dic
         "reproducibility": "same seed and inputs → identical files except reports/*; in manifest.json only "
                            "files['reports/…'] and manifest_sha256 differ",
     }
+
+
+def input_profile_for(ctx) -> dict:
+    """The training images' profile the checkpoint recorded, else (a model imported without ``--data``)
+    the profile of the deploy data's train split, the images it is deployed for."""
+    from toolchain.data.input_profile import input_profile
+
+    return ctx.meta.get("input_profile") or input_profile(ctx.ds)
 
 
 def _fmt(v: Any) -> str:
