@@ -143,9 +143,11 @@ def build(runs: list[dict], args: dict, command: str, started: str) -> dict[str,
         s = summarise_run(run)
         for r in s["rows"]:
             r.pop("_key", None)
-        models[run["model"]] = {"checkpoint": run["checkpoint"], "checkpoint_sha256": run["checkpoint_sha256"],
-                                "train_command": run["train_command"], "dataset": run["dataset"],
-                                "dataset_fingerprint": run["dataset_fingerprint"], **s}
+        # "dataset:model": one section per dense checkpoint (headline paths split on "/")
+        models[f"{run['dataset']}:{run['model']}"] = {
+            "model": run["model"], "checkpoint": run["checkpoint"], "checkpoint_sha256": run["checkpoint_sha256"],
+            "train_command": run["train_command"], "dataset": run["dataset"],
+            "dataset_fingerprint": run["dataset_fingerprint"], **s}
     return {"command": command, "started": started, "args": args, "machine": machine_info(),
             "host": platform.node(), "gates": {"accuracy_drop_pts": GATE_ACC, "worst_sensitivity_drop_pts": GATE_SENS,
                                                "split": "val"}, "models": models}
@@ -156,7 +158,17 @@ def _ci(d: dict, nd: int = 1) -> str:
     return f"{d['value']:.{nd}f} [{ci[0]:.{nd}f}, {ci[1]:.{nd}f}]" if ci else f"{d['value']:.{nd}f}"
 
 
-def _target_line(model: str, rows: list[dict], sl: dict | None) -> str:
+def _budget_text(args: dict, model: str) -> str:
+    """What this run spent on recovery, from its own arguments (never a fixed sentence)."""
+    subsets = args.get("recover_subset") or {}
+    subset = subsets.get(model, subsets.get("*", 0)) if isinstance(subsets, dict) else 0
+    epochs = args.get("recover_epochs")
+    where = f"a {subset}-image train subset" if subset else "the full train split"
+    return (f"Budget of this run: at most {epochs} distillation epoch(s) on {where} (best val epoch kept), "
+            "MACs targets tried only as listed.")
+
+
+def _target_line(model: str, rows: list[dict], sl: dict | None, budget: str = "") -> str:
     """The issue's target against what was reached, and what limits it (accuracy or latency vs MACs)."""
     target = TARGETS.get(model)
     kd = [r for r in rows if r["recovered"]] or rows
@@ -179,8 +191,7 @@ def _target_line(model: str, rows: list[dict], sl: dict | None) -> str:
             f" val gates {'pass' if fastest['val']['passes_gates'] else 'fail'}). "
             + (f"Limits: {'; '.join(why)}." if why and verdict != "reached" else "")
             + ("" if held or not sl else " Limits: accuracy on test (worst per-class sensitivity).")
-            + " Budget of this run: lean dense checkpoint, 1 distillation epoch on a train subset, MACs targets "
-            "tried only as listed.")
+            + (" " + budget if budget else ""))
 
 
 def markdown(doc: dict) -> str:
@@ -194,11 +205,12 @@ def markdown(doc: dict) -> str:
         lines += ["This document was assembled with `--cached-only` from cells computed by parallel runs of the same "
                   "command, one per model x criterion (and target), without that flag; cells listed as missing below "
                   "were not computed within the session's CPU time.", ""]
-    for model, m in doc["models"].items():
+    for label, m in doc["models"].items():
+        model = m.get("model", label)
         h = m["headline"]
         have = {(r["criterion"], r["target_macs_div"]) for r in m["rows"]}
-        missing = [f"{c} ÷{t:g}" for t in doc["args"].get("macs", []) for c in doc["args"].get("criteria", [])
-                   if (c, t) not in have]
+        targets = (doc["args"].get("model_macs") or {}).get(model) or doc["args"].get("macs", [])
+        missing = [f"{c} ÷{t:g}" for t in targets for c in doc["args"].get("criteria", []) if (c, t) not in have]
         lines += [f"## {model} ({m['dataset']})", "",
                   f"Dense checkpoint `{m['checkpoint']}` sha256 `{m['checkpoint_sha256'][:16]}…` "
                   f"(`{m['train_command']}`)", ""]
@@ -210,9 +222,13 @@ def markdown(doc: dict) -> str:
                          f"{_ci(sl['test_worst_sensitivity_drop_pts'])} pts; holds on test: {sl['holds_on_test']}")
         else:
             lines.append("**speedup_lossless**: no recovered model passed the gates on val")
-        lines += ["", _target_line(model, m["rows"], sl)]
+        lines += ["", _target_line(model, m["rows"], sl, _budget_text(doc["args"], model))]
         if missing:
             lines += ["", f"Missing cells (not computed): {', '.join(missing)}"]
+        if "quant" in m:
+            from ._recovery_quant import markdown as quant_markdown
+
+            lines += [""] + (quant_markdown(m["quant"]) or ["INT8 columns: not measured (no cached measurement)."])
         lines += ["", f"**best_criterion** (mean val balanced accuracy, recovered): {h['best_criterion']}", "",
                   "| criterion | MACs ÷ target | recovered | ratio | MACs ÷ | params ÷ | ORT speedup | val acc drop | "
                   "val pass | test acc [95 % CI] (n) | test acc drop pts | test worst sens. drop pts |",

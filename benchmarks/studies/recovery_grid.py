@@ -31,13 +31,16 @@ from typing import Any
 
 from .registry import StudyParser, command_line, study
 
-# lean dense runs for a 2-core CPU (the same configs as `medprune train` with these flags)
-LEAN: dict[str, dict[str, Any]] = {
-    "vgg19": dict(model="vgg19", data="pneumoniamnist", epochs=2, lr=2e-4, warmup_epochs=0.5, patience=2,
-                  train_subset=1500),
-    "resnet50": dict(model="resnet50", data="pneumoniamnist", epochs=3, lr=1e-3, patience=3, train_subset=2400),
+# One documented dense recipe for every dataset (full train split, `medprune train` with these flags):
+# 3 epochs at each family's own learning rate; chest_xray_224 is decoded at 64 px (the models train at
+# the project's default 32 px anyway, as in the paper and baselines studies).
+RECIPE: dict[str, dict[str, Any]] = {
+    "vgg19": dict(model="vgg19", epochs=3, lr=1e-4, patience=5),
+    "resnet50": dict(model="resnet50", epochs=3, lr=1e-3, patience=5),
+    "vit_b16": dict(model="vit_b16", epochs=3, lr=1e-4, patience=5),
 }
-CELL_VERSION = 1
+LOAD_SIZE = {"chest_xray_224": 64}
+CELL_VERSION = 2  # 2: cells keyed by dataset too
 
 
 def _cache_root() -> Path:
@@ -48,22 +51,30 @@ def _cache_root() -> Path:
     return root
 
 
-def dense_checkpoint(model: str, given: dict[str, str]) -> tuple[Path, str]:
-    """The dense checkpoint (``--checkpoint model=path`` or trained/cached from ``LEAN``) and its command.
+def train_recipe(model: str, data: str) -> dict[str, Any]:
+    if model not in RECIPE:
+        raise SystemExit(f"no dense training recipe for {model!r}; known: {', '.join(RECIPE)}")
+    load = {"load_size": LOAD_SIZE[data]} if data in LOAD_SIZE else {}
+    return {**RECIPE[model], "data": data, **load}
+
+
+def dense_checkpoint(model: str, data: str, given: dict[str, str]) -> tuple[Path, str]:
+    """The dense checkpoint (``--checkpoint [data/]model=path`` or trained/cached from ``RECIPE``) and
+    the command that trains it.
 
     Training keys include the code version of the training modules, so on a tree that others keep
     editing a cached checkpoint is found again only by path: ``--checkpoint`` pins it.
     """
     from toolchain.train import TrainConfig, train
 
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in LEAN.get(model, {}).items())
-    if model in given:
+    recipe = train_recipe(model, data)
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in recipe.items())
+    path = given.get(f"{data}/{model}") or (given.get(model) if data == "pneumoniamnist" else None)
+    if path:
         from toolchain.models import resolve_checkpoint
 
-        return resolve_checkpoint(given[model]), f"medprune train {flags}"
-    if model not in LEAN:
-        raise SystemExit(f"no lean training config for {model!r}; known: {', '.join(LEAN)}")
-    return train(TrainConfig(**LEAN[model], device="auto")), f"medprune train {flags}"
+        return resolve_checkpoint(path), f"medprune train {flags}"
+    return train(TrainConfig(**recipe, device="auto")), f"medprune train {flags}"
 
 
 def _probs(model, ctx, split: str):
@@ -121,21 +132,23 @@ def run_cell(ctx, prune, example, target: float, rcfg, threads: int, repeats: in
     return cell
 
 
-def run_model(model: str, args, log) -> dict[str, Any]:
+def run_model(model: str, data: str, args, log) -> dict[str, Any]:
     from toolchain.importance import get_criterion
     from toolchain.pipeline import digest
     from toolchain.prune_eval import load_context, reference_inputs
     from toolchain.recovery import RecoveryConfig, masker_for, pruner_at
     from toolchain.units import find_unit_layers
 
-    weights, train_cmd = dense_checkpoint(model, dict(c.split("=", 1) for c in args.checkpoint or []))
-    ctx = load_context(weights)
+    weights, train_cmd = dense_checkpoint(model, data, dict(c.split("=", 1) for c in args.checkpoint or []))
+    ctx = load_context(weights)  # the checkpoint's own dataset, loaded as it was trained (load size, val cut)
+    if ctx.ds.name != data:
+        raise SystemExit(f"checkpoint {weights} was trained on {ctx.ds.name}, not {data}")
     layers = find_unit_layers(ctx.model)
     x, y, idx = reference_inputs(ctx, args.n_per_class, args.sampling, args.seed, pool_per_class=args.pool_per_class)
     example = x[:1].detach()
     subset = args.recover_subset.get(model, args.recover_subset.get("*", 0))
-    rcfg = RecoveryConfig(epochs=args.recover_epochs, train_subset=subset or None,
-                          seed=args.seed, quiet=True) if args.recover_epochs else None
+    rcfg = RecoveryConfig(epochs=args.recover_epochs, train_subset=subset or None, lr=args.recover_lr,
+                          augment=args.recover_augment, seed=args.seed, quiet=True) if args.recover_epochs else None
     out = {"model": model, "checkpoint": str(weights), "checkpoint_sha256": ctx.sha256, "train_command": train_cmd,
            "dataset": ctx.ds.name, "dataset_fingerprint": ctx.ds.fingerprint, "reference_indices": idx.tolist(),
            **_dense_probs(ctx),
@@ -149,15 +162,15 @@ def run_model(model: str, args, log) -> dict[str, Any]:
 
     for name in args.criteria:
         prune = None  # scored only when a cell has to be computed
-        for target in args.macs:
+        for target in targets_for(model, args):
             key = digest({"v": CELL_VERSION, "ckpt": ctx.sha256, "crit": name, "target": target, "refs": idx.tolist(),
                           "recovery": rcfg.recipe() if rcfg else None, "threads": args.threads})
-            path = _cache_root() / f"{model}-{name}-{target:g}-{key[:12]}.json"
+            path = _cache_root() / f"{data}-{model}-{name}-{target:g}-{key[:12]}.json"
             if path.is_file():
                 cell = json.loads(path.read_text())
-                log(f"{model} · {name} · ÷{target:g}: cached")
+                log(f"{data}/{model} · {name} · ÷{target:g}: cached")
             elif args.cached_only:
-                log(f"{model} · {name} · ÷{target:g}: not computed (--cached-only)")
+                log(f"{data}/{model} · {name} · ÷{target:g}: not computed (--cached-only)")
                 continue
             else:
                 prune = prune or pruner(name)
@@ -168,6 +181,25 @@ def run_model(model: str, args, log) -> dict[str, Any]:
                 tmp.write_text(json.dumps(cell))
                 tmp.replace(path)
             out["cells"][f"{name}/{target:g}"] = cell
+    return out
+
+
+def targets_for(model: str, args) -> list[float]:
+    """The MACs targets of ``model``: ``--model-macs`` when it names the model, else ``--macs``."""
+    return list(getattr(args, "model_macs", {}).get(model) or args.macs)
+
+
+def _model_targets(text: str) -> dict[str, list[float]]:
+    """``"vgg19=3/5/8,resnet50=2/3/5"`` → per-model MACs targets."""
+    import argparse
+
+    try:
+        out = {k.strip(): [float(v) for v in vals.split("/")]
+               for k, vals in (part.split("=", 1) for part in text.split(",") if part.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected model=S/S/...,..., got {text!r}") from None
+    if any(v <= 1 for vals in out.values() for v in vals):
+        raise argparse.ArgumentTypeError(f"MACs targets must be > 1 (dense MACs ÷ S), got {text!r}")
     return out
 
 
@@ -191,15 +223,26 @@ def main(argv: list[str] | None = None) -> int:
     from . import _recovery_report as report
 
     p = StudyParser("recovery", __doc__)
-    p.add_list("--models", default="vgg19,resnet50", choices=list(LEAN))
+    p.add_list("--models", default="vgg19,resnet50", choices=list(RECIPE))
+    p.add_list("--data", default="pneumoniamnist,chest_xray_224", help="datasets (one dense checkpoint each)")
     p.add_list("--criteria", default="lrp,taylor,tp-magnitude,tp-taylor,random", choices=available())
     p.add_list("--macs", default="2,3,5", kind=float, help="MACs targets: dense MACs ÷ S")
-    p.add_argument("--recover-epochs", type=int, default=1, help="distillation epochs (0: no recovery)")
+    p.add_argument("--model-macs", type=_model_targets, default={},
+                   help="per-model MACs targets overriding --macs, e.g. vgg19=3/5/8,resnet50=2/3/5")
+    p.add_argument("--recover-epochs", type=int, default=2, help="distillation epochs (0: no recovery)")
     p.add_argument("--recover-subset", type=_subsets, default={"*": 0},
                    help="recover on N train images (0: all), or per model: vgg19=600,resnet50=1000")
-    p.add_argument("--checkpoint", action="append", help="model=path of a dense checkpoint (repeatable)")
+    p.add_argument("--recover-lr", type=float, default=None, help="recovery lr (default: the dense model's)")
+    p.add_argument("--recover-augment", action="store_true",
+                   help="augment recovery batches (off: the teacher's logits are computed once per image and "
+                        "shared by every student of the run)")
+    p.add_argument("--checkpoint", action="append",
+                   help="data/model=path of a dense checkpoint (model=path: PneumoniaMNIST; repeatable)")
     p.add_argument("--cached-only", action="store_true",
                    help="report the cells already computed (e.g. by parallel per-criterion runs), compute none")
+    p.add_argument("--runtimes", action="store_true",
+                   help="also measure ORT/OpenVINO FP32 and INT8 for the dense and the val-chosen recovered model "
+                        "(minutes per model: every runtime exports both)")
     p.add_argument("--sampling", default="clustering")
     p.add_argument("--n-per-class", type=int, default=10)
     p.add_argument("--pool-per-class", type=int, default=200)
@@ -214,8 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
-    runs = [run_model(m, args, log) for m in args.models]
+    runs = [run_model(m, d, args, log) for d in args.data for m in args.models]
     doc = report.build(runs, vars(args) | {"out": str(args.out)}, command_line("recovery", argv), started)
+    if args.runtimes:  # INT8 columns: the dense model and the val-chosen recovered model, per dataset x model
+        from ._recovery_quant import quant_for_run
+
+        for run in runs:
+            m = doc["models"][f"{run['dataset']}:{run['model']}"]
+            m["quant"] = quant_for_run(run, m["headline"], cache_root=_cache_root(), threads=args.threads,
+                                       repeats=args.repeats, log=log, cached_only=args.cached_only)
     report.write(doc, runs, Path(args.out))
     log(f"wrote {Path(args.out) / 'recovery.json'}")
     return 0

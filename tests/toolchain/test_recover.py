@@ -146,3 +146,50 @@ def test_iterative_schedule_refuses_absolute_budgets(tiny_ctx):
     with pytest.raises(ConfigError):
         iterative_budget(tiny_ctx, get_criterion("taylor"), None, None, find_unit_layers, None, Budget("macs", 1e6),
                          2, RecoveryConfig())
+
+
+def test_teacher_memo_computes_each_image_once_and_matches_the_teacher():
+    from toolchain.recovery.distill import TeacherMemo
+
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            calls.append(len(x))
+            return self.lin(x)
+
+    teacher = Counting().eval()
+    memo = TeacherMemo(keep=1)
+    table = memo.table("teacher-a")
+    x = torch.randn(6, 4)
+    first = memo.logits(teacher, x[:4], table)
+    again = memo.logits(teacher, x[[3, 5, 0, 1]], table)  # a reshuffled batch with one new image
+    with torch.no_grad():
+        assert torch.allclose(first, teacher.lin(x[:4])) and torch.allclose(again, teacher.lin(x[[3, 5, 0, 1]]))
+    assert calls == [4, 1]  # only image 5 was new
+    memo.table("teacher-b")  # keep=1: another teacher's table evicts the first
+    assert memo.table("teacher-a") == {}
+
+
+def test_unaugmented_recovery_with_memo_equals_plain_distillation(tiny_ctx, monkeypatch):
+    """The memo changes cost, not the result: same student weights as the teacher run on every batch."""
+    import copy
+
+    import toolchain.recovery.finetune as ft
+    from toolchain.recovery import distill as dist
+
+    pruned, _ = _overpruned(tiny_ctx, 0.5)
+    cfg = RecoveryConfig(epochs=1, lr=1e-3, batch_size=16, augment=False, quiet=True)
+    with_memo = copy.deepcopy(pruned)
+    ft.recover(with_memo, tiny_ctx.model, tiny_ctx.ds, tiny_ctx.preprocess, cfg, tiny_ctx.meta)
+    assert any(len(t) > 0 for t in dist.MEMO._store.values())  # the teacher's logits were memoised
+    plain = copy.deepcopy(pruned)
+    orig = dist.distill_loss_factory
+    monkeypatch.setattr(ft, "distill_loss_factory", lambda *a, memo_key=None, **k: orig(*a, **k))
+    ft.recover(plain, tiny_ctx.model, tiny_ctx.ds, tiny_ctx.preprocess, cfg, tiny_ctx.meta)
+    for a, b in zip(with_memo.state_dict().values(), plain.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)

@@ -119,7 +119,9 @@ def recover(student: nn.Module, teacher: nn.Module, ds, preprocess, cfg: Recover
     student = student.to(cfg.device)
     for p in student.parameters():
         p.requires_grad_(True)
-    make_loss = distill_loss_factory(teacher, cfg.temperature, cfg.kd_weight, cfg.ce_weight)
+    # un-augmented batches repeat exactly, so the frozen teacher's logits are computed once per image
+    memo = None if cfg.augment or not cfg.kd_weight else state_digest(teacher)
+    make_loss = distill_loss_factory(teacher, cfg.temperature, cfg.kd_weight, cfg.ce_weight, memo_key=memo)
     # the teacher is frozen only while it teaches: callers keep using it (graph tracing needs grads)
     try:
         with frozen_params(teacher):

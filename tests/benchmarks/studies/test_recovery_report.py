@@ -41,3 +41,38 @@ def test_headline_is_chosen_on_val_and_judged_on_test():
     assert h["best_criterion"] == "lrp"
     none = rep.headline([_row("lrp", 2.0, 5.0, 1.0, 0.0)])
     assert none["speedup_lossless"] is None
+
+
+def test_per_model_targets_and_budget_text_come_from_the_arguments():
+    import argparse
+
+    from benchmarks.studies import recovery_grid as grid
+
+    targets = grid._model_targets("vgg19=3/5/8,resnet50=2/3")
+    assert targets == {"vgg19": [3.0, 5.0, 8.0], "resnet50": [2.0, 3.0]}
+    args = argparse.Namespace(macs=[2.0], model_macs=targets)
+    assert grid.targets_for("vgg19", args) == [3.0, 5.0, 8.0] and grid.targets_for("vit_b16", args) == [2.0]
+    with pytest.raises(argparse.ArgumentTypeError):
+        grid._model_targets("vgg19=1/5")
+    assert grid.train_recipe("vgg19", "chest_xray_224")["load_size"] == 64
+    assert "load_size" not in grid.train_recipe("resnet50", "pneumoniamnist")
+    text = rep._budget_text({"recover_epochs": 2, "recover_subset": {"*": 0}}, "vgg19")
+    assert "2 distillation epoch" in text and "full train split" in text
+    assert "600-image" in rep._budget_text({"recover_epochs": 1, "recover_subset": {"vgg19": 600}}, "vgg19")
+
+
+def test_quant_table_says_which_runtime_could_not_take_a_model():
+    from benchmarks.studies._recovery_quant import markdown
+
+    col = {"latency_ms": {"median_ms": 2.0}, "speedup": {"vs_dense_ort_fp32": 3.0, "vs_dense_same_runtime": 2.5},
+           "test": {"accuracy": 0.9, "accuracy_ci": [0.87, 0.92], "n": 624},
+           "vs_dense_fp32": {"accuracy_drop_pts": 0.5, "accuracy_drop_ci_pts": [-1.0, 2.0],
+                             "worst_sensitivity_drop_pts": 1.0, "worst_sensitivity_drop_ci_pts": [0.0, 3.0],
+                             "worst_class": "normal"}}
+    quant = {"dense": {"columns": {"ort_int8": col}},
+             "chosen": {"columns": {"ort_int8": col, "ov_int8": {"error": "model: pooling kernel too large"}}},
+             "chosen_model": {"criterion": "lrp", "target": 5.0}}
+    text = "\n".join(markdown(quant))
+    assert "dense (quantization only) | ort_int8 | 2.00 | 3.00 | 2.50 | 0.900 [0.870, 0.920] (624)" in text
+    assert "pruned + KD (lrp, MACs ÷5) | ov_int8 | not measured: model: pooling kernel too large" in text
+    assert markdown(None) == []
