@@ -32,6 +32,7 @@ drop, given with that class's interval. Agreement with the same model in PyTorch
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -63,23 +64,81 @@ def runtime_columns(dense: nn.Module, model: nn.Module, example_shape: tuple, ca
     ``example_shape``: (C, H, W) or (1, C, H, W), square. ``calib``: preprocessed calibration images
     (N, C, H, W); ``test_x``/``test_y``: preprocessed test images and integer labels. ``class_names``
     default to "0".."K-1". Bad input raises ``DataError``/``ConfigError`` (one line through the CLI).
-    See the module docstring for what is measured and the returned structure in notes/runtimes_ready.md.
+    Measuring several models against one dense model: :class:`DenseReference` exports the dense one once.
     """
-    chw = _check_shape(example_shape)
-    if not isinstance(dense, nn.Module) or not isinstance(model, nn.Module):
-        raise ConfigError("runtime_columns needs torch modules for dense and model")
-    if int(threads) < 1 or int(repeats) < 2:
-        raise ConfigError(f"threads must be >= 1 and repeats >= 2, got {threads} and {repeats}")
-    calib = _check_images(calib, chw, "calib")
-    test_x = _check_images(test_x, chw, "test_x")
-    test_y = np.asarray(test_y).reshape(-1)
-    if len(test_y) != len(test_x):
-        raise DataError(f"test_x has {len(test_x)} images but test_y {len(test_y)} labels")
-    if not np.issubdtype(test_y.dtype, np.integer):
-        raise DataError(f"test_y must hold integer class labels, got {test_y.dtype}")
-    say = log or (lambda _msg: None)
-    return _measure(dense, model, chw, calib, test_x, test_y.astype(np.int64), int(threads), int(repeats),
-                    class_names, say)
+    _check_model(model, repeats)  # before the dense model's minutes of exporting
+    with DenseReference(dense, example_shape, calib, test_x, test_y, threads=threads, class_names=class_names,
+                        log=log) as reference:
+        return reference.columns(model, repeats=repeats)
+
+
+class DenseReference:
+    """The dense model exported, opened and scored once; :meth:`columns` measures a model against it.
+
+        with DenseReference(dense, example.shape, calib, test_x, test_y) as ref:
+            rows = [ref.columns(pruned, repeats=100) for pruned in models]
+
+    Holds a temporary folder and open sessions until :meth:`close` (or the ``with`` block) ends.
+    """
+
+    def __init__(self, dense: nn.Module, example_shape: tuple, calib: np.ndarray, test_x: np.ndarray,
+                 test_y: np.ndarray, *, threads: int = 1, class_names: Sequence[str] | None = None,
+                 log: Callable[[str], None] | None = None):
+        from export.verify import logits_of, torch_runner
+
+        self.chw = _check_shape(example_shape)
+        if not isinstance(dense, nn.Module):
+            raise ConfigError("DenseReference needs the dense torch module")
+        if int(threads) < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        self.calib = _check_images(calib, self.chw, "calib")
+        self.test_x = _check_images(test_x, self.chw, "test_x")
+        y = np.asarray(test_y).reshape(-1)
+        if len(y) != len(self.test_x):
+            raise DataError(f"test_x has {len(self.test_x)} images but test_y {len(y)} labels")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"test_y must hold integer class labels, got {y.dtype}")
+        self.dense, self.threads, self.say = dense, int(threads), log or (lambda _msg: None)
+        self.torch_logits = logits_of(torch_runner(dense), self.test_x)
+        k = self.torch_logits.shape[1]
+        if y.min() < 0 or y.max() >= k:
+            raise DataError(f"test_y labels must be in 0..{k - 1}, got {y.min()}..{y.max()}")
+        self.test_y = y.astype(np.int64)
+        self.names = [str(n) for n in class_names] if class_names is not None else [str(c) for c in range(k)]
+        if len(self.names) != k:
+            raise ConfigError(f"{len(self.names)} class names for a model with {k} outputs")
+        self._tmp = tempfile.TemporaryDirectory(prefix="medprune-runtimes-")
+        t0 = time.perf_counter()
+        try:
+            self.opened = _open_all(dense, "dense", self)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+        self.setup_s = round(time.perf_counter() - t0, 1)  # dense export, quantization and scoring
+
+    def __enter__(self) -> DenseReference:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.opened = None  # sessions hold the files open (OpenVINO maps its .bin) until the folder goes
+        self._tmp.cleanup()
+
+    def columns(self, model: nn.Module, *, repeats: int = 100) -> dict[str, Any]:
+        """The columns of ``model`` (``model is`` the dense model: the quantization-only row)."""
+        _check_model(model, repeats)
+        if self.opened is None:
+            raise ConfigError("this DenseReference is closed")
+        return _columns(self, model, int(repeats))
+
+
+def _check_model(model, repeats) -> None:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"expected a torch module to measure, got {type(model).__name__}")
+    if int(repeats) < 2:
+        raise ConfigError(f"repeats must be >= 2, got {repeats}")
 
 
 def _check_shape(example_shape) -> tuple[int, int, int]:
@@ -104,17 +163,26 @@ def _check_images(x, chw: tuple[int, int, int], name: str) -> np.ndarray:
 
 
 # ---- computing -----------------------------------------------------------------------------------
-def _export_all(model: nn.Module, chw, calib: np.ndarray, folder: Path, name: str) -> dict[str, Path]:
-    """One file per column through export.exporter (the FP32 ONNX is traced once and reused)."""
+def _export_all(model: nn.Module, chw, calib: np.ndarray, folder: Path, name: str) -> dict[str, Path | str]:
+    """One file per column through export.exporter (the FP32 ONNX is traced once and reused).
+
+    A column the runtime cannot take (e.g. OpenVINO refusing a pooling kernel larger than a tiny
+    feature map) holds the one-line ExportError instead of a path; the reference column must export.
+    """
+    from export.errors import ExportError
     from export.exporter import export_model
 
     meta = {"arch": (getattr(model, "medprune_spec", None) or {}).get("arch", type(model).__name__),
             "in_chans": chw[0], "img_size": chw[1]}
-    paths: dict[str, Path] = {}
+    paths: dict[str, Path | str] = {}
     for col, (fmt, precision, _) in COLUMNS.items():
-        res = export_model(model, meta, folder, fmt, precision, name=name, base_onnx=paths.get(REFERENCE),
-                           calib_x=calib if precision == "int8" else None)
-        paths[col] = res.path
+        try:
+            paths[col] = export_model(model, meta, folder, fmt, precision, name=name, base_onnx=paths.get(REFERENCE),
+                                      calib_x=calib if precision == "int8" else None).path
+        except ExportError as exc:
+            if col == REFERENCE:
+                raise
+            paths[col] = str(exc)
     return paths
 
 
@@ -174,57 +242,75 @@ def _accuracy(y, logits, dense_logits, names) -> dict[str, Any]:
     }
 
 
-def _measure(dense, model, chw, calib, test_x, test_y, threads, repeats, class_names, say) -> dict[str, Any]:
+def _open_all(model: nn.Module, name: str, ref: DenseReference) -> dict[str, Any]:
+    """Export ``model`` (into its own folder under the reference's), open every file, score the test images."""
     from benchmarks._runner import open_backend
-    from benchmarks.harness import file_size_mb, machine_info
+    from benchmarks.harness import file_size_mb
+    from export.verify import logits_of
+
+    folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=ref._tmp.name))
+    ref.say(f"{name}: exporting ONNX/OpenVINO FP32 and INT8 (calibration on {len(ref.calib)} images)")
+    paths = _export_all(model, ref.chw, ref.calib, folder, name)
+    out: dict[str, Any] = {"folder": folder, "paths": paths, "backends": {}, "logits": {}, "sizes": {}}
+    for col, (_, precision, runtime) in COLUMNS.items():
+        if isinstance(paths[col], str):
+            ref.say(f"{name}: {col} not exported: {paths[col]}")
+            continue
+        out["backends"][col] = open_backend(paths[col], runtime, ref.threads, precision)
+        out["logits"][col] = logits_of(_scorer(out["backends"][col]), ref.test_x)
+        out["sizes"][col] = file_size_mb(paths[col])
+    return out
+
+
+def _columns(ref: DenseReference, model: nn.Module, repeats: int) -> dict[str, Any]:
+    from benchmarks.harness import machine_info
     from export.verify import compare, logits_of, torch_runner
 
     t_start = time.perf_counter()
-    torch_logits = {"dense": logits_of(torch_runner(dense), test_x)}
-    torch_logits["model"] = torch_logits["dense"] if model is dense else logits_of(torch_runner(model), test_x)
-    k = torch_logits["dense"].shape[1]
-    if test_y.min() < 0 or test_y.max() >= k:
-        raise DataError(f"test_y labels must be in 0..{k - 1}, got {test_y.min()}..{test_y.max()}")
-    names = [str(n) for n in class_names] if class_names is not None else [str(c) for c in range(k)]
-    if len(names) != k:
-        raise ConfigError(f"{len(names)} class names for a model with {k} outputs")
-    who = ("dense",) if model is dense else ("dense", "model")
-    with tempfile.TemporaryDirectory(prefix="medprune-runtimes-") as tmp:
-        paths, backends, logits = {}, {}, {}
-        for w in who:
-            say(f"{w}: exporting ONNX/OpenVINO FP32 and INT8 (calibration on {len(calib)} images)")
-            paths[w] = _export_all(dense if w == "dense" else model, chw, calib, Path(tmp), w)
-            for col, (_, precision, runtime) in COLUMNS.items():
-                backends[(w, col)] = open_backend(paths[w][col], runtime, threads, precision)
-                logits[(w, col)] = logits_of(_scorer(backends[(w, col)]), test_x)
-        sizes = {key: file_size_mb(paths[key[0]][key[1]]) for key in backends}
-        say(f"timing {len(backends)} sessions at batch 1, {repeats} interleaved rounds, {threads} thread(s)")
-        lat = _interleaved_ms({f"{w}/{c}": b for (w, c), b in backends.items()}, test_x[:1], repeats)
-        del backends  # sessions hold the files open (OpenVINO maps its .bin) until the folder goes
-    model_key = who[-1]
+    dense = ref.opened
+    quant_only = model is ref.dense
+    torch_logits = ref.torch_logits if quant_only else logits_of(torch_runner(model), ref.test_x)
+    if torch_logits.shape != ref.torch_logits.shape:
+        raise ConfigError(f"model gives {torch_logits.shape[1]} outputs, the dense model {ref.torch_logits.shape[1]}")
+    mine = dense if quant_only else _open_all(model, "model", ref)
+    sessions = {f"dense/{c}": b for c, b in dense["backends"].items()}
+    if not quant_only:
+        sessions.update({f"model/{c}": b for c, b in mine["backends"].items()})
+    try:
+        ref.say(f"timing {len(sessions)} sessions at batch 1, {repeats} interleaved rounds, {ref.threads} thread(s)")
+        lat = _interleaved_ms(sessions, ref.test_x[:1], repeats)
+    finally:
+        if not quant_only:  # the dense sessions stay open for the next model
+            mine["backends"].clear()
+            shutil.rmtree(mine["folder"], ignore_errors=True)
+    who = "dense" if quant_only else "model"
     ref_ms = lat[f"dense/{REFERENCE}"]["median_ms"]
     columns = {}
     for col, (fmt, precision, runtime) in COLUMNS.items():
-        mine, same = lat[f"{model_key}/{col}"], lat[f"dense/{col}"]
-        agree = compare(torch_logits["model"], logits[(model_key, col)], test_y)
+        failed = [f"{w}: {opened['paths'][col]}" for w, opened in (("dense", dense), ("model", mine))
+                  if isinstance(opened["paths"][col], str)]
+        if failed:
+            columns[col] = {"runtime": runtime, "format": fmt, "precision": precision,
+                            "error": "; ".join(dict.fromkeys(failed))}
+            continue
+        mine_ms, same = lat[f"{who}/{col}"], lat[f"dense/{col}"]
+        agree = compare(torch_logits, mine["logits"][col], ref.test_y)
         columns[col] = {
-            "runtime": runtime, "format": fmt, "precision": precision, "size_mb": sizes[(model_key, col)],
-            "dense_size_mb": sizes[("dense", col)],
-            "latency_ms": mine, "dense_latency_ms": same,
-            "speedup": {"vs_dense_ort_fp32": ref_ms / mine["median_ms"],
-                        "vs_dense_same_runtime": same["median_ms"] / mine["median_ms"]},
-            **_accuracy(test_y, logits[(model_key, col)], torch_logits["dense"], names),
+            "runtime": runtime, "format": fmt, "precision": precision, "size_mb": mine["sizes"][col],
+            "dense_size_mb": dense["sizes"][col], "latency_ms": mine_ms, "dense_latency_ms": same,
+            "speedup": {"vs_dense_ort_fp32": ref_ms / mine_ms["median_ms"],
+                        "vs_dense_same_runtime": same["median_ms"] / mine_ms["median_ms"]},
+            **_accuracy(ref.test_y, mine["logits"][col], ref.torch_logits, ref.names),
             "vs_torch": {key: agree[key] for key in ("max_abs_prob", "max_abs_logit", "top1_agreement", "finite")},
         }
-        say(f"{col}: {mine['median_ms']:.2f} ms (x{columns[col]['speedup']['vs_dense_ort_fp32']:.2f} vs dense ORT "
-            f"FP32), acc {columns[col]['test']['accuracy']:.4f}, max|dprob| {agree['max_abs_prob']:.1e}")
-    dense_torch = _test_metrics(test_y, _softmax(np.asarray(torch_logits["dense"], np.float64)), names)
+        ref.say(f"{col}: {mine_ms['median_ms']:.2f} ms (x{columns[col]['speedup']['vs_dense_ort_fp32']:.2f} vs dense "
+                f"ORT FP32), acc {columns[col]['test']['accuracy']:.4f}, max|dprob| {agree['max_abs_prob']:.1e}")
     machine = machine_info()
     return {
-        "columns": columns, "reference": f"dense/{REFERENCE}", "quantization_only": model is dense,
-        "dense_torch_fp32": dense_torch, "threads": threads, "repeats": repeats, "warmup": WARMUP,
-        "batch": 1, "input_shape": list(chw), "n_test": int(len(test_y)), "n_calib": int(len(calib)),
-        "class_names": names, "load_average": machine.get("load_average"), "versions": machine.get("versions"),
-        "seconds": round(time.perf_counter() - t_start, 1),
+        "columns": columns, "reference": f"dense/{REFERENCE}", "quantization_only": quant_only,
+        "dense_torch_fp32": _test_metrics(ref.test_y, _softmax(np.asarray(ref.torch_logits, np.float64)), ref.names),
+        "threads": ref.threads, "repeats": repeats, "warmup": WARMUP, "batch": 1, "input_shape": list(ref.chw),
+        "n_test": int(len(ref.test_y)), "n_calib": int(len(ref.calib)), "class_names": ref.names,
+        "load_average": machine.get("load_average"), "versions": machine.get("versions"),
+        "seconds": round(time.perf_counter() - t_start, 1), "dense_setup_s": ref.setup_s,
     }
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.studies._recovery_runtimes import COLUMNS, runtime_columns
+from benchmarks.studies._recovery_runtimes import COLUMNS, DenseReference, runtime_columns
 from tests.export._tiny import SIZE, tiny_data, trained
 from toolchain.errors import MedpruneError
 
@@ -55,18 +55,41 @@ def test_pruned_model_all_columns(family):
         assert col["size_mb"] < col["dense_size_mb"]
 
 
-def test_dense_is_the_quantization_only_row_and_leaves_no_files(tmp_path, monkeypatch):
+def test_one_dense_reference_serves_several_models_and_leaves_no_files(tmp_path, monkeypatch):
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the exports are written
-    dense = trained("resnet", False)
+    dense, pruned = trained("resnet", False), trained("resnet", True)
     xtr, _, x, y = tiny_data()
-    out = runtime_columns(dense, dense, SHAPE[1:], xtr[:16], x, y, repeats=3)
-    _check_columns(out, len(y), quant_only=True)
-    assert out["class_names"] == ["0", "1"]
-    int8, fp32 = out["columns"]["ort_int8"], out["columns"]["ort_fp32"]
+    with DenseReference(dense, SHAPE[1:], xtr[:16], x, y) as ref:
+        row = ref.columns(pruned, repeats=3)
+        quant = ref.columns(dense, repeats=3)  # the "quantization only" row, from the same dense exports
+    _check_columns(row, len(y), quant_only=False)
+    _check_columns(quant, len(y), quant_only=True)
+    assert quant["class_names"] == ["0", "1"]
+    int8, fp32 = quant["columns"]["ort_int8"], quant["columns"]["ort_fp32"]
     assert int8["size_mb"] < fp32["size_mb"]  # quantized weights are stored as int8
+    assert row["columns"]["ort_int8"]["dense_size_mb"] == int8["size_mb"]
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(MedpruneError, match="closed"):
+        ref.columns(pruned)
+
+
+def test_a_column_that_cannot_be_exported_holds_its_error(monkeypatch):
+    import export.openvino
+    from export.errors import ExportError
+
+    def refuse(path):
+        raise ExportError("OpenVINO cannot convert m.onnx: unsupported op")
+
+    monkeypatch.setattr(export.openvino, "convert", refuse)
+    dense = trained("vgg", False)
+    xtr, _, x, y = tiny_data()
+    out = runtime_columns(dense, dense, SHAPE, xtr[:8], x, y, repeats=2)
+    cols = out["columns"]
+    assert set(cols) == set(COLUMNS)
+    assert "unsupported op" in cols["ov_fp32"]["error"] and "unsupported op" in cols["ov_int8"]["error"]
+    assert cols["ort_int8"]["latency_ms"]["median_ms"] > 0 and "error" not in cols["ort_fp32"]
 
 
 @pytest.mark.parametrize("change,message", [
