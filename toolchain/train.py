@@ -9,7 +9,7 @@ Choices (documented here because every later stage inherits these checkpoints):
 * Model selection: the epoch with the best *validation balanced accuracy* (ties broken by val AUC).
   Balanced accuracy judges the thresholded decision a device will make, weighting both classes
   equally; AUC alone can pick a model whose default threshold is badly placed. ``select_metric="auc"``
-  switches. Early stopping after ``patience`` epochs without improvement (0 disables it).
+  switches; ``"qwk"`` (quadratic-weighted kappa) needs ``ordinal`` (graded classes). Early stopping after ``patience`` epochs without improvement (0 disables it).
 * Cache: ``cache_dir()/checkpoints/<model>-<data>-<hash>/model.safetensors`` where the hash covers
   every config field that changes the result, the dataset fingerprint, the device it trains on (CPU
   and CUDA kernels give different weights; ``auto`` counts as the device it resolves to) and the code
@@ -43,7 +43,7 @@ from .errors import ConfigError
 from .pipeline import digest
 
 _NOT_HASHED = ("device", "data_dir", "quiet", "allow_missing_class")  # empty classes are in the fingerprint
-SELECT_METRICS = ("balanced_accuracy", "auc", "accuracy")
+SELECT_METRICS = ("balanced_accuracy", "auc", "accuracy", "qwk")
 # What decides the trained weights besides the config: its code version is part of every cache key.
 TRAINING_CODE = ("toolchain.train", "toolchain.data", "toolchain.models", "toolchain.evaluate", "toolchain.metrics")
 
@@ -85,6 +85,8 @@ class TrainConfig:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}: use adamw or sgd")
         if self.select_metric not in SELECT_METRICS:
             raise ConfigError(f"unknown select metric {self.select_metric!r}: use {', '.join(SELECT_METRICS)}")
+        if self.select_metric == "qwk" and not self.ordinal:
+            raise ConfigError("--select qwk needs --ordinal (graded classes)")
         for name in ("epochs", "batch_size", "img_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

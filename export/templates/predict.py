@@ -10,6 +10,9 @@ against its sha256 with the standard library alone, any unlisted file (a planted
 __pycache__ included) is refused, and with --trusted-key the Ed25519 signature is checked against
 a public key installed on this device (never one taken from the package). Run it with `-I`
 (isolated mode); without it the script still drops its own folder from the module search path first.
+Image decoding, the manifest's preprocessing and the input warnings (an image far from the training
+images' size, channels or brightness: stderr, and `warnings` in --json) live in `_preprocess.py` beside
+this script, compiled only from the bytes whose checksum matched (load_template), never imported.
 Research use only; not a certified medical device.
 """
 

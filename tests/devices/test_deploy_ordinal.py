@@ -32,7 +32,8 @@ def graded(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MEDPRUNE_CACHE", str(root / "cache"))
         ckpt = train(TrainConfig(model="test_resnet", data=str(npz), img_size=16, epochs=3, batch_size=16, lr=3e-3,
-                                 augment=False, patience=0, device="cpu", quiet=True, ordinal=True))
+                                 augment=False, patience=0, device="cpu", quiet=True, ordinal=True,
+                                 select_metric="qwk"))
     return {"root": root, "npz": npz, "ckpt": ckpt}
 
 
@@ -41,6 +42,7 @@ def test_training_records_graded_metrics(graded):
 
     meta = checkpoint_meta(graded["ckpt"])
     assert meta["ordinal"] is True and meta["train_config"]["ordinal"] is True
+    assert meta["train"]["select_metric"] == "qwk"  # the epoch with the best val QWK
     for split in ("val", "test"):
         m = meta["metrics"][split]
         assert -1.0 <= m["qwk"] <= 1.0 and m["qwk_ci"][0] <= m["qwk"] <= m["qwk_ci"][1]
@@ -60,6 +62,8 @@ def test_evaluate_and_prune_report_qwk(graded, tmp_path, capsys, cli_env):
 
 def test_ordinal_needs_three_grades(tmp_path, capsys, cli_env):
     npz = write_tiny_npz(tmp_path / "two.npz")
+    code, _, err = run_cli(["train", "--data", npz, "--select", "qwk"], capsys)
+    assert code == 2 and "--select qwk needs --ordinal" in err
     code, _, err = run_cli(["train", "--model", "test_resnet", "--data", npz, "--img-size", "16", "--epochs", "1",
                             "--ordinal", "--device", "cpu", "-q"], capsys)
     assert code == 2 and "at least 3 graded classes" in err and "Traceback" not in err
