@@ -3,6 +3,9 @@
     cols = runtime_columns(dense, pruned, (1, 1, 32, 32), calib, test_x, test_y, threads=1, repeats=100)
     cols["columns"]["ov_int8"]["speedup"]["vs_dense_ort_fp32"]
 
+    with DenseReference(dense, (1, 32, 32), calib, test_x, test_y) as ref:  # dense exported once
+        rows = [ref.columns(m, repeats=100) for m in (dense, pruned, recovered)]
+
 Both models go through the project's own export path (``export.exporter.export_model``: ONNX via the
 dynamo exporter, onnxslim, checker; INT8 by ``export.quantize``: ORT static QDQ, and NNCF on the
 OpenVINO IR, with ViT settings when the model has ``blocks``), calibrated on ``calib``: preprocessed
