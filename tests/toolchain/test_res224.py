@@ -56,7 +56,12 @@ def _build(arch: str) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def x() -> torch.Tensor:
-    return torch.randn(2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    """Two grey 224 px images through Preprocess, as every command feeds them: a 1-channel batch with
+    channels-last strides (the input that made ResNet50 removal trace an AsStrided op at 224 px)."""
+    from toolchain.data import Preprocess
+
+    images = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE), dtype=np.uint8)
+    return Preprocess(SIZE, 1, (0.5,), (0.25,))(images)
 
 
 @pytest.fixture(scope="module")

@@ -70,6 +70,10 @@ class Analysis:
 def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """Trace ``model`` (grad enabled, eval mode); Torch-Pruning's warnings about ViT's cls/pos params
     are expected (those params only couple the residual stream, which medprune never prunes)."""
+    # Standard strides: a 1-channel batch from Preprocess counts as contiguous yet has channels-last
+    # strides, which convs propagate; with a final map larger than 1x1 (ResNet50 at 224 px: 7x7) the
+    # flatten after pooling then traces as AsStrided, an op Torch-Pruning cannot follow.
+    example_input = example_input.clone(memory_format=torch.contiguous_format)
     with warnings.catch_warnings(), torch.enable_grad():
         warnings.simplefilter("ignore")
         try:
