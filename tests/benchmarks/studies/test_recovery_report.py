@@ -76,3 +76,35 @@ def test_quant_table_says_which_runtime_could_not_take_a_model():
     assert "dense (quantization only) | ort_int8 | 2.00 | 3.00 | 2.50 | 0.900 [0.870, 0.920] (624)" in text
     assert "pruned + KD (lrp, MACs ÷5) | ov_int8 | not measured: model: pooling kernel too large" in text
     assert markdown(None) == []
+
+
+def test_retime_measures_again_from_the_recovered_checkpoint_and_keeps_the_first(monkeypatch, tmp_path):
+    import argparse
+    import types
+
+    import torch
+
+    import toolchain.budget as budget
+    import toolchain.models as models
+    from benchmarks.studies import recovery_grid as grid
+    from toolchain import settings
+
+    monkeypatch.setenv("MEDPRUNE_CACHE", str(tmp_path))
+    key = "ab" * 16
+    weights = settings.cache_dir() / "recovered" / key[:16] / "model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"stub")
+    monkeypatch.setattr(models, "load_checkpoint", lambda path: (torch.nn.Identity(), {}))
+    timed = {"dense": {"median_ms": 10.0}, "pruned": {"median_ms": 2.0}}
+    monkeypatch.setattr(budget, "ort_latency_ms", lambda m, x, repeats, threads: timed)
+    first = {"dense": {"median_ms": 30.0}, "pruned": {"median_ms": 20.0}}
+    cell = {"recovery": {"key": key}, "latency_ms": first, "speedup_ort": 1.5}
+    ctx = types.SimpleNamespace(model=torch.nn.Identity())
+    args = argparse.Namespace(repeats=3, threads=1)
+    assert grid.retime_cell(ctx, cell, torch.zeros(1, 1, 4, 4), args)
+    assert cell["speedup_ort"] == pytest.approx(5.0) and cell["latency_ms"] == timed
+    assert cell["latency_first"]["speedup"] == 1.5 and cell["latency_first"]["latency_ms"] == first
+    assert "retimed" in cell and cell["load_avg_1min"] >= 0
+    # a cell without a recovered checkpoint is left as it is
+    bare = {"recovery": None, "latency_ms": first, "speedup_ort": 1.5}
+    assert not grid.retime_cell(ctx, bare, torch.zeros(1, 1, 4, 4), args) and "retimed" not in bare
