@@ -201,6 +201,14 @@ def markdown(doc: dict) -> str:
              "Test figures: 95 % intervals (accuracy: class-stratified bootstrap; drops: paired bootstrap vs dense "
              "over the same test images). Speedup: ONNX Runtime CPU batch 1, dense and pruned timed interleaved in "
              f"one process ({doc['args'].get('threads')} intra-op thread(s)), on a shared 2-core machine.", ""]
+    a = doc["args"]
+    if a.get("recover_epochs"):
+        from toolchain.recovery import RecoveryConfig
+
+        lines += [f"Recovery recipe (every criterion alike): up to {a['recover_epochs']} epoch(s), loss "
+                  f"{a.get('kd_weight', 1.0):g} x KD (T = {RecoveryConfig().temperature:g}) + {a.get('ce_weight', 1.0):g} x class-weighted CE, lr "
+                  f"{a.get('recover_lr') or 'of the dense model'}, batches {'augmented' if a.get('recover_augment') else 'not augmented'}"
+                  ", warm-up + cosine, best val-balanced-accuracy epoch kept.", ""]
     if doc["args"].get("cached_only"):
         lines += ["This document was assembled with `--cached-only` from cells computed by parallel runs of the same "
                   "command, one per model x criterion (and target), without that flag; cells listed as missing below "
