@@ -4,7 +4,8 @@
         [--models vgg19,resnet50,vit_b16] [--datasets pneumoniamnist,breastmnist,chest_xray_224]
 
 1. The hyper-parameter policy (``benchmarks.studies.hparam_policy``): each model's learning rate is
-   chosen on the val split of ``--policy-data`` (recipe lr x 1/3, 1, 3; all else equal).
+   chosen on the val split of ``--policy-data`` (recipe lr x 1/3, 1, 3; all else equal). ``--policy-from``
+   takes a finished policy run instead (its candidates' training times are still counted).
 2. Every model x dataset is trained with its recipe (``toolchain.recipes``), the chosen lr and the shared
    CPU schedule ``toolchain.recipes.CPU_BUDGET`` (about 3000 images seen; the policy's own checkpoints
    are the chosen PneumoniaMNIST ones, reused from the training cache, not trained twice).
@@ -125,7 +126,12 @@ def markdown(doc: dict) -> str:
              f"Created {doc['created']}. **{t['wall_min']:.1f} min wall**, {t['cpu_min']:.1f} min process CPU time "
              f"on {doc['machine']['cpu']} ({doc['machine']['cores_usable']} usable cores, nice {doc['machine']['nice']}); "
              f"1-min load average mean {t['load']['mean']} (max {t['load']['max']}, {t['load']['samples']} samples): "
-             "the machine was shared, so wall time is an upper bound for a quiet machine.", "",
+             "the machine was shared, so wall time is an upper bound for a quiet machine. Training time summed "
+             f"over the {doc['trained']['checkpoints']} checkpoints as each recorded it when trained: "
+             f"**{doc['trained']['minutes']:.1f} min** ({doc['trained']['with_time']} with a recorded time).", "",
+             *([f"The policy ran before (`{doc['policy_from']}`, command in `hparam_policy.md`): this command's own "
+                "wall/CPU time covers only what it trained itself; the summed training time covers every checkpoint.",
+                ""] if doc.get("policy_from") else []),
              doc["schedule"], "", "Learning rates chosen on val by the hyper-parameter policy (`hparam_policy.md`): "
              + ", ".join(f"{m} {lr:g}" for m, lr in doc["chosen_lr"].items()) + ".", "",
              "| run | lr | epochs | train images | val bal. acc. [95 %] | test acc. [95 %] | test AUC | n test | "
@@ -135,8 +141,10 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {r['key']} | {cfg['lr']:g} | {cfg['epochs']} | {(r['train'] or {}).get('train_images')} | "
                      f"{_ci(v['balanced_accuracy'], v['balanced_accuracy_ci'])} | {_ci(te['accuracy'], te['accuracy_ci'])}"
                      f" | {_ci(te['auc'], te['auc_ci'])} | {te['n']} | {r['seconds']:.0f} | `{r['weights_sha256'][:16]}` |")
-    if doc.get("not_run"):
-        lines += ["", "**Not run:** " + ", ".join(doc["not_run"])]
+    done = {r["key"] for r in doc["runs"]}
+    missing = [f"{m}:{d}" for d in DATASETS for m in hp.MODELS if f"{m}:{d}" not in done]
+    if missing:
+        lines += ["", f"**Not run** (of `make baselines`' {len(DATASETS) * len(hp.MODELS)} runs): " + ", ".join(missing)]
     lines += ["", "## Reproduce each run", "", *[f"- {r['key']}: `{r['command']}`" for r in doc["runs"]], ""]
     return "\n".join(lines)
 
@@ -166,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p = StudyParser("baselines_cpu", __doc__)
     hp.add_options(p)
     p.add_list("--datasets", default=",".join(DATASETS), choices=list(DATASETS), help="datasets to train on")
+    p.add_argument("--policy-from", type=Path, default=None, metavar="JSON",
+                   help="take the learning rates from a finished hparam_policy.json instead of running the policy")
     p.add_out()
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -175,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
                  "machine": machine(), "schedule": f"Schedule for every run: {_schedule_text(CPU_BUDGET)}",
                  "runs": [], "not_run": [f"{m}:{d}" for d in a.datasets for m in a.models]}
     with LoadSampler() as load:
-        policy = hp.policy(a, argv, hp.log)
+        policy = _read_policy(a.policy_from, a.models) if a.policy_from else hp.policy(a, argv, hp.log)
         hp.write(policy, out)
         doc["chosen_lr"] = {m["model"]: m["chosen"]["lr"] for m in policy["models"]}
+        doc["policy_from"] = str(a.policy_from) if a.policy_from else None
         for dataset in a.datasets:
             for model in a.models:
                 key, t0 = f"{model}:{dataset}", time.perf_counter()
@@ -187,12 +198,24 @@ def main(argv: list[str] | None = None) -> int:
                 doc["runs"].append(run_entry(key, weights, time.perf_counter() - t0))
                 doc["not_run"].remove(key)
                 doc["timing"] = _timing(wall0, cpu0, load)
+                doc["trained"] = trained_minutes(policy, doc["runs"])
                 _write(doc, out)  # after every run: a stopped command keeps what finished
                 hp.log(f"== {key}: weights sha256 {doc['runs'][-1]['weights_sha256']}")
-    doc["timing"] = _timing(wall0, cpu0, load)
+    doc["timing"], doc["trained"] = _timing(wall0, cpu0, load), trained_minutes(policy, doc["runs"])
     _write(doc, out)
     hp.log(f"wrote {out / 'baselines_cpu.json'}: {doc['timing']['wall_min']:.1f} min wall")
     return 0
+
+
+def _read_policy(path: Path, models: list[str]) -> dict:
+    """A finished policy run (its candidates keep the training times they recorded); every model must be in it."""
+    if not path.is_file():
+        raise ConfigError(f"--policy-from: {path} not found")
+    doc = json.loads(path.read_text())
+    missing = [m for m in models if m not in {e["model"] for e in doc.get("models", [])}]
+    if missing:
+        raise ConfigError(f"--policy-from: {path} has no learning rate for {', '.join(missing)}")
+    return {**doc, "models": [e for e in doc["models"] if e["model"] in models]}
 
 
 def _schedule_text(budget) -> str:
@@ -204,3 +227,15 @@ def _schedule_text(budget) -> str:
 def _timing(wall0: float, cpu0: float, load: LoadSampler) -> dict:
     return {"wall_min": round((time.perf_counter() - wall0) / 60, 2),
             "cpu_min": round((time.process_time() - cpu0) / 60, 2), "load": load.summary()}
+
+
+def trained_minutes(policy: dict, runs: list[dict]) -> dict:
+    """Training wall time summed over every distinct checkpoint this command needs, as each recorded it when
+    it was trained (also those an earlier, interrupted command left in the cache; then ``timing`` is short)."""
+    seen = {}
+    for r in (r for m in policy["models"] for r in m["candidates"]):
+        seen[r["sha256"]] = r.get("train_wall_s")
+    for r in runs:
+        seen.setdefault(r["weights_sha256"], (r.get("train") or {}).get("wall_s"))
+    known = [v for v in seen.values() if v is not None]
+    return {"checkpoints": len(seen), "with_time": len(known), "minutes": round(sum(known) / 60, 2)}

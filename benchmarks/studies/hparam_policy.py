@@ -27,6 +27,7 @@ from toolchain.errors import ConfigError
 from .registry import StudyParser, command_line, study
 
 FACTORS = (1 / 3, 1.0, 3.0)
+MODELS = ("vgg19", "resnet50", "vit_b16")  # the paper's three families
 
 
 def candidates(model: str, a, n_train: int) -> list:
@@ -66,7 +67,8 @@ def run_model(model: str, a, log) -> dict:
                      "val_balanced_accuracy": val["balanced_accuracy"], "val_balanced_accuracy_ci":
                      val.get("balanced_accuracy_ci"), "val_accuracy": val["accuracy"],
                      "val_accuracy_ci": val.get("accuracy_ci"), "val_n": val["n"],
-                     "seconds": round(time.perf_counter() - t0, 1)})
+                     "seconds": round(time.perf_counter() - t0, 1),  # ~0 when the cache had it
+                     "train_wall_s": (side["meta"].get("train") or {}).get("wall_s")})  # when it was trained
         log(f"{model} lr {cfg.lr:g}: val balanced accuracy {val['balanced_accuracy']:.4f} (n={val['n']})")
     recipe = recipe_for(model)
     chosen = choose(rows, recipe.lr if recipe else rows[0]["lr"])
@@ -95,7 +97,7 @@ def write(doc: dict, out: Path) -> None:
 
 def add_options(p) -> None:
     """The policy's options (shared with ``baselines_cpu``, which runs the policy first)."""
-    p.add_list("--models", default="vgg19,resnet50,vit_b16", help="model families")
+    p.add_list("--models", default=",".join(MODELS), help="model families")
     p.add_argument("--policy-data", dest="data", default="pneumoniamnist", help="dataset whose val split chooses")
     p.add_list("--lr-factors", default=",".join(f"{f:.3g}" for f in FACTORS), kind=float,
                help="multiples of each recipe's lr")
@@ -112,6 +114,10 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {m['model']} | {r['lr']:g} | {100 * r['val_balanced_accuracy']:.1f} [{100 * ba[0]:.1f}, "
                          f"{100 * ba[1]:.1f}] | {100 * r['val_accuracy']:.1f} [{100 * acc[0]:.1f}, {100 * acc[1]:.1f}] "
                          f"| {r['val_n']} | {'**yes**' if r is m['chosen'] or r == m['chosen'] else ''} |")
+    edge = [m["model"] for m in doc["models"] if len(m["candidates"]) > 1
+            and m["chosen"]["lr"] in (min(r["lr"] for r in m["candidates"]), max(r["lr"] for r in m["candidates"]))]
+    if edge:
+        lines += ["", f"Chosen at the edge of the sweep: {', '.join(edge)} (a wider sweep might choose further out)."]
     return "\n".join(lines) + "\n"
 
 

@@ -42,3 +42,25 @@ def test_load_sampler_records_samples():
     s = load.summary()
     assert s["samples"] >= 1 and s["min"] <= s["mean"] <= s["max"]
     assert bc.machine()["cores_usable"] >= 1
+
+
+def test_trained_minutes_counts_each_checkpoint_once():
+    policy = {"models": [{"candidates": [{"sha256": "a", "train_wall_s": 60.0}, {"sha256": "b", "train_wall_s": 120.0}]}]}
+    runs = [{"weights_sha256": "b", "train": {"wall_s": 120.0}},  # the policy's chosen checkpoint, reused
+            {"weights_sha256": "c", "train": {"wall_s": 30.0}}, {"weights_sha256": "d", "train": {}}]
+    assert bc.trained_minutes(policy, runs) == {"checkpoints": 4, "with_time": 3, "minutes": 3.5}
+
+
+def test_policy_from_a_finished_run_needs_every_model(tmp_path):
+    import json
+
+    from toolchain.errors import ConfigError
+
+    path = tmp_path / "hparam_policy.json"
+    path.write_text(json.dumps({"models": [{"model": "resnet50", "chosen": {"lr": 3e-3}, "candidates": []},
+                                           {"model": "vgg19", "chosen": {"lr": 1e-4}, "candidates": []}]}))
+    assert [m["model"] for m in bc._read_policy(path, ["resnet50"])["models"]] == ["resnet50"]
+    with pytest.raises(ConfigError, match="vit_b16"):
+        bc._read_policy(path, ["resnet50", "vit_b16"])
+    with pytest.raises(ConfigError, match="not found"):
+        bc._read_policy(tmp_path / "none.json", ["resnet50"])
