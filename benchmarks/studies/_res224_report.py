@@ -43,46 +43,55 @@ def _parity_rows(models: list[dict]) -> list[list[str]]:
 def _latency_rows(models: list[dict]) -> list[list[str]]:
     return [[r["model"], f"{RUNTIME_LABEL[rt]} {lat['runtime_version']}", f"{lat['dense']['median_ms']:.1f}",
              f"{lat['pruned']['median_ms']:.1f}", f"{lat['speedup']:.2f}"]
-            for r in models for rt, lat in (r.get("latency") or {}).items()]
+            for r in models if "latency" in r for rt, lat in r["latency"].items() if rt in RUNTIME_LABEL]
 
 
-def _sections(doc: dict) -> list[str]:
-    models = doc["models"]
+def _setting(models: list[dict], part: str, key: str):
+    """One measurement setting of ``part`` as the rows record it (a set when runs differed)."""
+    found = sorted({str(r[part][key]) for r in models if part in r and key in r[part]})
+    return found[0] if len(found) == 1 else ("/".join(found) or "?")
+
+
+def _sections(models: list[dict]) -> list[str]:
     return [
         *_section("LRP scoring cost",
-                  "LRP time (the whole criterion call) / one frozen-weight batched forward+backward on the same "
-                  "images, measured by `benchmarks.studies.lrp_cost.measure`: pairs timed interleaved, median of the "
+                  f"LRP time (the whole criterion call) / one frozen-weight batched forward+backward on the same "
+                  f"{_setting(models, 'cost', 'n_images')} images, measured by `benchmarks.studies.lrp_cost.measure`: "
+                  f"{_setting(models, 'cost', 'repeats')} pairs timed interleaved after a warm-up, median of the "
                   "per-pair ratios (target ≤ 2).",
                   "model | params | unit layers | frozen fwd+bwd median (s) | LRP median (s) | LRP / fwd+bwd | ≤ 2×",
                   ["---", "---:", "---:", "---:", "---:", "---:", ":---:"], _cost_rows(models)),
         *_section("Removal and export parity",
-                  f"Lowest-LRP {doc['ratio']:.0%} of units masked (global ranking), then physically removed. "
-                  "Removal parity: max |masked − removed| logit; export parity: max |torch − runtime| logit (fp32), "
-                  "dense and pruned.",
+                  f"Lowest-LRP {_setting(models, 'removal', 'ratio')} of units masked (global ranking), then "
+                  f"physically removed. On {_setting(models, 'removal', 'n_images')} images: removal parity is the max "
+                  "|masked − removed| logit; export parity the max |torch − runtime| logit (fp32), dense and pruned.",
                   "model | params dense → pruned | units removed / masked | max \\|logit\\| dense | removal parity | "
                   "ORT dense | ORT pruned | OpenVINO dense | OpenVINO pruned",
                   ["---"] + ["---:"] * 8, _parity_rows(models)),
         *_section("Dense vs pruned latency, batch 1",
-                  f"Median of {doc['runs']} batch-1 runs per model; dense and pruned timed interleaved in one process "
-                  "per runtime (fp32, random 224 px input).",
+                  f"Median of {_setting(models, 'latency', 'runs')} batch-1 runs per model "
+                  f"({_setting(models, 'latency', 'threads')} threads); dense and pruned timed interleaved in one "
+                  "process per runtime (fp32, random 224 px input).",
                   "model | runtime | dense (ms) | pruned (ms) | speedup dense/pruned",
                   ["---", "---", "---:", "---:", "---:"], _latency_rows(models)),
     ]
 
 
 def markdown(doc: dict) -> str:
+    models = doc["models"]
+    commands = list(dict.fromkeys(r[p]["command"] for r in models for p in ("cost", "removal", "export", "latency")
+                                  if p in r and "command" in r[p]))
     lines = ["# 224 px on CPU: scoring cost, parity, dense vs pruned latency", "",
-             f"Command: `{doc['command']}`" + (f" (earlier parts: {'; '.join(f'`{c}`' for c in doc['earlier_commands'])})"
-                                              if doc.get("earlier_commands") else ""), "",
-             f"{doc['n_images']} chest_xray_224 train images (grey, {doc['img_size']} px), canonical 224 px builds "
+             "Commands (each part of each model records its own): " + "; ".join(f"`{c}`" for c in commands), "",
+             f"chest_xray_224 train images (grey, {doc['img_size']} px), canonical 224 px builds "
              "(VGG19 with its 7x7 fc6 head, ResNet50, ViT-B/16 with 197 tokens), torch "
-             f"{doc['torch']} on {doc['cpu']} ({doc['threads']} threads; load average at start {doc['load_average']}, "
-             f"at end {doc.get('load_average_end')}; the machine is shared, so absolute times are loaded times, "
+             f"{doc['torch']} on {doc['cpu']} (load average at the last run's start {doc['load_average']}, "
+             f"at its end {doc.get('load_average_end')}; the machine is shared, so absolute times are loaded times, "
              "ratios are from interleaved runs). Weights are untrained (seeded init, BatchNorm randomised, classifier "
              "scaled so the largest |logit| on the images is 8, a trained model's order, so parities compare with "
              "export's fp32 gate of 1e-4): cost, parity and latency do not depend on training; no accuracy is "
              "reported.", ""]
-    lines += _sections(doc)
+    lines += _sections(models)
     lines += doc.get("notes", [])
     return "\n".join(lines).rstrip() + "\n"
 
@@ -130,7 +139,7 @@ def plot(doc: dict, path: Path) -> None:
                         ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(lat)), [r["model"] for r in lat])
     ax.set_ylabel("batch-1 latency, median (ms)")
-    ax.set_title(f"dense vs pruned ({doc['ratio']:.0%} units removed)")
+    ax.set_title(f"dense vs pruned ({_setting(lat, 'removal', 'ratio')} of units removed)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_file(path, "wb") as fh:

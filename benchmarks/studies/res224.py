@@ -235,21 +235,25 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     parts = set(args.parts)
     x, y = chest_xray_images(Path(data_dir), args.n)
-    path = args.out / "res224.json"
-    previous = json.loads(path.read_text()) if path.exists() else None
-    results = {
-        "command": command_line("res224", argv), "img_size": SIZE, "n_images": len(x), "ratio": args.ratio,
-        "composite": args.composite, "repeats": args.repeats, "runs": args.runs, "threads": args.threads,
-        "parts_run": sorted(parts), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-        "load_average": [round(v, 2) for v in os.getloadavg()], "started": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                          time.gmtime()),
-        "models": [r for r in (previous or {}).get("models", []) if r["model"] not in args.models],
-        "earlier_commands": [c for c in [(previous or {}).get("command"), *(previous or {}).get("earlier_commands", [])]
-                             if c][:5],
-    }
+    command = command_line("res224", argv)
+    header = {"img_size": SIZE, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+              "load_average": [round(v, 2) for v in os.getloadavg()]}
+    settings_of = {"cost": {"n_images": len(x), "repeats": args.repeats, "composite": args.composite},
+                   "removal": {"n_images": len(x), "ratio": args.ratio}, "export": {"n_images": len(x)},
+                   "latency": {"runs": args.runs, "threads": args.threads}}
+    finished: dict[str, dict] = {}
     for arch in args.models:
-        results["models"].append(merge(previous, measure_model(arch, x, y, args, parts), parts))
-        results["models"].sort(key=lambda r: MODELS.index(r["model"]))
-        results["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+        row = measure_model(arch, x, y, args, parts)
+        for part in parts & set(row):  # each part says how and when it was measured
+            row[part].update(settings_of[part], command=command, measured=time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                                         time.gmtime()))
+        finished[arch] = row
+        # re-read before every write: runs of other models or parts may have written meanwhile
+        path = args.out / "res224.json"
+        latest = json.loads(path.read_text()) if path.exists() else {}
+        models = [r for r in latest.get("models", []) if r["model"] not in finished]
+        models += [merge(latest, r, parts) for r in finished.values()]
+        results = {**header, "load_average_end": [round(v, 2) for v in os.getloadavg()],
+                   "models": sorted(models, key=lambda r: MODELS.index(r["model"]))}
         write_report(results, args.out)  # after every model: a stopped run keeps what finished
     return results

@@ -38,14 +38,17 @@ def test_merge_keeps_the_parts_not_rerun():
 
 
 def test_report_renders_every_part(tmp_path):
-    doc = {"command": "medprune study res224", "img_size": 224, "n_images": 2, "ratio": 0.5, "composite": "c",
-           "repeats": 2, "runs": 3, "threads": 2, "torch": "t", "cpu": "x86_64", "load_average": [1, 1, 1],
-           "load_average_end": [1, 1, 1], "models": [_row("vgg19", 1.7), _row("vit_b16", 2.4, 4e-5)]}
+    doc = {"img_size": 224, "torch": "t", "cpu": "x86_64", "load_average": [1, 1, 1], "load_average_end": [1, 1, 1],
+           "models": [_row("vgg19", 1.7), _row("vit_b16", 2.4, 4e-5)]}
+    doc["models"][1]["cost"].update(command="medprune study res224 --parts cost", n_images=2, repeats=2)
+    doc["models"][1]["latency"].update(command="medprune study res224 --parts latency", runs=20, threads=2)
     write_report(doc, tmp_path)
     md = (tmp_path / "res224.md").read_text()
     assert "| vgg19 | 20.0M | 53 | 1.10 | 1.87 | 1.70 | yes |" in md  # medians of the pairs, ratio, target
     assert "| vit_b16 | 20.0M | 53 | 1.10 | 2.64 | 2.40 | NO |" in md
     assert "| vit_b16 | ONNX Runtime x | 30.0 | 20.0 | 1.50 |" in md and "4.0e-05" in md
+    assert "`medprune study res224 --parts cost`; `medprune study res224 --parts latency`" in md  # both recorded
+    assert "Median of 20 batch-1 runs" in md
     assert json.loads((tmp_path / "res224.json").read_text())["models"][1]["export_parity_max_abs"] == 4e-5
     assert (tmp_path / "res224.png").read_bytes()[:4] == b"\x89PNG"
 
