@@ -2,8 +2,9 @@
 
 The baseline is one batched forward+backward pass over the reference images with the parameters
 frozen (``requires_grad_(False)``): gradients w.r.t. the input only, what any attribution method
-needs at least. The LRP time is the whole ``criterion(model, x, y, layers)`` call (deep copy,
-canonization, the logit check, one batched relevance pass). Both are timed in the same process,
+needs at least. The LRP time is the whole ``criterion(model, x, y, layers)`` call (the model
+canonized or patched in place and restored, the tracing/reference pass on one image and the logit
+check, one batched relevance pass; no deep copy). Both are timed in the same process,
 interleaved (baseline, LRP, baseline, LRP, ...) so load from other processes hits both alike; the
 ratio is taken per pair and its median reported (target: at most 2x).
 
@@ -144,7 +145,9 @@ def write(results: dict) -> None:
             f"{statistics.median(r['frozen_fwd_bwd_s']):.3f} | {statistics.median(r['lrp_s']):.3f} | "
             f"{r['ratio_median']:.2f} | {'yes' if r['ratio_median'] <= 2 else 'NO'} |"
         )
-    lines += ["", "The LRP time includes deep-copying and canonizing the model (done once per call)."]
+    lines += ["", "The LRP time is the whole criterion call: canonizing (CNNs) or patching (ViT) the model in place "
+              "and restoring it, the one-image tracing/reference pass and logit check, and one batched relevance "
+              "pass (no deep copy, no input relevance)."]
     igs = [r for r in results["models"] if "ig" in r]
     if igs:
         lines += [

@@ -241,3 +241,19 @@ def test_fast_rules_handle_mixed_sign_conv_inputs():
     for layer in layers:
         torch.testing.assert_close(out[0][0][layer.name], out[1][0][layer.name], msg=layer.name)
     torch.testing.assert_close(out[0][1], out[1][1])
+
+
+@pytest.mark.parametrize("family", ["vgg", "resnet", "vit"])
+def test_unit_relevance_without_input_relevance_is_the_same(family):
+    """The criterion's backward stops at the first unit layer (no input relevance): same unit relevance."""
+    model = tiny_model(family)
+    if family == "resnet":
+        _randomise_batchnorms(model)
+    x = torch.randn(3, 1, 16, 16)
+    layers = find_unit_layers(model)
+    with LRPExplainer(model, x[:1]) as ex:
+        full, input_rel, _ = ex.relevance(x, None, layers, absolute=False)
+        lean, none, _ = ex.relevance(x, None, layers, absolute=False, input_relevance=False)
+    assert input_rel is not None and none is None
+    for layer in layers:
+        torch.testing.assert_close(lean[layer.name], full[layer.name], rtol=0, atol=0, msg=layer.name)

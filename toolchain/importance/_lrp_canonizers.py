@@ -27,6 +27,8 @@ from zennit.rules import ClampMod, Epsilon, Norm, ZPlus
 from zennit.types import BatchNorm, Convolution
 from zennit.types import Linear as LinearType
 
+from ._lrp_rules import PAIR_SUM
+
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon")
 
 
@@ -98,7 +100,16 @@ def _residual_sum(self, x, shortcut, act):
         x = self.drop_path(x)
     if self.downsample is not None:
         shortcut = self.downsample(shortcut)
-    return act(self.canonizer_sum(torch.stack([shortcut, x], dim=-1)))
+    return act(explicit_sum(self.canonizer_sum, shortcut, x))
+
+
+def explicit_sum(module: Sum, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a + b`` through ``module`` (a zennit ``Sum``), so a rule on it splits relevance between a and b.
+
+    Under ``_lrp_rules`` the module offers the pair form (no stacked copy); zennit's hooks need the stack.
+    """
+    pair = getattr(module, PAIR_SUM, None)
+    return pair(a, b) if pair is not None else module(torch.stack([a, b], dim=-1))
 
 
 def _timm_bottleneck_forward(self, x):

@@ -16,13 +16,13 @@ The same stabilizer formula is used, so relevance matches zennit's (``tests/tool
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from zennit.core import Stabilizer
 from zennit.layer import Sum
 from zennit.types import Activation, AvgPool, BatchNorm
 
@@ -30,6 +30,9 @@ from zennit.types import Activation, AvgPool, BatchNorm
 Rule = Callable[[nn.Module, Callable, Tensor, Tensor, bool], Tensor]
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NONNEG = "_medprune_lrp_nonneg"  # set on ReLU outputs during the forward pass
+# on a canonizer's Sum module while the rules are attached: ``(a, b) -> a + b`` with the Norm rule,
+# which the canonized residual blocks call instead of stacking (``_lrp_canonizers.explicit_sum``)
+PAIR_SUM = "medprune_pair_sum"
 
 
 def _grad(out: Tensor, inp: Tensor, grad: Tensor) -> Tensor:
@@ -37,41 +40,57 @@ def _grad(out: Tensor, inp: Tensor, grad: Tensor) -> Tensor:
     return g
 
 
-def _zplus(stabilizer: float) -> Rule:
-    stabilize = Stabilizer.ensure(stabilizer)
+def _stabilize(z: Tensor, epsilon: float) -> Tensor:
+    """zennit's ``stabilize`` (z + epsilon * sign(z), sign(0) = +1) in two kernels instead of six."""
+    return torch.where(z < 0, z - epsilon, z + epsilon)
 
+
+def _conv_input_grad(module: nn.Module, x: Tensor, weight: Tensor, grad: Tensor) -> Tensor:
+    """``d conv(x, weight) / dx`` applied to ``grad``: the call autograd's ConvolutionBackward makes.
+
+    Called directly, the rule builds no graph for its modified forward. The result depends on
+    ``x``'s shape only. Padding modes other than zeros (and string padding) go through autograd.
+    """
+    if module.padding_mode != "zeros" or isinstance(module.padding, str):
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            z = module._conv_forward(xg, weight, None)
+        return _grad(z, xg, grad)
+    n = x.dim() - 2
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, None, module.stride, module.padding, module.dilation, False, [0] * n, module.groups,
+        [True, False, False],
+    )[0]
+
+
+def _zplus(stabilizer: float) -> Rule:
     def rule(module, forward, x, rel, nonneg):
         w, b = module.weight, module.bias
         bp = None if b is None else b.clamp(min=0)
+        wp = w.clamp(min=0)
         if nonneg or x.min() >= 0:
             # no negative input: zennit's negative term is exactly zero, and z >= 0 so the
             # stabilizer is z + eps (the same floats as zennit's sign-based formula)
-            xg = x.detach().requires_grad_(True)
-            with torch.enable_grad():
-                zp = module._conv_forward(xg, w.clamp(min=0), bp)
-            s = torch.div(rel, zp.detach().add_(stabilizer))  # zp's storage: conv's backward does not read it
-            return _grad(zp, xg, s).mul_(x)
-        pos = x.clamp(min=0).requires_grad_(True)
-        with torch.enable_grad():
-            zp = module._conv_forward(pos, w.clamp(min=0), bp)
-        neg = x.clamp(max=0).requires_grad_(True)
-        with torch.enable_grad():
-            zn = module._conv_forward(neg, w.clamp(max=0), None)  # zennit zeroes the bias here
-        s = rel / stabilize(zp.detach() + zn.detach())
-        return pos.detach() * _grad(zp, pos, s) + neg.detach() * _grad(zn, neg, s)
+            zp = module._conv_forward(x, wp, bp)
+            s = torch.div(rel, zp.add_(stabilizer))
+            return _conv_input_grad(module, x, wp, s).mul_(x)
+        pos, neg = x.clamp(min=0), x.clamp(max=0)
+        wn = w.clamp(max=0)
+        z = module._conv_forward(pos, wp, bp).add_(module._conv_forward(neg, wn, None))  # zennit: no bias on zn
+        s = rel / _stabilize(z, stabilizer)
+        return pos * _conv_input_grad(module, x, wp, s) + neg * _conv_input_grad(module, x, wn, s)
 
     return rule
 
 
 def _proportional(stabilizer: float, output: Callable[[nn.Module, Callable, Tensor], Tensor]) -> Rule:
-    """``x * d(out)/dx . R / stab(out)``: zennit's Epsilon (linear layers) and Norm (sums, pools)."""
-    stabilize = Stabilizer.ensure(stabilizer)
+    """``x * d(out)/dx . R / stab(out)``: zennit's Epsilon (linear layers) and Norm (pools)."""
 
     def rule(module, forward, x, rel, nonneg):
         xg = x.detach().requires_grad_(True)
         with torch.enable_grad():
             z = output(module, forward, xg)
-        return x * _grad(z, xg, rel / stabilize(z.detach()))
+        return x * _grad(z, xg, rel / _stabilize(z.detach(), stabilizer))
 
     return rule
 
@@ -81,20 +100,42 @@ def _epsilon(epsilon: float) -> Rule:
 
 
 def _flat(stabilizer: float) -> Rule:
-    stabilize = Stabilizer.ensure(stabilizer)
-
     def rule(module, forward, x, rel, nonneg):
-        ones = torch.ones_like(x).requires_grad_(True)
+        ones = torch.ones_like(x)
         w = torch.ones_like(module.weight)
+        if isinstance(module, _CONVS):
+            z = module._conv_forward(ones, w, None)
+            return _conv_input_grad(module, ones, w, rel / _stabilize(z, stabilizer))
+        ones.requires_grad_(True)
         with torch.enable_grad():
-            z = module._conv_forward(ones, w, None) if isinstance(module, _CONVS) else F.linear(ones, w)
-        return _grad(z, ones, rel / stabilize(z.detach()))
+            z = F.linear(ones, w)
+        return _grad(z, ones, rel / _stabilize(z.detach(), stabilizer))
 
     return rule
 
 
 def _norm(stabilizer: float) -> Rule:
     return _proportional(stabilizer, lambda module, forward, x: forward(x))
+
+
+class _PairSum(torch.autograd.Function):
+    """``a + b`` whose backward is zennit's Norm rule on the stacked pair: each term gets ``t * R / stab(a + b)``.
+
+    Same relevance as ``Sum()(torch.stack([a, b], -1))`` under the Norm rule, without the stacked
+    copy and the slow reductions over its size-2 last dimension.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, stabilizer: float) -> Tensor:
+        ctx.save_for_backward(a, b)
+        ctx.stabilizer = stabilizer
+        return a + b
+
+    @staticmethod
+    def backward(ctx, rel: Tensor):
+        a, b = ctx.saved_tensors
+        s = rel / _stabilize(a + b, ctx.stabilizer)
+        return a * s, b * s, None
 
 
 def _pass(module, forward, x, rel, nonneg):
@@ -117,6 +158,12 @@ class _Apply(torch.autograd.Function):
             return rel, None, None, None, None
         (x,) = ctx.saved_tensors
         return ctx.rule(ctx.module, ctx.forward_fn, x, rel, ctx.nonneg), None, None, None, None
+
+
+def _pair_sum(a: Tensor, b: Tensor, stabilizer: float) -> Tensor:
+    if a.requires_grad or b.requires_grad:
+        return _PairSum.apply(a, b, stabilizer)
+    return a + b
 
 
 def _mean_pool_types() -> tuple[type, ...]:
@@ -167,7 +214,7 @@ def _is_identity(module: nn.Module) -> bool:
 
 def attach(model: nn.Module, epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Callable[[], None]:
     """Replace the forwards of ``model``'s layers (canonized) by their LRP rules; returns the undo."""
-    patched_modules = []
+    patched_modules, paired = [], []
     for name, rule in rules_for(model, epsilon, stabilizer).items():
         module = model.get_submodule(name)
         identity = _is_identity(module)  # its Pass rule is the identity's gradient: no Function needed
@@ -185,9 +232,14 @@ def attach(model: nn.Module, epsilon: float = 1e-6, stabilizer: float = 1e-6) ->
 
         module.forward = types.MethodType(patched, module)
         patched_modules.append(module)
+        if isinstance(module, Sum) and rule is not _pass:
+            setattr(module, PAIR_SUM, functools.partial(_pair_sum, stabilizer=stabilizer))
+            paired.append(module)
 
     def undo() -> None:
         for module in patched_modules:
             del module.forward  # the class's forward shows through again
+        for module in paired:
+            delattr(module, PAIR_SUM)
 
     return undo

@@ -14,7 +14,8 @@ tokens) and over the unit's channels, then over the reference samples.
   input. The ``composite`` option does not apply to ViTs (linear layers use the z-rule).
 
 The criterion prepares the caller's model in place and restores it exactly when it returns
-(``LRPExplainer(copy=False)``); ViTs are prepared on a deep copy.
+(``LRPExplainer(copy=False)``), and asks for no input relevance: the backward pass stops at the
+first unit layer.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..units import UnitLayer, get_module, reduce_to_units
 from . import _lrp_rules
 from ._hooks import batches, model_device
 from ._lrp_canonizers import COMPOSITES, canonizers_for, find_conv_bn_pairs, make_composite
-from ._lrp_vit import has_attention, patch_transformer
+from ._lrp_vit import has_attention, patch
 from .base import Criterion, register
 
 
@@ -45,7 +46,7 @@ class LRPExplainer:
 
     ``copy=True`` (default) prepares a deep copy. ``copy=False`` prepares ``model`` itself and undoes
     every change on ``close`` (BatchNorm merges, canonized blocks, patched forwards, grad/in-place
-    flags, train mode), saving the copy; ViTs are always copied (their patched forwards stay).
+    flags, train mode), saving the copy.
     """
 
     def __init__(
@@ -69,13 +70,13 @@ class LRPExplainer:
         self.transformer = has_attention(model)
         self.composite = None
         self._undo: list = []  # callables that restore the caller's model, run in reverse by close()
-        net = _copy.deepcopy(model) if copy or self.transformer else model
+        net = _copy.deepcopy(model) if copy else model
         try:
             self._prepare(net)
             if self.transformer:
                 with torch.no_grad():
                     reference = net(example)
-                patch_transformer(net)
+                self._undo.append(patch(net))
             else:
                 # merging BatchNorms is what can go wrong (a conv output that also feeds another
                 # layer); a model without any skips the tracing pass and the logit check
@@ -84,6 +85,8 @@ class LRPExplainer:
                 for canonizer in canonizers_for(pairs):
                     instances = canonizer.apply(net)
                     self._undo += [inst.remove for inst in instances]
+                for p in net.parameters():  # zennit's BatchNorm merge adds bias parameters to bias-free convs
+                    p.requires_grad_(False)  # (gone again on remove): no bias gradients either
                 if composite == "epsilon_plus_flat" and not zennit_hooks and _lrp_rules.supports(net):
                     self._undo.append(_lrp_rules.attach(net, epsilon=epsilon, stabilizer=stabilizer))
                 else:
@@ -107,9 +110,10 @@ class LRPExplainer:
 
     def _prepare(self, net: nn.Module) -> None:
         """Eval mode, frozen parameters, no in-place activations (hooks need the tensors the forward made)."""
-        was_training = net.training
-        net.eval()
-        self._undo.append(lambda: net.train(was_training))
+        training = [m for m in net.modules() if m.training]  # restored module by module, as it was
+        if training:
+            net.eval()
+            self._undo.append(lambda: [setattr(m, "training", True) for m in training])
         flags = [(p, p.requires_grad) for p in net.parameters()]
         for p, _ in flags:
             p.requires_grad_(False)
@@ -155,15 +159,21 @@ class LRPExplainer:
         layers: Sequence[UnitLayer] = (),
         *,
         absolute: bool = True,
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        input_relevance: bool = True,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor]:
         """One batch: ``(unit relevance {layer: (N, size)}, input relevance (N, C, H, W), logits)``.
 
         The output relevance of sample ``i`` is its target logit, so with conservative rules each
         layer's signed relevance (``absolute=False``) sums to about that logit.
+        ``input_relevance=False``: the input relevance is None and the backward pass stops at the
+        unit layers' tensors (the layers before the first unit layer are not propagated through).
         """
-        x = x.to(self.device).detach().requires_grad_(True)
+        x = x.to(self.device).detach()
+        if input_relevance:
+            x.requires_grad_(True)
         units: dict[str, torch.Tensor] = {}
-        handles = [self._capture(layer, units, absolute) for layer in layers]
+        starts: list[torch.Tensor] = []  # unit tensors made graph leaves (no input gradient wanted)
+        handles = [self._capture(layer, units, absolute, None if input_relevance else starts) for layer in layers]
         try:
             with torch.enable_grad():
                 logits = self.model(x)
@@ -176,23 +186,36 @@ class LRPExplainer:
                 onehot = torch.zeros_like(logits).scatter_(1, tgt.unsqueeze(1), 1.0)
                 # zennit propagates relevance itself; the patched ViT propagates a gradient (R = a * g)
                 seed = onehot if self.transformer else onehot * logits.detach()
-                (grad,) = torch.autograd.grad(logits, x, grad_outputs=seed)
+                wrt = [x] if input_relevance else starts
+                grads = torch.autograd.grad(logits, wrt, grad_outputs=seed, allow_unused=True) if wrt else [None]
         finally:
             for h in handles:
                 h.remove()
         missing = [layer.name for layer in layers if layer.name not in units]
         if missing:
             raise ModelError(f"lrp: no relevance reached {', '.join(missing[:3])}")
-        input_rel = grad * x.detach() if self.transformer else grad
+        input_rel = None
+        if input_relevance:
+            input_rel = (grads[0] * x.detach() if self.transformer else grads[0]).detach()
         units = {layer.name: units[layer.name] for layer in layers}  # hooks fire in backward order
-        return units, input_rel.detach(), logits.detach()
+        return units, input_rel, logits.detach()
 
-    def _capture(self, layer: UnitLayer, sink: dict[str, torch.Tensor], absolute: bool):
+    def _capture(self, layer: UnitLayer, sink: dict[str, torch.Tensor], absolute: bool,
+                 starts: list[torch.Tensor] | None):
+        """Hook that reduces the relevance reaching ``layer``'s tensor into ``sink``.
+
+        ``starts`` given: a tensor outside the graph (the input needs no gradient) becomes a leaf
+        that requires one, and is appended, so the backward pass starts the graph there.
+        """
         module = get_module(self.model, layer.hook)
 
         def on_tensor(t: torch.Tensor) -> None:
-            if not isinstance(t, torch.Tensor) or not t.requires_grad:
+            if not isinstance(t, torch.Tensor):
                 return
+            if not t.requires_grad:
+                if starts is None or not t.is_floating_point():
+                    return
+                starts.append(t.requires_grad_(True))
             act = t.detach() if self.transformer else None
 
             def on_grad(g: torch.Tensor) -> None:
@@ -260,7 +283,8 @@ class LRP(Criterion):
         # the model itself is canonized for the call and restored after it: no deep copy to pay for
         with self.explainer(model, inputs, copy=False) as ex:
             for sl in batches(len(inputs), self.batch_size):
-                units, _, _ = ex.relevance(inputs[sl], None if targets is None else targets[sl], layers)
+                units, _, _ = ex.relevance(inputs[sl], None if targets is None else targets[sl], layers,
+                                           input_relevance=False)
                 for name, per_sample in units.items():
                     totals[name] += per_sample.sum(0).double().cpu()
         return {name: t.float() for name, t in totals.items()}
