@@ -48,9 +48,12 @@ def markdown(doc: dict) -> str:
         "granularity; units whose group cannot be removed stay masked and are counted). Data-free criteria run raw "
         "and with per-layer L1 normalisation (`toolchain.masking`, global ranking).", "",
         _checkpoints_note(doc), "",
-        ("**Val stops at the first failure** (bound and point rule), test is read at the chosen ratio only; "
-         "the equal-cost comparison needs `--full-curves` and is not in this run." if not doc.get("full_curves")
-         else "Every ratio was evaluated on val and test (`--full-curves`)."), "",
+        {False: "**Val stops at the first failure** (bound and point rule), test is read at the chosen ratio only; "
+                "the equal-cost comparison needs `--full-curves` and is not in this run.",
+         "mixed": "Runs merged here differ in coverage: models whose cells evaluated every ratio on val and test show "
+                  "the equal-cost tables; the others stopped val at the first failure and read test at the chosen "
+                  "ratio only (the choice is the same either way).",
+         }.get(doc.get("full_curves", True), "Every ratio was evaluated on val and test (`--full-curves`)."), "",
         *([f"**PARTIAL:** {len(doc['models'])} of the requested models "
            f"{', '.join(doc.get('models_requested', []))} finished.", ""]
           if len(doc.get("models_requested", [])) > len(doc["models"]) else []),
@@ -65,7 +68,7 @@ def markdown(doc: dict) -> str:
     lines += ["", "k/n = fraction [exact 95 % interval]. A cell that chose ratio 0 (dense) holds trivially; "
               "the last column counts them.", ""]
     for m in doc["models"]:
-        lines += [f"## {m['model']} on {m['dataset']}", "",
+        lines += [f"## {m['model']} on {m['dataset']} (checkpoint {m['sha256'][:8]})", "",
                   f"Checkpoint `{m['checkpoint']}`, weights sha256 `{m['sha256']}`, data fingerprint "
                   f"`{(m['dataset_fingerprint'] or '')[:16]}`; dense test accuracy {_acc(m['dense']['test']['accuracy'])} "
                   f"(n={m['dense']['test']['accuracy']['n']}), val {_acc(m['dense']['val']['accuracy'])} "
@@ -81,7 +84,7 @@ def markdown(doc: dict) -> str:
             cost = "1.00 / 1.00" if sel["dense"] else f"{sel['macs_frac']:.2f} / {sel['params_frac']:.2f}"
             lines.append(f"| {_label(c)} | {sel['ratio']:.2f} | {cost} | {drop} | {'yes' if sel['holds'] else '**no**'}"
                          f" | {old['ratio']:.2f} | {'yes' if old['holds'] else '**no**'} |")
-        if not doc.get("full_curves"):
+        if any(c.get("equal_cost") is None for c in m["cells"]):  # val stopped at the first failure
             lines.append("")
             continue
         lines += ["", "Test accuracy % [95 %] (n per cell = test n) at equal units, equal MACs, equal parameters "

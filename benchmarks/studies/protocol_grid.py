@@ -330,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # settings that must agree for runs to be merged into one table
-_SHARED = ("tolerance_pts", "sens_tolerance_pts", "ratios", "budgets", "sampling", "n_per_class", "n_boot", "seed",
-           "full_curves")
+# (whether curves were evaluated past the first failure does not change a choice, so it may differ)
+_SHARED = ("tolerance_pts", "sens_tolerance_pts", "ratios", "budgets", "sampling", "n_per_class", "n_boot", "seed")
 
 
 def _read(path: Path) -> dict:
@@ -341,24 +341,31 @@ def _read(path: Path) -> dict:
 
 
 def merge(docs: list[dict], command: str) -> dict:
-    """One document from runs of different models with the same settings (their commands are kept)."""
+    """One document from runs with the same settings (their commands are kept). Cells of one checkpoint split
+    over runs are combined; different checkpoints of one model and dataset stay separate entries."""
     differ = [k for k in _SHARED if any(d.get(k) != docs[0].get(k) for d in docs)]
     if differ:
         raise ConfigError(f"--merge: the runs differ in {', '.join(differ)}")
     models: dict[tuple, dict] = {}
-    for m in (m for d in docs for m in d["models"]):  # one model split over runs: its cells are combined
-        seen = models.get((m["model"], m["dataset"]))
+    for d in docs:
+        for m in d["models"]:  # runs before --full-curves existed evaluated every ratio
+            for c in m["cells"]:
+                c.setdefault("full_curves", d.get("full_curves", True))
+    for m in (m for d in docs for m in d["models"]):  # one checkpoint split over runs: its cells are combined
+        seen = models.get((m["model"], m["dataset"], m["sha256"]))
         if seen is None:
-            models[(m["model"], m["dataset"])] = {**m, "cells": list(m["cells"])}
+            models[(m["model"], m["dataset"], m["sha256"])] = {**m, "cells": list(m["cells"])}
             continue
-        if seen["sha256"] != m["sha256"]:
-            raise ConfigError(f"--merge: {m['model']} on {m['dataset']} comes from two different checkpoints")
         have = {(c["criterion"], c["normalize"]) for c in seen["cells"]}
         if any((c["criterion"], c["normalize"]) in have for c in m["cells"]):
             raise ConfigError(f"--merge: a cell of {m['model']} appears in more than one run")
         seen["cells"] += m["cells"]
     models = list(models.values())
+    curves = {d.get("full_curves", True) for d in docs}
     return {**docs[0], "command": " && ".join([d["command"] for d in docs] + [command]),
+            "full_curves": curves.pop() if len(curves) == 1 else "mixed",
+            "checkpoints_source": "; ".join(dict.fromkeys(d["checkpoints_source"] for d in docs
+                                                          if d.get("checkpoints_source"))) or None,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "wall_s": round(sum(d["wall_s"] for d in docs), 1),
             "models_requested": [n for d in docs for n in d.get("models_requested", [])],

@@ -122,8 +122,10 @@ def test_merge_combines_runs_of_different_models_and_recounts():
         protocol_grid.merge([_doc("a", [True]), _doc("b", [True], ratios=(0.2,))], "merge")
     with pytest.raises(ConfigError, match="more than one run"):
         protocol_grid.merge([_doc("a", [True]), _doc("a", [True])], "merge")
-    with pytest.raises(ConfigError, match="different checkpoints"):
-        protocol_grid.merge([_doc("a", [True]), _doc("a", [True], sha="t", first=1)], "merge")
+    two = protocol_grid.merge([_doc("a", [True]), _doc("a", [False], sha="t")], "merge")  # two checkpoints of a
+    assert [m["sha256"] for m in two["models"]] == ["s", "t"] and two["summary"]["attribution"]["bound_rule"]["n"] == 2
+    mixed = protocol_grid.merge([{**_doc("a", [True]), "full_curves": False}, _doc("b", [True])], "merge")
+    assert mixed["full_curves"] == "mixed" and mixed["models"][1]["cells"][0]["full_curves"] is True
     # one model split over two runs (criteria run in parallel): its cells are combined
     split = protocol_grid.merge([_doc("a", [True]), _doc("a", [False], first=1)], "merge")
     assert len(split["models"]) == 1 and [c["criterion"] for c in split["models"][0]["cells"]] == ["c0", "c1"]
