@@ -77,6 +77,16 @@ def _sections(models: list[dict]) -> list[str]:
     ]
 
 
+def _not_measured(models: list[dict]) -> list[str]:
+    """The parts no run has measured yet, by model (a partial result says what it lacks)."""
+    from .res224 import MODELS, PARTS
+
+    by_model = {r["model"]: r for r in models}
+    missing = [f"{m}: {', '.join(p for p in PARTS if p not in by_model.get(m, {}))}" for m in MODELS
+               if any(p not in by_model.get(m, {}) for p in PARTS)]
+    return ["## Not measured", "", *(f"- {line}" for line in missing), ""] if missing else []
+
+
 def markdown(doc: dict) -> str:
     models = doc["models"]
     commands = list(dict.fromkeys(r[p]["command"] for r in models for p in ("cost", "removal", "export", "latency")
@@ -92,7 +102,7 @@ def markdown(doc: dict) -> str:
              "export's fp32 gate of 1e-4): cost, parity and latency do not depend on training; no accuracy is "
              "reported.", ""]
     lines += _sections(models)
-    lines += doc.get("notes", [])
+    lines += _not_measured(models)
     return "\n".join(lines).rstrip() + "\n"
 
 

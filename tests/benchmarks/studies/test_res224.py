@@ -49,6 +49,7 @@ def test_report_renders_every_part(tmp_path):
     assert "| vit_b16 | ONNX Runtime x | 30.0 | 20.0 | 1.50 |" in md and "4.0e-05" in md
     assert "`medprune study res224 --parts cost`; `medprune study res224 --parts latency`" in md  # both recorded
     assert "Median of 20 batch-1 runs" in md
+    assert "## Not measured\n\n- resnet50: cost, removal, export, latency\n" in md  # a partial result says so
     assert json.loads((tmp_path / "res224.json").read_text())["models"][1]["export_parity_max_abs"] == 4e-5
     assert (tmp_path / "res224.png").read_bytes()[:4] == b"\x89PNG"
 
