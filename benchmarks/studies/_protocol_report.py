@@ -57,7 +57,7 @@ def markdown(doc: dict) -> str:
         *([f"**PARTIAL:** {len(doc['models'])} of the requested models "
            f"{', '.join(doc.get('models_requested', []))} finished.", ""]
           if len(doc.get("models_requested", [])) > len(doc["models"]) else []),
-        *[f"**Not run:** {m['model']} {', '.join(miss)} (stopped for time)." for m in doc["models"]
+        *[f"**Not run:** {m['model']} ({m['sha256'][:8]}) {', '.join(miss)} (stopped for time)." for m in doc["models"]
           if (miss := sorted({_label(c) for o in doc["models"] for c in o["cells"]} - {_label(c) for c in m["cells"]}))],
         "", "## Headline: val-selected ratios that hold on test", "",
         "| cells | bound rule (protocol) | point rule on whole val (old rule) | chose dense |", "|---|---|---|---|",
@@ -67,6 +67,7 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {k} | {_frac(v['bound_rule'])} | {_frac(v['point_rule'])} | {v['dense_selected']} |")
     lines += ["", "k/n = fraction [exact 95 % interval]. A cell that chose ratio 0 (dense) holds trivially; "
               "the last column counts them.", ""]
+    made = _baseline_shas()
     for m in doc["models"]:
         lines += [f"## {m['model']} on {m['dataset']} (checkpoint {m['sha256'][:8]})", "",
                   f"Checkpoint `{m['checkpoint']}`, weights sha256 `{m['sha256']}`, data fingerprint "
@@ -75,7 +76,8 @@ def markdown(doc: dict) -> str:
                   f"(n={m['dense']['val']['accuracy']['n']}); dense {m['dense_cost']['macs'] / 1e6:.0f} M MACs, "
                   f"{m['dense_cost']['params'] / 1e6:.1f} M params. Train config: lr {(m['train_config'] or {}).get('lr')}, "
                   f"epochs {(m['train_config'] or {}).get('epochs')}, train subset "
-                  f"{(m['train_config'] or {}).get('train_subset')}.", "",
+                  f"{(m['train_config'] or {}).get('train_subset')}"
+                  f"{' (**make baselines**)' if m['sha256'] in made else ''}.", "",
                   "| criterion | val-selected ratio | MACs / params at it | test acc. drop, pts [95 %] | "
                   "holds | point-rule ratio | holds |", "|---|---|---|---|---|---|---|"]
         for c in m["cells"]:
@@ -130,7 +132,7 @@ def claims(doc: dict) -> list[str]:
     for m in doc["models"]:
         ranks = sorted(((c["selected"]["ratio"], _label(c)) for c in m["cells"]), reverse=True)
         best = [lbl for r, lbl in ranks if r == ranks[0][0]]
-        where = f"{m['model']} on {m['dataset']}"
+        where = f"{m['model']} on {m['dataset']}, {m['sha256'][:8]}"
         out.append(f"LRP best ({where}, by val-selected lossless ratio): first is {', '.join(best)} at "
                    f"{ranks[0][0]:.2f}; LRP {next(r for r, lbl in ranks if lbl == 'lrp'):.2f}" if any(
                        lbl == "lrp" for _, lbl in ranks) else f"LRP best ({where}): NOT JUDGED (no lrp cell)")
@@ -141,6 +143,9 @@ def claims(doc: dict) -> list[str]:
                    + (f"gain with paired 95 % interval above 0 at {'; '.join(improved)}" if improved else
                       "no cell gains beyond its paired 95 % interval -> NOT SUPPORTED"))
     out.append(f"Clustering best sampling: NOT JUDGED (one sampling, {doc['sampling']}, in this run)")
+    absent = [d for d in PAPER_DATASETS if d not in {m["dataset"] for m in doc["models"]}]
+    if absent:
+        out.append(f"Datasets not in this run: {', '.join(absent)} (no claim is judged on them)")
     return out
 
 
@@ -170,8 +175,25 @@ def _checkpoints_note(doc: dict) -> str:
         return (f"**Checkpoints.** From `{src}` (`make baselines`: one CPU schedule for every model, each model's "
                 "learning rate chosen on val by the hyper-parameter policy); each model section names its weights "
                 "sha256.")
-    return ("**Checkpoints.** Given by path (their train configs are listed per model); not necessarily trained "
-            "under the hyper-parameter policy (`make baselines` trains those).")
+    return ("**Checkpoints.** Given by path (their train configs are listed per model); those trained by `make "
+            "baselines` (one CPU schedule, lr chosen on val by the hyper-parameter policy) are marked **make "
+            "baselines** (their weights sha256 is in `baselines_cpu.json`); the others were not trained under the policy.")
+
+
+def _baseline_shas() -> set[str]:
+    """Weights sha256 of the checkpoints make baselines trained (benchmarks/results/baselines_cpu.json)."""
+    import json
+
+    from .registry import RESULTS
+
+    path = RESULTS / "baselines_cpu.json"
+    try:
+        return {r["weights_sha256"] for r in json.loads(path.read_text()).get("runs", [])}
+    except (OSError, ValueError, KeyError):
+        return set()
+
+
+PAPER_DATASETS = ("pneumoniamnist", "breastmnist", "chest_xray_224")  # the paper grid's datasets
 
 
 def _next(r: float, ratios: list[float]) -> float:
