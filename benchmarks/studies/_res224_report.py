@@ -22,7 +22,7 @@ def _section(title: str, intro: str, header: str, align: str, rows: list[list[st
 def _cost_rows(models: list[dict]) -> list[list[str]]:
     return [[r["model"], f"{c['params'] / 1e6:.1f}M", str(c["unit_layers"]),
              f"{statistics.median(c['frozen_fwd_bwd_s']):.2f}", f"{statistics.median(c['lrp_s']):.2f}",
-             f"{c['ratio_median']:.2f}", "yes" if c["ratio_median"] <= 2 else "NO"]
+             f"{c['ratio_median']:.3f}", "yes" if c["ratio_median"] <= 2 else "NO"]
             for r in models if (c := r.get("cost"))]
 
 
@@ -62,8 +62,8 @@ def _sections(models: list[dict]) -> list[str]:
                   "model | params | unit layers | frozen fwd+bwd median (s) | LRP median (s) | LRP / fwd+bwd | ≤ 2×",
                   ["---", "---:", "---:", "---:", "---:", "---:", ":---:"], _cost_rows(models)),
         *_section("Removal and export parity",
-                  f"Lowest-LRP {_setting(models, 'removal', 'ratio')} of units masked (global ranking), then "
-                  f"physically removed. On {_setting(models, 'removal', 'n_images')} images: removal parity is the max "
+                  f"A fraction {_setting(models, 'removal', 'ratio')} of the units (lowest LRP, global ranking) "
+                  f"masked, then physically removed. On {_setting(models, 'removal', 'n_images')} images: removal parity is the max "
                   "|masked − removed| logit; export parity the max |torch − runtime| logit (fp32), dense and pruned.",
                   "model | params dense → pruned | units removed / masked | max \\|logit\\| dense | removal parity | "
                   "ORT dense | ORT pruned | OpenVINO dense | OpenVINO pruned",

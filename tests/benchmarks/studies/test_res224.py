@@ -44,8 +44,8 @@ def test_report_renders_every_part(tmp_path):
     doc["models"][1]["latency"].update(command="medprune study res224 --parts latency", runs=20, threads=2)
     write_report(doc, tmp_path)
     md = (tmp_path / "res224.md").read_text()
-    assert "| vgg19 | 20.0M | 53 | 1.10 | 1.87 | 1.70 | yes |" in md  # medians of the pairs, ratio, target
-    assert "| vit_b16 | 20.0M | 53 | 1.10 | 2.64 | 2.40 | NO |" in md
+    assert "| vgg19 | 20.0M | 53 | 1.10 | 1.87 | 1.700 | yes |" in md  # medians of the pairs, ratio, target
+    assert "| vit_b16 | 20.0M | 53 | 1.10 | 2.64 | 2.400 | NO |" in md
     assert "| vit_b16 | ONNX Runtime x | 30.0 | 20.0 | 1.50 |" in md and "4.0e-05" in md
     assert "`medprune study res224 --parts cost`; `medprune study res224 --parts latency`" in md  # both recorded
     assert "Median of 20 batch-1 runs" in md
