@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"LRP {statistics.median(r['lrp_s']):.3f}s, ratio {r['ratio_median']:.2f}"
               + (f"; IG/captum {r['ig']['ratio_median']:.2f}" if "ig" in r else ""), flush=True)
         results["models"].append(r)
-    results["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-    write(results)
+        # written after every model, so a long run on a loaded machine leaves the finished models behind
+        results["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+        write(results)
     return results
