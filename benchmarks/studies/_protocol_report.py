@@ -54,9 +54,10 @@ def markdown(doc: dict) -> str:
                   "the equal-cost tables; the others stopped val at the first failure and read test at the chosen "
                   "ratio only (the choice is the same either way).",
          }.get(doc.get("full_curves", True), "Every ratio was evaluated on val and test (`--full-curves`)."), "",
-        *([f"**PARTIAL:** {len(doc['models'])} of the requested models "
-           f"{', '.join(doc.get('models_requested', []))} finished.", ""]
-          if len(doc.get("models_requested", [])) > len(doc["models"]) else []),
+        # merged runs list a model once per run: compare the sets of names, not the counts
+        *([f"**PARTIAL:** not finished: {', '.join(missing)}.", ""]
+          if (missing := sorted(set(doc.get("models_requested", [])) - {m["model"] for m in doc["models"]}))
+          else []),
         *[f"**Not run:** {m['model']} ({m['sha256'][:8]}) {', '.join(miss)} (stopped for time)." for m in doc["models"]
           if (miss := sorted({_label(c) for o in doc["models"] for c in o["cells"]} - {_label(c) for c in m["cells"]}))],
         "", "## Headline: val-selected ratios that hold on test", "",
