@@ -49,7 +49,8 @@ def drops(y, dense, pruned, n_boot: int = N_BOOT) -> dict[str, Any]:
     return out
 
 
-def _metrics(y, p, names) -> dict:
+def accuracy_summary(y, p, names) -> dict:
+    """Accuracy and balanced accuracy with their 95 % intervals, and n (also the runtime columns' summary)."""
     from toolchain.metrics import compute_metrics
 
     m = compute_metrics(np.asarray(y), np.asarray(p), names)
@@ -73,8 +74,8 @@ def summarise_run(run: dict) -> dict[str, Any]:
                 "latency_ms": {k: cell["latency_ms"][k]["median_ms"] for k in ("dense", "pruned")},
                 "val": {"accuracy_drop_pts": val["accuracy_drop_pts"]["value"],
                         "worst_sensitivity_drop_pts": val["worst_sensitivity_drop_pts"]["value"],
-                        **_metrics(y["val"], cell["probs"][f"{state}/val"], names)},
-                "test": {**_metrics(y["test"], cell["probs"][f"{state}/test"], names),
+                        **accuracy_summary(y["val"], cell["probs"][f"{state}/val"], names)},
+                "test": {**accuracy_summary(y["test"], cell["probs"][f"{state}/test"], names),
                          **drops(y["test"], run["dense"]["test"], cell["probs"][f"{state}/test"])},
                 "recovery": cell.get("recovery", {}).get("summary") if state == "kd" else None,
                 "_key": key,

@@ -46,6 +46,9 @@ import numpy as np
 from torch import nn
 
 from toolchain.errors import ConfigError, DataError
+from toolchain.temperature import softmax
+
+from ._recovery_report import accuracy_summary
 
 # column: (export format, precision, harness runtime). One entry per runtime x precision.
 COLUMNS: dict[str, tuple[str, str, str]] = {
@@ -215,28 +218,15 @@ def _interleaved_ms(backends: dict[str, Any], x1: np.ndarray, repeats: int) -> d
             for k, s in stats.items()}
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _test_metrics(y, probs, names) -> dict[str, Any]:
-    """Accuracy and balanced accuracy with their 95 % intervals, and n."""
-    from toolchain.metrics import compute_metrics
-
-    m = compute_metrics(y, probs, names)
-    return {k: m[k] for k in ("accuracy", "accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "n")}
-
-
 def _accuracy(y, logits, dense_logits, names) -> dict[str, Any]:
     from toolchain.lossless import drops
 
-    probs = _softmax(np.asarray(logits, np.float64))
-    d = drops(y, _softmax(np.asarray(dense_logits, np.float64)), probs, names)
+    probs = softmax(np.asarray(logits, np.float64))
+    d = drops(y, softmax(np.asarray(dense_logits, np.float64)), probs, names)
     sens = d["sensitivity_drop_pts"]
     worst = max(sens, key=sens.get)
     return {
-        "test": _test_metrics(y, probs, names),
+        "test": accuracy_summary(y, probs, names),
         "vs_dense_fp32": {"accuracy_drop_pts": d["accuracy_drop_pts"], "accuracy_drop_ci_pts": d["accuracy_drop_ci_pts"],
                           "worst_sensitivity_drop_pts": sens[worst],
                           "worst_sensitivity_drop_ci_pts": d["sensitivity_drop_ci_pts"][worst], "worst_class": worst,
@@ -311,7 +301,7 @@ def _columns(ref: DenseReference, model: nn.Module, repeats: int) -> dict[str, A
     machine = machine_info()
     return {
         "columns": columns, "reference": f"dense/{REFERENCE}", "quantization_only": quant_only,
-        "dense_torch_fp32": _test_metrics(ref.test_y, _softmax(np.asarray(ref.torch_logits, np.float64)), ref.names),
+        "dense_torch_fp32": accuracy_summary(ref.test_y, softmax(np.asarray(ref.torch_logits, np.float64)), ref.names),
         "threads": ref.threads, "repeats": repeats, "warmup": WARMUP, "batch": 1, "input_shape": list(ref.chw),
         "n_test": int(len(ref.test_y)), "n_calib": int(len(ref.calib)), "class_names": ref.names,
         "load_average": machine.get("load_average"), "versions": machine.get("versions"),
