@@ -26,12 +26,9 @@ CALIB_SIZE = 256  # as medprune export / deploy calibrate
 
 def recovered_weights(run: dict, chosen: dict) -> Path | None:
     """The recovered checkpoint of the val-chosen cell, or None when it is not in the cache."""
-    from toolchain import settings
+    from .recovery_grid import recovered_checkpoint
 
-    cell = run["cells"].get(f"{chosen['criterion']}/{chosen['target']:g}") or {}
-    key = (cell.get("recovery") or {}).get("key")
-    path = settings.cache_dir() / "recovered" / str(key)[:16] / "model.safetensors" if key else None
-    return path if path is not None and path.is_file() else None
+    return recovered_checkpoint(run["cells"].get(f"{chosen['criterion']}/{chosen['target']:g}") or {})
 
 
 def quant_for_run(run: dict, headline: dict, *, cache_root: Path, threads: int = 1, repeats: int = 100,
@@ -41,8 +38,10 @@ def quant_for_run(run: dict, headline: dict, *, cache_root: Path, threads: int =
 
     chosen = headline.get("speedup_lossless")
     weights = recovered_weights(run, chosen) if chosen else None
+    offset = (run["cells"].get(f"{chosen['criterion']}/{chosen['target']:g}") or {}).get("alignment", {}).get(
+        "offset") if chosen and chosen.get("state") == "kda" else None
     key = digest({"v": 1, "ckpt": run["checkpoint_sha256"], "chosen": str(weights), "threads": threads,
-                  "repeats": repeats})
+                  "repeats": repeats, **({"offset": offset} if offset else {})})
     path = Path(cache_root) / f"quant-{run['dataset']}-{run['model']}-{key[:12]}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -72,6 +71,11 @@ def _measure(run, chosen, weights, threads, repeats, log) -> dict[str, Any]:
         out["dense"] = ref.columns(ctx.model, repeats=repeats)
         if weights is not None:
             model, _ = load_checkpoint(weights)
+            if chosen.get("state") == "kda":  # the aligned model: the val-fitted offset folded into the bias
+                from toolchain.recovery import fold_logit_offset
+
+                cell = run["cells"][f"{chosen['criterion']}/{chosen['target']:g}"]
+                model = fold_logit_offset(model, cell["alignment"]["offset"])
             log(f"{run['dataset']}/{run['model']}: pruned + recovered ({chosen['criterion']}, ÷{chosen['target']:g})")
             out["chosen"] = ref.columns(model.eval(), repeats=repeats)
             out["chosen_model"] = {"criterion": chosen["criterion"], "target": chosen["target"],

@@ -50,6 +50,9 @@ class RecoveryConfig:
     augment: bool = True
     class_weighting: bool = True
     seed: int = 0
+    # opt-in: after distillation, a per-class logit offset fitted on val moves the student's operating point
+    # back to the teacher's (``.align``); folded into the classifier bias
+    align: bool = False
     quiet: bool = False
     device: str = "cpu"
 
@@ -64,8 +67,10 @@ class RecoveryConfig:
         return self
 
     def recipe(self) -> dict[str, Any]:
-        """What changes the result (the cache key's config part, also written to manifests)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_HASHED}
+        """What changes the result (the cache key's config part, also written to manifests). ``align`` is
+        listed only when on, so recipes (and cache keys) from before the option are unchanged."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in _NOT_HASHED and not (k == "align" and not v)}
 
     def train_config(self, dense_meta: dict, ds_name: str, label: str):
         """The :class:`TrainConfig` ``fit`` runs, dense training values filling the unset fields."""
@@ -96,9 +101,11 @@ def cache_key(cfg: RecoveryConfig, teacher_sha: str, student: nn.Module, ds_fing
     from ..pipeline import code_version, digest
     from ..settings import resolve_device
 
-    # the device and the code (this module, train.fit and what they import) change the weights too
+    # the device and the code (this module, train.fit and what they import) change the weights too; the
+    # alignment is applied after the cached fit (``recover_cached``), so it is not part of the key
+    fit = {k: v for k, v in cfg.recipe().items() if k != "align"}
     return digest({"stage": "recover", "version": VERSION, "teacher": teacher_sha, "student": state_digest(student),
-                   "config": cfg.recipe(), "dataset": ds_fingerprint, "device": resolve_device(cfg.device),
+                   "config": fit, "dataset": ds_fingerprint, "device": resolve_device(cfg.device),
                    "code_version": code_version(__name__)})
 
 
@@ -138,6 +145,8 @@ def recover_cached(student: nn.Module, teacher: nn.Module, ds, preprocess, cfg: 
 
     ``meta`` is the checkpoint meta the recovered model is saved with (the dense meta with its
     ``pruning`` entry); ``info`` holds the key, the recipe, fit's history/summary and ``cached``.
+    With ``cfg.align`` the returned model is the distilled one with the val offset folded in
+    (``.align.align_to_teacher``; ``info["alignment"]``); the cache keeps the distilled weights.
     """
     from .. import settings
     from ..atomic import atomic_dir
@@ -150,7 +159,8 @@ def recover_cached(student: nn.Module, teacher: nn.Module, ds, preprocess, cfg: 
     if (folder / "result.json").is_file() and weights.is_file():
         info = json.loads((folder / "result.json").read_text())
         model, _ = load_checkpoint(weights, device=cfg.device)
-        return model.eval(), {**info, "cached": True, "checkpoint": str(weights)}
+        return _aligned(model.eval(), teacher, ds, preprocess, cfg, {**info, "cached": True,
+                                                                     "checkpoint": str(weights)})
     result = recover(student, teacher, ds, preprocess, cfg, meta, console=console)
     info = {"key": key, "version": VERSION, "recipe": cfg.recipe(), "history": result["history"],
             "summary": result["summary"], "val": result["metrics"].get("val")}
@@ -158,4 +168,15 @@ def recover_cached(student: nn.Module, teacher: nn.Module, ds, preprocess, cfg: 
         save_checkpoint(tmp / "model.safetensors", student, {**meta, "recovery": {k: info[k] for k in
                                                                                    ("key", "version", "recipe")}})
         (tmp / "result.json").write_text(json.dumps(info, indent=1, default=str))
-    return student.eval(), {**info, "cached": False, "checkpoint": str(weights)}
+    return _aligned(student.eval(), teacher, ds, preprocess, cfg, {**info, "cached": False,
+                                                                   "checkpoint": str(weights)})
+
+
+def _aligned(model: nn.Module, teacher: nn.Module, ds, preprocess, cfg: RecoveryConfig, info: dict
+             ) -> tuple[nn.Module, dict[str, Any]]:
+    if not cfg.align:
+        return model, info
+    from .align import align_to_teacher
+
+    aligned, report = align_to_teacher(model, teacher, ds, preprocess, device=cfg.device)
+    return aligned.eval(), {**info, "alignment": report, "recipe": cfg.recipe()}

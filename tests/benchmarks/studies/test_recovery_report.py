@@ -12,22 +12,36 @@ def _onehot(pred, k=2):
     return np.eye(k)[np.asarray(pred)]
 
 
-def test_drops_point_values_and_intervals():
+def test_test_drops_come_from_toolchain_lossless():
+    from toolchain.lossless import worst_sensitivity_drop
+
     y = np.array([0] * 10 + [1] * 10)
     dense = _onehot(y)
     pruned = _onehot(np.r_[[1, 1], y[2:]])  # two class-0 errors: accuracy -10 pts, class-0 sensitivity -20 pts
-    d = rep.drops(y, dense, pruned, n_boot=200)
+    d = rep.test_drops(y, dense, pruned, n_boot=200)
     assert d["accuracy_drop_pts"]["value"] == pytest.approx(10.0)
-    assert d["worst_sensitivity_drop_pts"]["value"] == pytest.approx(20.0)
+    assert d["worst_sensitivity_drop_pts"]["value"] == pytest.approx(20.0) and d["worst_class"] == 0
+    assert d["worst_sensitivity_drop_pts"]["ci"] == worst_sensitivity_drop(y, dense, pruned, n_boot=200)["ci"]
     lo, hi = d["accuracy_drop_pts"]["ci"]
     assert 0 <= lo <= 10 <= hi and d["n"] == 20
 
 
-def _row(crit, macs, val_acc_drop, val_sens, test_acc_drop, bal=0.9):
-    return {"criterion": crit, "recovered": True, "macs_ratio": macs, "speedup_ort": macs * 0.8,
+def test_val_figures_apply_deploys_bound_rule_and_show_the_point_rule():
+    y = np.array([0] * 100 + [1] * 100)
+    dense = _onehot(y)
+    one = _onehot(np.r_[[1], y[1:]])  # one class-0 image lost: point drop 1 pt, its upper bound above 2 pts
+    v = rep._val_figures(y, dense, one, ["a", "b"])
+    assert v["passes_point"] and not v["passes_bound"] and v["worst_sensitivity_drop_upper_pts"] > 2.0
+    same = rep._val_figures(y, dense, dense, ["a", "b"])
+    assert same["passes_point"] and same["passes_bound"]
+
+
+def _row(crit, macs, val_acc_drop, val_sens, test_acc_drop, bal=0.9, bound=None, state="kd"):
+    point = val_acc_drop <= 1 and val_sens <= 2
+    return {"criterion": crit, "recovered": True, "state": state, "macs_ratio": macs, "speedup_ort": macs * 0.8,
             "target_macs_div": macs,
             "val": {"accuracy_drop_pts": val_acc_drop, "worst_sensitivity_drop_pts": val_sens,
-                    "balanced_accuracy": bal, "passes_gates": val_acc_drop <= 1 and val_sens <= 2},
+                    "balanced_accuracy": bal, "passes_point": point, "passes_bound": point if bound is None else bound},
             "test": {"accuracy_drop_pts": {"value": test_acc_drop, "ci": [0, 1]},
                      "worst_sensitivity_drop_pts": {"value": 0.0, "ci": [0, 1]}}}
 
@@ -41,6 +55,22 @@ def test_headline_is_chosen_on_val_and_judged_on_test():
     assert h["best_criterion"] == "lrp"
     none = rep.headline([_row("lrp", 2.0, 5.0, 1.0, 0.0)])
     assert none["speedup_lossless"] is None
+
+
+def test_headline_uses_the_bound_rule_and_shows_the_point_rule_beside_it():
+    rows = [_row("lrp", 2.0, 0.2, 0.5, 3.0, bound=True),
+            _row("taylor", 4.0, 0.8, 1.9, 0.0, bound=False)]  # passes the point rule only
+    h = rep.headline(rows)
+    assert h["rule"] == "bound" and h["speedup_lossless"]["macs_ratio"] == 2.0
+    assert not h["speedup_lossless"]["holds_on_test"]
+    assert h["speedup_lossless_point"]["macs_ratio"] == 4.0 and h["speedup_lossless_point"]["holds_on_test"]
+
+
+def test_headline_reads_the_recipes_state_only():
+    rows = [_row("lrp", 5.0, 0.2, 0.5, 0.0, state="kd"), _row("lrp", 3.0, 0.2, 0.5, 0.0, state="kda"),
+            _row("lrp", 8.0, 0.2, 0.5, 0.0, state="none")]
+    assert rep.headline(rows, "kda")["speedup_lossless"]["macs_ratio"] == 3.0
+    assert rep.headline(rows, "kd")["speedup_lossless"]["macs_ratio"] == 5.0
 
 
 def test_per_model_targets_and_budget_text_come_from_the_arguments():
