@@ -82,6 +82,16 @@ def dense_checkpoint(model: str, data: str, given: dict[str, str]) -> tuple[Path
     return train(TrainConfig(**recipe, device="auto")), f"medprune train {flags}"
 
 
+def train_command(train_config: dict | None, fallback: str) -> str:
+    """The ``medprune train`` flags a checkpoint records (a ``--checkpoint`` may differ from ``RECIPE``, e.g.
+    more epochs on a small dataset); ``fallback`` when it records none."""
+    if not train_config or not train_config.get("model"):
+        return fallback
+    keys = [k for k in ("model", "epochs", "lr", "patience", "data", "load_size", "train_subset")
+            if train_config.get(k) is not None]
+    return "medprune train " + " ".join(f"--{k.replace('_', '-')} {train_config[k]}" for k in keys)
+
+
 def _probs(model, ctx, split: str):
     from toolchain.evaluate import predict
 
@@ -152,6 +162,7 @@ def run_model(model: str, data: str, args, log) -> dict[str, Any]:
     ctx = load_context(weights)  # the checkpoint's own dataset, loaded as it was trained (load size, val cut)
     if ctx.ds.name != data:
         raise SystemExit(f"checkpoint {weights} was trained on {ctx.ds.name}, not {data}")
+    train_cmd = train_command(ctx.meta.get("train_config"), train_cmd)
     layers = find_unit_layers(ctx.model)
     x, y, idx = reference_inputs(ctx, args.n_per_class, args.sampling, args.seed, pool_per_class=args.pool_per_class)
     example = x[:1].detach()

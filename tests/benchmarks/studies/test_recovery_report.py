@@ -85,6 +85,10 @@ def test_per_model_targets_and_budget_text_come_from_the_arguments():
     with pytest.raises(argparse.ArgumentTypeError):
         grid._model_targets("vgg19=1/5")
     assert grid.train_recipe("vgg19", "chest_xray_224")["load_size"] == 64
+    recorded = {"model": "vgg19", "epochs": 25, "lr": 1e-4, "patience": 5, "data": "breastmnist", "load_size": None}
+    assert grid.train_command(recorded, "x") == "medprune train --model vgg19 --epochs 25 --lr 0.0001 --patience 5 " \
+                                                "--data breastmnist"
+    assert grid.train_command(None, "fallback") == "fallback"
     assert "load_size" not in grid.train_recipe("resnet50", "pneumoniamnist")
     text = rep._budget_text({"recover_epochs": 2, "recover_subset": {"*": 0}}, "vgg19")
     assert "2 distillation epoch" in text and "full train split" in text
