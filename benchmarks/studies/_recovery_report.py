@@ -158,8 +158,12 @@ def build(runs: list[dict], args: dict, command: str, started: str) -> dict[str,
     from benchmarks.harness import machine_info
 
     models = {}
+    from ._recovery_oppoint import table as oppoint_table
+
     for run in runs:
         s = summarise_run(run, "kda" if args.get("align") else "kd")
+        s["operating_point"] = oppoint_table(run, s["rows"])
+        s["class_names"] = list(run["class_names"])
         for r in s["rows"]:
             r.pop("_key", None)
         # "dataset:model": one section per dense checkpoint (headline paths split on "/")
@@ -290,6 +294,9 @@ def markdown(doc: dict) -> str:
                          f"{yes[v['passes_bound']]} / {yes[v['passes_point']]} | {t['accuracy']:.3f} [{ci[0]:.3f}, "
                          f"{ci[1]:.3f}] ({t['n']}) | {_ci(t['accuracy_drop_pts'])} | "
                          f"{_ci(t['worst_sensitivity_drop_pts'])} |")
+        from ._recovery_oppoint import markdown as oppoint_markdown
+
+        lines += [""] + oppoint_markdown(m.get("operating_point") or [], STATES, m.get("class_names") or [])
         lines += ["", "Verdicts (test accuracy difference, medprune criterion − peer, paired bootstrap, points):", "",
                   "| criterion | peer | MACs ÷ | recovery | diff [95 % CI] | verdict |", "|---|---|---:|---|---:|---|"]
         for v in m["verdicts"]:

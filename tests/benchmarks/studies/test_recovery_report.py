@@ -142,3 +142,30 @@ def test_retime_measures_again_from_the_recovered_checkpoint_and_keeps_the_first
     # a cell without a recovered checkpoint is left as it is
     bare = {"recovery": None, "latency_ms": first, "speedup_ort": 1.5}
     assert not grid.retime_cell(ctx, bare, torch.zeros(1, 1, 4, 4), args) and "retimed" not in bare
+
+
+def test_report_end_to_end_on_a_fake_run_states_both_rules_and_the_operating_point():
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 60 + [1] * 140)
+    dense = np.clip(np.eye(2)[y] * 0.7 + rng.uniform(0, 0.3, (200, 2)), 0, None)
+    dense /= dense.sum(1, keepdims=True)
+    shifted = dense + np.array([-0.05, 0.05])  # same ranking, operating point moved toward class 1
+    shifted /= shifted.sum(1, keepdims=True)
+    cell = {"criterion": "lrp", "target_macs_div": 3.0, "ratio": 0.4, "macs": {"ratio": 3.0, "dense": 3, "pruned": 1},
+            "params": {"dense": 3, "pruned": 1}, "speedup_ort": 2.5,
+            "latency_ms": {"dense": {"median_ms": 2.5}, "pruned": {"median_ms": 1.0}},
+            "probs": {"none/val": np.eye(2)[np.ones(200, int)], "none/test": np.eye(2)[np.ones(200, int)],
+                      "kd/val": dense, "kd/test": shifted}}
+    run = {"labels": {"val": y, "test": y}, "dense": {"val": dense, "test": dense}, "class_names": ["a", "b"],
+           "cells": {"lrp/3": cell}, "model": "vgg19", "dataset": "tiny", "checkpoint": "x",
+           "checkpoint_sha256": "0" * 64, "train_command": "t", "dataset_fingerprint": "f"}
+    doc = rep.build([run], {"criteria": ["lrp"], "macs": [3.0], "threads": 1}, "cmd", "now")
+    m = doc["models"]["tiny:vgg19"]
+    h = m["headline"]
+    assert h["speedup_lossless"]["criterion"] == "lrp"  # identical to dense on val: passes both rules
+    assert h["speedup_lossless_point"]["macs_ratio"] == 3.0
+    op = m["operating_point"]
+    assert len(op) == 1 and op[0]["test"]["auc"] == pytest.approx(op[0]["test"]["auc_dense"])
+    assert op[0]["test"]["mean_prob"][1] > op[0]["test"]["mean_prob_dense"][1]
+    text = rep.markdown(doc)
+    assert "Headline rule = deploy's" in text and "point rule" in text and "Ranking vs operating point" in text
