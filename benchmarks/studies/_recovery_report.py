@@ -121,10 +121,33 @@ def headline(rows: list[dict], state: str | None = None) -> dict[str, Any]:
     for r in kd:
         by_crit.setdefault(r["criterion"], []).append(r["val"]["balanced_accuracy"] or 0.0)
     best = max(by_crit, key=lambda c: float(np.mean(by_crit[c]))) if by_crit else None
+    sl = _chosen(kd, "passes_bound")
+    # what deploy would ship under its rule: the chosen model, or the dense one when none passes (x1.00)
+    ships = ({"speedup_ort": sl["speedup_ort"], "model": f"{sl['criterion']} MACs ÷{sl['macs_ratio']:.2f}",
+              "holds_on_test": sl["holds_on_test"]} if sl else
+             {"speedup_ort": 1.0, "model": "dense (no recovered model passes deploy's rule on val)",
+              "holds_on_test": True})
     return {"best_criterion": best, "best_criterion_rule": "highest mean val balanced accuracy over recovered cells",
             "val_mean_balanced_accuracy": {c: float(np.mean(v)) for c, v in by_crit.items()}, "state": state,
-            "rule": "bound", "speedup_lossless": _chosen(kd, "passes_bound"),
+            "rule": "bound", "speedup_lossless": sl, "deploy_ships": ships,
             "speedup_lossless_point": _chosen(kd, "passes_point")}
+
+
+def val_resolution(y, names) -> dict[str, float]:
+    """Per class: the upper 95 % bound of its sensitivity drop when a model loses exactly one of its val images
+    and changes nothing else: below that, deploy's rule cannot tell a lossless model from one lost image."""
+    from toolchain.lossless import drops
+
+    y = np.asarray(y)
+    dense = np.eye(len(names))[y]
+    out = {}
+    for c, name in enumerate(names):
+        idx = np.flatnonzero(y == c)
+        if len(idx):
+            lost = dense.copy()
+            lost[idx[0]] = np.roll(lost[idx[0]], 1)
+            out[name] = drops(y, dense, lost, names)["sensitivity_drop_ci_pts"][name][1]
+    return out
 
 
 def verdicts(run: dict, rows: list[dict]) -> list[dict]:
@@ -163,6 +186,7 @@ def build(runs: list[dict], args: dict, command: str, started: str) -> dict[str,
     for run in runs:
         s = summarise_run(run, "kda" if args.get("align") else "kd")
         s["operating_point"] = oppoint_table(run, s["rows"])
+        s["val_resolution"] = val_resolution(run["labels"]["val"], run["class_names"])
         s["class_names"] = list(run["class_names"])
         for r in s["rows"]:
             r.pop("_key", None)
@@ -269,6 +293,15 @@ def markdown(doc: dict) -> str:
                   _speedup_line("speedup under the old point rule on val (for comparison, not the headline)",
                                 h.get("speedup_lossless_point"), h), "",
                   _target_line(model, m["rows"], sl, _budget_text(doc["args"], model), h.get("state"))]
+        if m.get("val_resolution"):
+            res = m["val_resolution"]
+            lines += ["", "Val resolution of deploy's rule: a model that loses exactly one val image of a class and "
+                      "changes nothing else gets an upper bound on that class's sensitivity drop of "
+                      + ", ".join(f"{v:.1f} pts ({c})" for c, v in res.items())
+                      + f" (tolerance {GATE_SENS:g}); "
+                      + ("so in practice a model passes only if it loses no val image of "
+                         + ", ".join(c for c, v in res.items() if v > GATE_SENS + 1e-9) + "."
+                         if any(v > GATE_SENS + 1e-9 for v in res.values()) else "one lost image can pass.")]
         if missing:
             lines += ["", f"Missing cells (not computed): {', '.join(missing)}"]
         if "quant" in m:

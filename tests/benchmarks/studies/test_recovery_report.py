@@ -55,6 +55,8 @@ def test_headline_is_chosen_on_val_and_judged_on_test():
     assert h["best_criterion"] == "lrp"
     none = rep.headline([_row("lrp", 2.0, 5.0, 1.0, 0.0)])
     assert none["speedup_lossless"] is None
+    assert none["deploy_ships"]["speedup_ort"] == 1.0 and "dense" in none["deploy_ships"]["model"]
+    assert h["deploy_ships"]["speedup_ort"] == h["speedup_lossless"]["speedup_ort"]
 
 
 def test_headline_uses_the_bound_rule_and_shows_the_point_rule_beside_it():
@@ -169,3 +171,9 @@ def test_report_end_to_end_on_a_fake_run_states_both_rules_and_the_operating_poi
     assert op[0]["test"]["mean_prob"][1] > op[0]["test"]["mean_prob_dense"][1]
     text = rep.markdown(doc)
     assert "Headline rule = deploy's" in text and "point rule" in text and "Ranking vs operating point" in text
+
+
+def test_val_resolution_is_the_bound_of_one_lost_image():
+    y = np.array([0] * 40 + [1] * 400)
+    res = rep.val_resolution(y, ["small", "large"])
+    assert res["small"] > 2.0 > res["large"] > 0.0  # one of 40 is 2.5 pts; one of 400 is 0.25 pts
