@@ -6,6 +6,7 @@ class-stratified bootstrap, ``toolchain.metrics``), the mean predicted probabili
 (where the operating point sits) and each class's sensitivity drop with its paired 95 % interval
 (``toolchain.lossless.drops``). Equal AUCs with a shifted mean probability say the student ranks images
 as the teacher does and only its threshold moved; test is read here as a report, never to choose.
+:func:`val_resolution` says how finely deploy's rule can resolve a class's sensitivity on val.
 """
 
 from __future__ import annotations
@@ -70,3 +71,20 @@ def markdown(entries: list[dict], labels: dict[str, str], class_names: list[str]
             lines.append(f"| {e['criterion']} | {e['target_macs_div']:g} | {labels.get(e['state'], e['state'])} | "
                          f"{split} ({f['n']}) | {_auc(f, 'auc_dense')} | {_auc(f, 'auc')} | {_mean(f)} | {_sens(f)} |")
     return lines + [""]
+
+
+def val_resolution(y, names) -> dict[str, float]:
+    """Per class: the upper 95 % bound of its sensitivity drop when a model loses exactly one of its val images
+    and changes nothing else: below that, deploy's rule cannot tell a lossless model from one lost image."""
+    from toolchain.lossless import drops
+
+    y = np.asarray(y)
+    dense = np.eye(len(names))[y]
+    out = {}
+    for c, name in enumerate(names):
+        idx = np.flatnonzero(y == c)
+        if len(idx):
+            lost = dense.copy()
+            lost[idx[0]] = np.roll(lost[idx[0]], 1)
+            out[name] = drops(y, dense, lost, names)["sensitivity_drop_ci_pts"][name][1]
+    return out

@@ -133,23 +133,6 @@ def headline(rows: list[dict], state: str | None = None) -> dict[str, Any]:
             "speedup_lossless_point": _chosen(kd, "passes_point")}
 
 
-def val_resolution(y, names) -> dict[str, float]:
-    """Per class: the upper 95 % bound of its sensitivity drop when a model loses exactly one of its val images
-    and changes nothing else: below that, deploy's rule cannot tell a lossless model from one lost image."""
-    from toolchain.lossless import drops
-
-    y = np.asarray(y)
-    dense = np.eye(len(names))[y]
-    out = {}
-    for c, name in enumerate(names):
-        idx = np.flatnonzero(y == c)
-        if len(idx):
-            lost = dense.copy()
-            lost[idx[0]] = np.roll(lost[idx[0]], 1)
-            out[name] = drops(y, dense, lost, names)["sensitivity_drop_ci_pts"][name][1]
-    return out
-
-
 def verdicts(run: dict, rows: list[dict]) -> list[dict]:
     """Each medprune criterion vs each Torch-Pruning peer/random at the same target and state (test)."""
     from toolchain.metrics import paired_bootstrap_diff
@@ -182,11 +165,12 @@ def build(runs: list[dict], args: dict, command: str, started: str) -> dict[str,
 
     models = {}
     from ._recovery_oppoint import table as oppoint_table
+    from ._recovery_oppoint import val_resolution as oppoint_val_resolution
 
     for run in runs:
-        s = summarise_run(run, "kda" if args.get("align") else "kd")
+        s = summarise_run(run, "kda" if args.get("recipe") == "kd+align" else "kd")
         s["operating_point"] = oppoint_table(run, s["rows"])
-        s["val_resolution"] = val_resolution(run["labels"]["val"], run["class_names"])
+        s["val_resolution"] = oppoint_val_resolution(run["labels"]["val"], run["class_names"])
         s["class_names"] = list(run["class_names"])
         for r in s["rows"]:
             r.pop("_key", None)
@@ -241,6 +225,24 @@ def _target_line(model: str, rows: list[dict], sl: dict | None, budget: str = ""
             + (" " + budget if budget else ""))
 
 
+def _recipe_lines(rows: list[dict], recipe: str | None) -> list[str]:
+    """Per recovery state: models passing deploy's rule / the point rule on val, and the most compressed passing
+    one (val only: how the recipe is chosen)."""
+    states = [st for st in STATES if st != "none" and any(r.get("state") == st for r in rows)]
+    if len(states) < 2:
+        return []
+    parts = []
+    for st in states:
+        mine = [r for r in rows if r.get("state") == st]
+        bound = [r for r in mine if r["val"]["passes_bound"]]
+        best = max(bound, key=lambda r: r["macs_ratio"], default=None)
+        parts.append(f"{STATES[st]}{' (recipe)' if st == recipe else ''}: {len(bound)} / "
+                     f"{sum(r['val']['passes_point'] for r in mine)} of {len(mine)}, "
+                     + (f"÷{best['macs_ratio']:.2f} {best['criterion']}" if best else "none"))
+    return ["", "Recipes on val (models passing deploy's rule / the point rule; most compressed passing deploy's "
+            "rule): " + "; ".join(parts)]
+
+
 def _speedup_line(label: str, sl: dict | None, h: dict) -> str:
     if not sl:
         return f"{label}: no {STATES.get(h.get('state'), 'recovered')} model passes this rule on val"
@@ -293,6 +295,7 @@ def markdown(doc: dict) -> str:
                   _speedup_line("speedup under the old point rule on val (for comparison, not the headline)",
                                 h.get("speedup_lossless_point"), h), "",
                   _target_line(model, m["rows"], sl, _budget_text(doc["args"], model), h.get("state"))]
+        lines += _recipe_lines(m["rows"], h.get("state"))
         if m.get("val_resolution"):
             res = m["val_resolution"]
             lines += ["", "Val resolution of deploy's rule: a model that loses exactly one val image of a class and "

@@ -14,7 +14,9 @@ recovered model that passes deploy's lossless rule *on val* (``toolchain.lossles
 of the accuracy drop <= 1 pt and of every class's sensitivity drop <= 2 pts), then judged once on test;
 the old point rule's choice is reported beside it. ``best_criterion`` is the highest mean val balanced
 accuracy of the recovered models. ``--align`` adds the recovered model with a val-fitted per-class
-logit offset (``toolchain.recovery.align``) as a third state, and the headline then reads that state. Every cell is cached (``cache_dir()/studies/recovery``), so an
+logit offset (``toolchain.recovery.align``) as a third state; ``--recipe kd+align`` makes the headline
+read that state (the choice between the two recipes is made on val: ``recovery.md`` counts, per recipe,
+the models passing deploy's rule on val). Every cell is cached (``cache_dir()/studies/recovery``), so an
 interrupted run resumes; the report (``_recovery_report``) computes paired bootstrap intervals over
 test images vs the dense model and between criteria.
 
@@ -329,8 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--align", action="store_true",
                    help="recipe: after distillation, fold a per-class logit offset fitted on val (the dense model's "
                         "val predictions as target) into the classifier bias; also adds it to cached cells that "
-                        "lack it, even with --cached-only (it needs only val/test inference); the headline then "
-                        "uses the aligned models")
+                        "lack it, even with --cached-only (it needs only val/test inference)")
+    p.add_argument("--recipe", choices=("kd", "kd+align"), default="kd",
+                   help="the recovery state the headline reads (kd+align needs --align); chosen on val")
     p.add_argument("--cached-only", action="store_true",
                    help="report the cells already computed (e.g. by parallel per-criterion runs), compute none")
     p.add_argument("--retime", action="store_true",
@@ -346,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=100, help="timed ORT runs per model")
     p.add_out()
     args = p.parse_args(argv)
+    if args.recipe == "kd+align" and not args.align:
+        p.error("--recipe kd+align needs --align")
     configure_threads()
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
 

@@ -175,5 +175,16 @@ def test_report_end_to_end_on_a_fake_run_states_both_rules_and_the_operating_poi
 
 def test_val_resolution_is_the_bound_of_one_lost_image():
     y = np.array([0] * 40 + [1] * 400)
-    res = rep.val_resolution(y, ["small", "large"])
+    from benchmarks.studies._recovery_oppoint import val_resolution
+
+    res = val_resolution(y, ["small", "large"])
     assert res["small"] > 2.0 > res["large"] > 0.0  # one of 40 is 2.5 pts; one of 400 is 0.25 pts
+
+
+def test_recipe_lines_count_val_passes_per_recovery_state():
+    rows = [_row("lrp", 3.0, 0.2, 0.5, 0.0, state="kd", bound=True), _row("lrp", 5.0, 0.2, 0.5, 0.0, state="kd",
+                                                                          bound=False),
+            _row("lrp", 3.0, 0.2, 0.5, 0.0, state="kda", bound=False)]
+    text = " ".join(rep._recipe_lines(rows, "kd"))
+    assert "KD (recipe): 1 / 2 of 2, ÷3.00 lrp" in text and "KD+align: 0 / 1 of 1, none" in text
+    assert rep._recipe_lines(rows[:2], "kd") == []
