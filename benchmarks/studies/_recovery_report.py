@@ -281,6 +281,9 @@ def markdown(doc: dict) -> str:
         lines += ["This document was assembled with `--cached-only` from cells computed by parallel runs of the same "
                   "command, one per model x criterion (and target), without that flag; cells listed as missing below "
                   "were not computed within the session's CPU time.", ""]
+        if doc["args"].get("skipped_pairs"):
+            lines += ["Not assembled (no dense checkpoint given, so no cell of them exists): "
+                      + ", ".join(doc["args"]["skipped_pairs"]) + ".", ""]
     for label, m in doc["models"].items():
         model = m.get("model", label)
         h = m["headline"]

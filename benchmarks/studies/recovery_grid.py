@@ -65,6 +65,11 @@ def train_recipe(model: str, data: str) -> dict[str, Any]:
     return {**RECIPE[model], "data": data, **load}
 
 
+def _given(given: dict[str, str], data: str, model: str) -> str | None:
+    """The ``--checkpoint`` path of ``data/model`` (a bare ``model=`` means PneumoniaMNIST)."""
+    return given.get(f"{data}/{model}") or (given.get(model) if data == "pneumoniamnist" else None)
+
+
 def dense_checkpoint(model: str, data: str, given: dict[str, str]) -> tuple[Path, str]:
     """The dense checkpoint (``--checkpoint [data/]model=path`` or trained/cached from ``RECIPE``) and
     the command that trains it.
@@ -76,7 +81,7 @@ def dense_checkpoint(model: str, data: str, given: dict[str, str]) -> tuple[Path
 
     recipe = train_recipe(model, data)
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in recipe.items())
-    path = given.get(f"{data}/{model}") or (given.get(model) if data == "pneumoniamnist" else None)
+    path = _given(given, data, model)
     if path:
         from toolchain.models import resolve_checkpoint
 
@@ -357,8 +362,15 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
-    runs = [run_model(m, d, args, log) for d in args.data for m in args.models]
-    doc = report.build(runs, vars(args) | {"out": str(args.out)}, command_line("recovery", argv), started)
+    pairs = [(d, m) for d in args.data for m in args.models]
+    given = dict(c.split("=", 1) for c in args.checkpoint or [])
+    # --cached-only computes nothing: a dataset x model without a --checkpoint would be trained, so it is skipped
+    skipped = [f"{d}/{m}" for d, m in pairs if args.cached_only and not _given(given, d, m)]
+    for pair in skipped:
+        log(f"{pair}: not assembled (--cached-only and no --checkpoint for it)")
+    runs = [run_model(m, d, args, log) for d, m in pairs if f"{d}/{m}" not in skipped]
+    doc = report.build(runs, vars(args) | {"out": str(args.out), "skipped_pairs": skipped},
+                       command_line("recovery", argv), started)
     if args.runtimes:  # INT8 columns: the dense model and the val-chosen recovered model, per dataset x model
         from ._recovery_quant import quant_for_run
 

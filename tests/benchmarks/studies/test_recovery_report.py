@@ -188,3 +188,17 @@ def test_recipe_lines_count_val_passes_per_recovery_state():
     text = " ".join(rep._recipe_lines(rows, "kd"))
     assert "KD (recipe): 1 / 2 of 2, ÷3.00 lrp" in text and "KD+align: 0 / 1 of 1, none" in text
     assert rep._recipe_lines(rows[:2], "kd") == []
+
+
+def test_cached_only_skips_pairs_without_a_checkpoint_instead_of_training(monkeypatch, tmp_path):
+    from benchmarks.studies import recovery_grid as grid
+
+    called, built = [], {}
+    monkeypatch.setattr(grid, "run_model", lambda m, d, args, log: called.append(f"{d}/{m}") or {})
+    monkeypatch.setattr(rep, "build", lambda runs, args, cmd, started: built.update(args) or {"models": {}})
+    monkeypatch.setattr(rep, "write", lambda doc, runs, out: None)
+    grid.main(["--models", "vgg19,resnet50", "--data", "pneumoniamnist,breastmnist", "--cached-only",
+               "--checkpoint", "breastmnist/vgg19=x.safetensors", "--checkpoint", "resnet50=y.safetensors",
+               "--out", str(tmp_path)])
+    assert called == ["pneumoniamnist/resnet50", "breastmnist/vgg19"]
+    assert built["skipped_pairs"] == ["pneumoniamnist/vgg19", "breastmnist/resnet50"]
