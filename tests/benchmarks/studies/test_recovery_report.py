@@ -202,3 +202,12 @@ def test_cached_only_skips_pairs_without_a_checkpoint_instead_of_training(monkey
                "--out", str(tmp_path)])
     assert called == ["pneumoniamnist/resnet50", "breastmnist/vgg19"]
     assert built["skipped_pairs"] == ["pneumoniamnist/vgg19", "breastmnist/resnet50"]
+
+
+def test_targets_apply_only_where_the_issue_sets_them():
+    rows = [_row("lrp", 3.0, 0.2, 0.5, 0.0)]
+    sl = rep.headline(rows)["speedup_lossless"]
+    assert rep._target_line("vgg19", rows, sl, dataset="chest_xray_224").startswith("Target (issue 15): "
+                                                                                    "speedup_lossless >= 5x")
+    assert rep._target_line("vgg19", rows, sl, dataset="breastmnist").startswith("No issue-15 target for vgg19")
+    assert "No issue-15 target" in rep._target_line("vit_b16", rows, sl, dataset="chest_xray_224")
