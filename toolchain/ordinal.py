@@ -126,3 +126,15 @@ def with_qwk_bound(verdict: dict, y, p_dense, p_pruned, qwk_tolerance: float, se
     point = drop is None or drop <= qwk_tolerance + 1e-9
     return {**verdict, "ordinal": od, "qwk_tolerance_pts": qwk_tolerance, "failed": failed, "passes": not failed,
             "passes_point": bool(verdict["passes_point"] and point)}
+
+
+def qwk_point_check(dense: dict, pruned: dict, qwk_tolerance: float) -> dict:
+    """The deploy's QWK gate on two metric dicts of one split (``toolchain.metrics.compute_metrics`` with graded
+    classes): the QWK drop (points, dense - pruned) must be at most ``qwk_tolerance``; the grade-MAE increase
+    (grades, pruned - dense) is reported beside it, as the deploy's gate record does. A QWK undefined on the
+    split (a single grade) adds no condition. ``prune --find-lossless --ordinal`` searches with it."""
+    q0, q1 = dense.get("qwk"), pruned.get("qwk")
+    m0, m1 = dense.get("grade_mae"), pruned.get("grade_mae")
+    drop = None if q0 is None or q1 is None else 100.0 * (q0 - q1)
+    return {"qwk_drop_pts": drop, "grade_mae_increase": None if m0 is None or m1 is None else m1 - m0,
+            "qwk_tolerance_pts": qwk_tolerance, "qwk_passes": bool(drop is None or drop <= qwk_tolerance + 1e-9)}

@@ -177,6 +177,7 @@ class RatioEvaluator:
     batch_size: int = 128
     meta: dict = field(default_factory=dict)
     log: Log | None = None
+    qwk_tolerance: float | None = None  # graded classes: passes() also bounds the QWK drop (toolchain.ordinal)
     _cache: dict = field(default_factory=dict, repr=False)
     _work: nn.Module | None = field(default=None, repr=False)
     _dense_state: dict | None = field(default=None, repr=False)
@@ -218,9 +219,15 @@ class RatioEvaluator:
         acc = accuracy_drop(dense, pruned)
         sens = sensitivity_drops(dense, pruned)
         worst = max(sens.values()) if sens else 0.0
-        return {"ratio": ratio, "accuracy": pruned["accuracy"], "accuracy_drop_pts": acc,
-                "worst_sensitivity_drop_pts": worst,
-                "passes": bool(acc <= tolerance + 1e-9 and worst <= sens_tolerance + 1e-9)}
+        out = {"ratio": ratio, "accuracy": pruned["accuracy"], "accuracy_drop_pts": acc,
+               "worst_sensitivity_drop_pts": worst,
+               "passes": bool(acc <= tolerance + 1e-9 and worst <= sens_tolerance + 1e-9)}
+        if self.qwk_tolerance is not None:
+            from .ordinal import qwk_point_check
+
+            q = qwk_point_check(dense, pruned, self.qwk_tolerance)
+            out.update(q, passes=out["passes"] and q["qwk_passes"])
+        return out
 
 
 def evaluate_ratios(ev: RatioEvaluator, ratios: Sequence[float], split: str = "test") -> dict[str, dict]:

@@ -60,6 +60,8 @@ def register(app: typer.Typer) -> None:
         find_lossless: bool = typer.Option(False, "--find-lossless", help="search the largest lossless ratio"),
         tolerance: float = typer.Option(1.0, "--tolerance", help="lossless: max accuracy drop in points"),
         sens_tolerance: float = typer.Option(2.0, "--sens-tolerance", help="lossless: max per-class sensitivity drop (pts)"),
+        qwk_tolerance: float = typer.Option(2.0, "--qwk-tolerance", help="lossless, graded classes (--ordinal): max QWK "
+                                            "drop in points (100 x kappa), as deploy's gate"),
         search_split: str = typer.Option("val", "--search-split", help="split the lossless search runs on"),
         split: str = typer.Option("test", "--split", help="split the table reports (test or val)"),
         save_masks: Path = typer.Option(None, "--save-masks", help="folder for masks (one per ratio) and scores"),
@@ -137,6 +139,8 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(f"{name} must be train, val or test, got {value!r}")
         if n_per_class < 1:
             raise ConfigError(f"--n-per-class must be a positive integer, got {n_per_class}")
+        if min(tolerance, sens_tolerance, qwk_tolerance) < 0:
+            raise ConfigError("--tolerance, --sens-tolerance and --qwk-tolerance must be >= 0 points")
         if save_masks is not None:  # never replace a user's file or folder with masks
             ensure_replaceable_dir(save_masks, "--save-masks", ("masks_r", "scores"))
         if json_out is not None:
@@ -174,14 +178,20 @@ def register(app: typer.Typer) -> None:
                        Gates(tolerance, sens_tolerance), steps=iterative, round_to=round_to,
                        out_path=out_checkpoint, json_out=json_out, meta=meta, say=say, console=console, out=out)
             return
+        from ..ordinal import is_ordinal
+
+        graded = is_ordinal(ctx.ds)  # graded classes: the search also bounds the QWK drop (deploy's gate)
         ev = RatioEvaluator(ctx, scores, layers, scope, norm, batch_size, meta=meta,
-                            log=None if quiet else say)
+                            log=None if quiet else say, qwk_tolerance=qwk_tolerance if graded else None)
         columns = evaluate_ratios(ev, ratio_list, split)
         lossless = None
         if find_lossless:
             say(f"searching the lossless ratio on {search_split} "
-                        f"(accuracy drop <= {tolerance} pts, sensitivity drop <= {sens_tolerance} pts)")
+                f"(accuracy drop <= {tolerance} pts, sensitivity drop <= {sens_tolerance} pts"
+                f"{f', QWK drop <= {qwk_tolerance} pts' if graded else ''})")
             lossless = search_lossless(ev, tolerance, sens_tolerance, search_split=search_split)
+            if graded:
+                lossless["qwk_tolerance_pts"] = qwk_tolerance
             lossless["metrics"] = ev.metrics(lossless["ratio"], split)
             columns[f"lossless {lossless['ratio']:.2f}"] = lossless["metrics"]
 
