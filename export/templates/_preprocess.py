@@ -103,7 +103,7 @@ def _dicom_pixels(path: Path):
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ImageError(f"{path}: DICOM photometric interpretation {photometric or '(none)'} is not supported")
     values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-    centre, width = _dicom_first(ds.get("WindowCenter")), _dicom_first(ds.get("WindowWidth"))
+    centre, width = dicom_first(ds.get("WindowCenter")), dicom_first(ds.get("WindowWidth"))
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
         unit = np.clip(np.asarray(apply_voi(values, ds, index=0), dtype=np.float64) / ((1 << bits) - 1), 0, 1)
@@ -125,7 +125,9 @@ def _dicom_pixels(path: Path):
     return np.rint(unit * 255.0).astype(np.uint8)
 
 
-def _dicom_first(value):
+def dicom_first(value):
+    """The first number of a DICOM tag value that may be multi-valued (WindowCenter/WindowWidth), else None.
+    The toolchain's DICOM decoder (toolchain/data/dicom.py) calls this one, so both read the tags alike."""
     if value is None or value == "":
         return None
     try:

@@ -96,6 +96,20 @@ def test_window_functions():
         window(v, 40, 400, "GAMMA")
 
 
+def test_multi_valued_tags_are_read_by_the_package_template(monkeypatch):
+    """One reader of WindowCenter/WindowWidth: the toolchain calls the package template's."""
+    from pydicom.multival import MultiValue
+
+    from export.package_verify import image_input_template
+    from toolchain.data import dicom
+
+    first = image_input_template().dicom_first
+    assert first(MultiValue(float, [40, 400])) == 40.0 and first("35") == 35.0
+    assert first(None) is None and first("") is None and first("abc") is None and first([]) is None
+    monkeypatch.setattr(image_input_template(), "dicom_first", lambda value: ("template", value))
+    assert dicom._first("7") == ("template", "7")
+
+
 def test_compressed_syntaxes_decode_or_are_refused_in_one_line():
     assert read_dicom(_file("MR_small_RLE.dcm")).pixels.shape == (64, 64)  # RLE: pydicom decodes it itself
     np.testing.assert_array_equal(read_dicom(_file("MR_small_RLE.dcm")).pixels, read_dicom(_file("MR_small.dcm")).pixels)

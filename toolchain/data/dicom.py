@@ -133,12 +133,11 @@ def _grey_unit(stored: np.ndarray, ds) -> tuple[np.ndarray, str]:
 
 
 def _first(value) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
-    except (TypeError, ValueError, IndexError):
-        return None
+    """The package template's reader of multi-valued tags: one implementation for training and the bedside
+    (the template may not import the toolchain, so the toolchain imports the template)."""
+    from export.package_verify import image_input_template
+
+    return image_input_template().dicom_first(value)
 
 
 def window(values: np.ndarray, centre: float, width: float, function: str = "LINEAR") -> np.ndarray:
