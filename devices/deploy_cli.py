@@ -45,6 +45,9 @@ def deploy_cmd(
     data_description: str = typer.Option(None, help="text file describing the data (population, sites, labels) "
                                                     "for the model card [default: DESCRIPTION.md beside the data]"),
     max_ratio: float = typer.Option(0.9, help="largest ratio the auto search tries"),
+    search_margin: float = typer.Option(1.0, help="the val search uses tolerances x margin, in (0, 1]; < 1 demands "
+                                                  "more val evidence where val may be optimistic about test (a val "
+                                                  "split carved from train, a separate test cohort)"),
     round_to: int = typer.Option(-1, help="channel multiple (-1: the target's, 0: none)"),
     fidelity_images: int = typer.Option(16, help="test images for explanation fidelity (0: skip)"),
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
@@ -77,6 +80,7 @@ def deploy_cmd(
                        n_per_class=n_per_class, pool_per_class=pool_per_class or None, ratio=ratio,
                        granularity=granularity, precision=precision, out=out, img_size=img_size, epochs=epochs,
                        seed=seed, tolerance=tolerance, sens_tolerance=sens_tolerance, max_ratio=max_ratio,
+                       search_margin=search_margin,
                        ordinal=ordinal, qwk_tolerance=qwk_tolerance, data_description=data_description,
                        round_to=None if round_to < 0 else round_to, fidelity_images=fidelity_images,
                        calibrate=calibrate,

@@ -60,6 +60,8 @@ def _args(tiny, tmp_path, *extra) -> list[str]:
     (["--tolerance", "-1"], "tolerance must be >= 0"),
     (["--sens-tolerance", "-0.5"], "sens-tolerance must be >= 0"),
     (["--n-per-class", "0"], "n-per-class must be >= 1"),
+    (["--search-margin", "0"], "search-margin in (0, 1]"),
+    (["--search-margin", "1.5"], "search-margin in (0, 1]"),
     (["--bench-runs", "0"], "bench-runs"),
     (["--model", "vgg19"], "does not match the checkpoint"),
     (["--img-size", "32"], "does not match the checkpoint"),
