@@ -17,7 +17,7 @@ ResNet50, ViT-B/16 with 14x14 patches + CLS = 197 tokens), on ``--n`` chest_xray
 
 Weights are untrained (seeded init; BatchNorm statistics and affine randomised so no residual branch is
 the zero that timm's init makes it; the classifier scaled so the largest |logit| on the images is 8, the
-size of a trained classifier's logits, so absolute parities compare with export's fp32 gate of 1e-4):
+size of a trained classifier's logits, so parities compare with export's fp32 gate, 1e-4 + 1e-5 x 8):
 time, parity and latency do not depend on training, accuracy does and is not reported here. ``--parts`` reruns some measurements and keeps the others from the existing
 results file. Writes benchmarks/results/res224.{json,md,png}.
 """
