@@ -25,12 +25,18 @@ def _drop(v, ci) -> str:
     return f"{v:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
-def _label(c: dict) -> str:
-    return f"{c['criterion']}" + ("" if c["normalize"] == "none" else f" ({c['normalize']})")
+def _label(c: dict, multi: bool = False) -> str:
+    """``criterion (normalisation)``; with ``multi`` (runs of several samplings) an attribution cell's sampling too."""
+    return (f"{c['criterion']}" + ("" if c["normalize"] == "none" else f" ({c['normalize']})")
+            + (f" [{c.get('sampling')}]" if multi and c.get("attribution") else ""))
+
+
+def _multi(doc: dict) -> bool:
+    return "," in str(doc.get("sampling"))
 
 
 def markdown(doc: dict) -> str:
-    s = doc["summary"]
+    s, multi = doc["summary"], _multi(doc)
     lines = [
         "# Paper grid under the selection protocol", "",
         f"Cells: {', '.join(sorted({m['dataset'] for m in doc['models']}))} x "
@@ -59,13 +65,17 @@ def markdown(doc: dict) -> str:
           if (missing := sorted(set(doc.get("models_requested", [])) - {m["model"] for m in doc["models"]}))
           else []),
         *[f"**Not run:** {m['model']} ({m['sha256'][:8]}) {', '.join(miss)} (stopped for time)." for m in doc["models"]
-          if (miss := sorted({_label(c) for o in doc["models"] for c in o["cells"]} - {_label(c) for c in m["cells"]}))],
+          if (miss := sorted({_label(c, multi) for o in doc["models"] for c in o["cells"]}
+                             - {_label(c, multi) for c in m["cells"]}))],
         "", "## Headline: val-selected ratios that hold on test", "",
         "| cells | bound rule (protocol) | point rule on whole val (old rule) | chose dense |", "|---|---|---|---|",
         f"| all attribution cells | {_frac(s['attribution']['bound_rule'])} | {_frac(s['attribution']['point_rule'])} "
         f"| {s['attribution']['dense_selected']} |"]
     for k, v in s["per_criterion"].items():
         lines.append(f"| {k} | {_frac(v['bound_rule'])} | {_frac(v['point_rule'])} | {v['dense_selected']} |")
+    for k, v in (s.get("per_sampling", {}) if multi else {}).items():
+        lines.append(f"| attribution cells, {k} sampling | {_frac(v['bound_rule'])} | {_frac(v['point_rule'])} "
+                     f"| {v['dense_selected']} |")
     lines += ["", "k/n = fraction [exact 95 % interval]. A cell that chose ratio 0 (dense) holds trivially; "
               "the last column counts them.", ""]
     made = _baseline_shas()
@@ -85,7 +95,7 @@ def markdown(doc: dict) -> str:
             sel, old = c["selected"], c["selected_point_rule"]
             drop = "dense" if sel["dense"] else _drop(sel["test_accuracy_drop_pts"], sel["test_accuracy_drop_ci_pts"])
             cost = "1.00 / 1.00" if sel["dense"] else f"{sel['macs_frac']:.2f} / {sel['params_frac']:.2f}"
-            lines.append(f"| {_label(c)} | {sel['ratio']:.2f} | {cost} | {drop} | {'yes' if sel['holds'] else '**no**'}"
+            lines.append(f"| {_label(c, multi)} | {sel['ratio']:.2f} | {cost} | {drop} | {'yes' if sel['holds'] else '**no**'}"
                          f" | {old['ratio']:.2f} | {'yes' if old['holds'] else '**no**'} |")
         if any(c.get("equal_cost") is None for c in m["cells"]):  # val stopped at the first failure
             lines.append("")
@@ -98,7 +108,7 @@ def markdown(doc: dict) -> str:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for c in m["cells"]:
             by = {p["ratio"]: p for p in c["points"]}
-            row = [_label(c)] + [_acc(by[r]["test_metrics"]["accuracy"]) for r in (0.3, 0.5, 0.7) if r in by]
+            row = [_label(c, multi)] + [_acc(by[r]["test_metrics"]["accuracy"]) for r in (0.3, 0.5, 0.7) if r in by]
             for key in ("macs_frac", "params_frac"):
                 for b in budgets:
                     p = c["equal_cost"][key][b]
@@ -137,16 +147,69 @@ def claims(doc: dict) -> list[str]:
         out.append(f"LRP best ({where}, by val-selected lossless ratio): first is {', '.join(best)} at "
                    f"{ranks[0][0]:.2f}; LRP {next(r for r, lbl in ranks if lbl == 'lrp'):.2f}" if any(
                        lbl == "lrp" for _, lbl in ranks) else f"LRP best ({where}): NOT JUDGED (no lrp cell)")
-        improved = [f"{_label(c)}@{p['ratio']:g} ({_drop(-p['test']['accuracy_drop_pts'], [-x for x in p['test']['accuracy_drop_ci_pts'][::-1]])} pts)"
+        improved = [f"{_label(c, _multi(doc))}@{p['ratio']:g} ({_drop(-p['test']['accuracy_drop_pts'], [-x for x in p['test']['accuracy_drop_ci_pts'][::-1]])} pts)"
                     for c in m["cells"] for p in c["points"] if p["ratio"] <= LOW_RATIO + 1e-9
                     and "test" in p and p["test"]["accuracy_drop_ci_pts"][1] < 0]
         out.append(f"Low ratios (<= {LOW_RATIO:g}) improve test accuracy ({where}, at the ratios where test was read): "
                    + (f"gain with paired 95 % interval above 0 at {'; '.join(improved)}" if improved else
                       "no cell gains beyond its paired 95 % interval -> NOT SUPPORTED"))
-    out.append(f"Clustering best sampling: NOT JUDGED (one sampling, {doc['sampling']}, in this run)")
+    out.append(_attribution_beats_data_free(doc, ATTRIBUTION))
+    out += _sampling_claims(doc)
     absent = [d for d in PAPER_DATASETS if d not in {m["dataset"] for m in doc["models"]}]
     if absent:
         out.append(f"Datasets not in this run: {', '.join(absent)} (no claim is judged on them)")
+    return out
+
+
+def _attribution_beats_data_free(doc: dict, attribution) -> str:
+    """The paper's central claim: attribution criteria keep accuracy at larger ratios than magnitude / random.
+    Rule, per checkpoint with both kinds of cell: the median val-selected ratio of its attribution cells
+    against the largest of its data-free cells (raw or L1-normalised)."""
+    import statistics
+
+    verdicts, detail = [], []
+    for m in doc["models"]:
+        attr = [c["selected"]["ratio"] for c in m["cells"] if c["criterion"] in attribution]
+        free = [c["selected"]["ratio"] for c in m["cells"] if not c["attribution"]]
+        if not attr or not free:
+            continue
+        med, best = statistics.median(attr), max(free)
+        verdicts.append("above" if med > best else "equal" if med == best else "below")
+        detail.append(f"{m['model']} {m['sha256'][:8]}: {med:.2f} vs {best:.2f} ({verdicts[-1]})")
+    if not verdicts:
+        return "Attribution beats magnitude/random: NOT JUDGED (no checkpoint with both kinds of cell)"
+    verdict = ("CONFIRMED" if all(v == "above" for v in verdicts) else "REFUTED" if "above" not in verdicts
+               else "PARTIAL")
+    return ("Attribution beats magnitude/random (median val-selected ratio of the lrp/dlb/ig cells vs the best "
+            f"data-free cell, per checkpoint): {'; '.join(detail)} -> {verdict}")
+
+
+def _sampling_claims(doc: dict) -> list[str]:
+    """Sampling barely matters / clustering best, judged where one checkpoint x criterion ran with several
+    samplings. Rules: barely matters when the val-selected ratios of the samplings lie within one grid step
+    of each other; clustering best when its ratio is the largest (ties count)."""
+    grid = sorted({0.0, *doc["ratios"]})
+    by: dict[tuple, dict[str, float]] = {}
+    for m in doc["models"]:
+        for c in m["cells"]:
+            if c.get("attribution") and c.get("sampling"):
+                by.setdefault((m["model"], m["sha256"][:8], c["criterion"]), {})[c["sampling"]] = c["selected"]["ratio"]
+    groups = {k: v for k, v in by.items() if len(v) > 1}
+    if not groups:
+        return [f"Sampling barely matters / clustering best: NOT JUDGED (one sampling, {doc['sampling']}, per cell)"]
+    close = {k: grid.index(max(v.values())) - grid.index(min(v.values())) <= 1 for k, v in groups.items()}
+    detail = "; ".join(f"{k[0]} {k[1]} {k[2]}: " + ", ".join(f"{s} {r:.2f}" for s, r in sorted(v.items()))
+                       for k, v in groups.items())
+    n = len(groups)
+    barely = "CONFIRMED" if all(close.values()) else "REFUTED" if not any(close.values()) else "PARTIAL"
+    with_clustering = {k: v for k, v in groups.items() if "clustering" in v}
+    best = sum(v["clustering"] == max(v.values()) for v in with_clustering.values())
+    out = [f"Sampling barely matters (val-selected ratios of the samplings within one grid step, {sum(close.values())}"
+           f"/{n} checkpoint x criterion groups): {detail} -> {barely}"]
+    if with_clustering:
+        verdict = ("CONFIRMED" if best == len(with_clustering) else "REFUTED" if best == 0 else "PARTIAL")
+        out.append(f"Clustering best sampling (its val-selected ratio the largest, ties count): {best}/"
+                   f"{len(with_clustering)} groups -> {verdict}")
     return out
 
 

@@ -68,3 +68,29 @@ def at_budget(points: Sequence[Mapping], key: str, budget: float) -> Mapping | N
 def metric_ci(m: Mapping, key: str) -> dict:
     """``{"value", "ci", "n"}`` of one accuracy-like figure of a ``compute_metrics`` dict."""
     return {"value": m.get(key), "ci": m.get(f"{key}_ci"), "n": m.get("n")}
+
+
+def cell_id(cell: Mapping) -> tuple:
+    """What makes a cell of one checkpoint: criterion, normalisation and (attribution only) sampling."""
+    return cell["criterion"], cell["normalize"], cell.get("sampling") if cell.get("attribution") else None
+
+
+def summarise(models: Sequence[Mapping]) -> dict:
+    """Per criterion (and normalisation, all samplings pooled), per sampling of the attribution cells and over
+    all attribution cells: how many val choices hold on test."""
+    cells = [c for m in models for c in m["cells"]]
+    attr = [c for c in cells if c["attribution"]]
+
+    def fractions(group: Sequence[Mapping]) -> dict:
+        return {"bound_rule": holds_fraction([c["selected"]["holds"] for c in group]),
+                "point_rule": holds_fraction([c["selected_point_rule"]["holds"] for c in group]),
+                "dense_selected": sum(c["selected"]["dense"] for c in group)}
+
+    groups: dict[str, list] = {}
+    samplings: dict[str, list] = {}
+    for c in cells:
+        groups.setdefault(f"{c['criterion']}/{c['normalize']}", []).append(c)
+    for c in attr:
+        samplings.setdefault(str(c.get("sampling")), []).append(c)
+    return {"per_criterion": {k: fractions(v) for k, v in groups.items()},
+            "per_sampling": {k: fractions(v) for k, v in samplings.items()}, "attribution": fractions(attr)}

@@ -13,9 +13,14 @@ on the input, same steps and internal batch, against medprune's ``ig`` criterion
 ``path="input"``: conductance at every unit layer from one pass over the interpolation steps),
 interleaved likewise (target: ratio at most 1).
 
-    MEDPRUNE_DATA=/work/shared/data medprune study lrp_cost --archs vgg19,resnet50,vit_b16
+DL-Backtrace (``dlb``) is timed like LRP: the whole criterion call (its frozen deep copy, the forward
+pass under its rule mode, one relevance pass) against the frozen-weight baseline, one batch, interleaved.
 
-Writes benchmarks/results/lrp_cost.{json,md}. Untrained 32 px models: cost does not depend on weights.
+    MEDPRUNE_DATA=/work/shared/data medprune study lrp_cost --archs vgg19,resnet50,vit_b16 [--parts lrp,ig,dlb]
+
+Writes benchmarks/results/lrp_cost.{json,md}. ``--parts`` measures some parts only: the results file is
+re-read and the other parts of each model kept, each part recording the command, time and load it ran
+under. Untrained 32 px models: cost does not depend on weights.
 """
 
 from __future__ import annotations
@@ -85,70 +90,122 @@ def _pairs(base: list[float], other: list[float]) -> dict:
     return {"ratio_per_pair": ratios, "ratio_median": statistics.median(ratios)}
 
 
-def measure(arch: str, x: torch.Tensor, y: torch.Tensor, img_size: int, repeats: int, composite: str,
-            ig_steps: int) -> dict:
+def _part(arch: str, argv_command: str, **timings) -> dict:
+    return {"command": argv_command, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "load_average": [round(v, 2) for v in os.getloadavg()], **timings}
+
+
+def measure(arch: str, x: torch.Tensor, y: torch.Tensor, args, parts: list[str], command: str) -> dict:
+    """The requested parts for one model: {"lrp": ..., "ig": ..., "dlb": ...} (only those asked for)."""
     torch.manual_seed(0)
-    model = build_model(arch, num_classes=2, in_chans=1, img_size=img_size).eval()
+    model = build_model(arch, num_classes=2, in_chans=1, img_size=args.img_size).eval()
     layers = find_unit_layers(model)
-    lrp = get_criterion("lrp", composite=composite, batch_size=len(x))
-    base, lrp_s = interleaved(lambda: frozen_forward_backward(model, x, y), lambda: lrp(model, x, y, layers), repeats)
     row = {
         "arch": arch,
         "params": sum(p.numel() for p in model.parameters()),
         "unit_layers": len(layers),
         "units": sum(layer.size for layer in layers),
-        "frozen_fwd_bwd_s": base,
-        "lrp_s": lrp_s,
-        **_pairs(base, lrp_s),
     }
-    if ig_steps:
+    if "lrp" in parts:
+        start = _part(arch, command)
+        lrp = get_criterion("lrp", composite=args.composite, batch_size=len(x))
+        base, lrp_s = interleaved(lambda: frozen_forward_backward(model, x, y), lambda: lrp(model, x, y, layers),
+                                  args.repeats)
+        # the LRP part stays at the row's top level (the headline keys read it there)
+        row.update({"frozen_fwd_bwd_s": base, "lrp_s": lrp_s, **_pairs(base, lrp_s), "lrp_run": start})
+    if "ig" in parts and args.ig_steps:
         from captum.attr import IntegratedGradients
 
+        start = _part(arch, command)
         internal = get_criterion("ig").internal_batch_size
-        ig = get_criterion("ig", n_steps=ig_steps, method="riemann_right")
+        ig = get_criterion("ig", n_steps=args.ig_steps, method="riemann_right")
         direct = IntegratedGradients(model)
 
         def captum_call():
             with torch.no_grad():
                 target = model(x).argmax(1)  # as the criterion does without targets
-            direct.attribute(x, baselines=torch.zeros_like(x), target=target, n_steps=ig_steps,
+            direct.attribute(x, baselines=torch.zeros_like(x), target=target, n_steps=args.ig_steps,
                              method="riemann_right", internal_batch_size=internal)
 
-        captum_s, ig_s = interleaved(captum_call, lambda: ig(model, x, None, layers), repeats)
-        row["ig"] = {"n_steps": ig_steps, "internal_batch_size": internal, "captum_input_ig_s": captum_s,
+        captum_s, ig_s = interleaved(captum_call, lambda: ig(model, x, None, layers), args.repeats)
+        row["ig"] = {**start, "n_steps": args.ig_steps, "internal_batch_size": internal, "captum_input_ig_s": captum_s,
                      "ig_criterion_s": ig_s, **_pairs(captum_s, ig_s)}
+    if "dlb" in parts:
+        start = _part(arch, command)
+        dlb = get_criterion("dlb", batch_size=len(x))
+        base, dlb_s = interleaved(lambda: frozen_forward_backward(model, x, y), lambda: dlb(model, x, y, layers),
+                                  args.repeats)
+        row["dlb"] = {**start, "frozen_fwd_bwd_s": base, "dlb_s": dlb_s, **_pairs(base, dlb_s)}
     return row
+
+
+def merge(previous: dict | None, results: dict, row: dict) -> None:
+    """Put ``row`` into ``results["models"]``, keeping the parts an earlier run measured and this one did not."""
+    old = next((r for r in (previous or {}).get("models", []) if r["arch"] == row["arch"]), None)
+    if old is not None:
+        legacy = {"command": previous.get("command"), "load_average": previous.get("load_average")}
+        kept = {k: v for k, v in old.items() if k not in row}
+        if "ratio_median" in kept and "lrp_run" not in kept:
+            kept["lrp_run"] = legacy  # written before parts were recorded: the whole run's command
+        if "ig" in kept and "command" not in kept["ig"]:
+            kept["ig"] = {**legacy, **kept["ig"]}
+        row = {**kept, **row}
+    results["models"] = [r for r in results["models"] if r["arch"] != row["arch"]] + [row]
+
+
+def _runs(rows: list[dict], part: str) -> list[str]:
+    """One line per model: the command, time and load its ``part`` was measured under."""
+    lines = []
+    for r in rows:
+        run = r.get("lrp_run") if part == "lrp" else r.get(part)
+        if run and run.get("command"):
+            when = f"{run['created']}, " if run.get("created") else ""
+            lines.append(f"- {r['arch']}: `{run['command']}` ({when}load average at start {run.get('load_average')})")
+    return lines
+
+
+def _rows(rows: list[dict], part: str, base: str, other: str, target: float) -> list[str]:
+    """Table rows of one part (median seconds of both sides, median ratio of pairs, target met), then its runs."""
+    out = []
+    for r in rows:
+        d = r[part]
+        out.append(f"| {r['arch']} | {statistics.median(d[base]):.3f} | {statistics.median(d[other]):.3f} | "
+                   f"{d['ratio_median']:.2f} | {'yes' if d['ratio_median'] <= target else 'NO'} |")
+    return out + ["", *_runs(rows, part)]
 
 
 def write(results: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with atomic_file(RESULTS / "lrp_cost.json", "w") as fh:
         fh.write(json.dumps(results, indent=2))
+    rows = results["models"]
     lines = [
-        "# LRP scoring cost vs one frozen-weight forward+backward pass",
-        "",
-        f"Command: `{results['command']}`",
+        "# LRP, IG and DL-Backtrace scoring cost vs one frozen-weight forward+backward pass",
         "",
         f"{results['n_samples']} {results['dataset']} train images at {results['img_size']} px in one batch, "
-        f"composite `{results['composite']}`, {results['repeats']} interleaved repeats, torch {results['torch']} on "
-        f"{results['cpu']} ({results['threads']} threads, load average at start {results['load_average']}, "
-        f"at end {results['load_average_end']}). Untrained weights (cost does not depend on their values). "
-        "Baseline: one batched forward+backward with frozen parameters (input gradient only).",
+        f"{results['repeats']} interleaved repeats after one warm-up each, torch {results['torch']} on "
+        f"{results['cpu']} ({results['threads']} threads). Untrained weights (cost does not depend on their values). "
+        "Baseline: one batched forward+backward with frozen parameters (input gradient only). Each part of each "
+        "model records the command and load it ran under (below its table); the ratio of each pair is taken "
+        "within the pair, so load that hits both alike cancels.",
+        "",
+        f"LRP, composite `{results['composite']}`:",
         "",
         "| model | params | unit layers | frozen fwd+bwd median (s) | LRP median (s) | LRP / frozen fwd+bwd "
         "(median of pairs) | ≤ 2× |",
         "|---|---:|---:|---:|---:|---:|:---:|",
     ]
-    for r in results["models"]:
-        lines.append(
-            f"| {r['arch']} | {r['params'] / 1e6:.1f}M | {r['unit_layers']} | "
-            f"{statistics.median(r['frozen_fwd_bwd_s']):.3f} | {statistics.median(r['lrp_s']):.3f} | "
-            f"{r['ratio_median']:.2f} | {'yes' if r['ratio_median'] <= 2 else 'NO'} |"
-        )
+    for r in rows:
+        if "ratio_median" in r:
+            lines.append(
+                f"| {r['arch']} | {r['params'] / 1e6:.1f}M | {r['unit_layers']} | "
+                f"{statistics.median(r['frozen_fwd_bwd_s']):.3f} | {statistics.median(r['lrp_s']):.3f} | "
+                f"{r['ratio_median']:.2f} | {'yes' if r['ratio_median'] <= 2 else 'NO'} |"
+            )
     lines += ["", "The LRP time is the whole criterion call: canonizing (CNNs) or patching (ViT) the model in place "
               "and restoring it, the one-image tracing/reference pass and logit check, and one batched relevance "
-              "pass (no deep copy, no input relevance)."]
-    igs = [r for r in results["models"] if "ig" in r]
+              "pass (no deep copy, no input relevance).", "", *_runs(rows, "lrp")]
+    igs = [r for r in rows if "ig" in r]
     if igs:
         lines += [
             "",
@@ -159,13 +216,23 @@ def write(results: dict) -> None:
             "| model | captum IG median (s) | `ig` criterion median (s) | criterion / captum (median of pairs) | ≤ 1× |",
             "|---|---:|---:|---:|:---:|",
         ]
-        for r in igs:
-            g = r["ig"]
-            lines.append(f"| {r['arch']} | {statistics.median(g['captum_input_ig_s']):.3f} | "
-                         f"{statistics.median(g['ig_criterion_s']):.3f} | {g['ratio_median']:.2f} | "
-                         f"{'yes' if g['ratio_median'] <= 1 else 'NO'} |")
+        lines += _rows(igs, "ig", "captum_input_ig_s", "ig_criterion_s", 1)
+    dlbs = [r for r in rows if "dlb" in r]
+    if dlbs:
+        lines += [
+            "",
+            "DL-Backtrace: the whole `dlb` criterion call (frozen deep copy of the model, forward pass under its "
+            "rule mode, one relevance pass to the input) vs the same frozen-weight baseline, interleaved.",
+            "",
+            "| model | frozen fwd+bwd median (s) | DLB median (s) | DLB / frozen fwd+bwd (median of pairs) | ≤ 2× |",
+            "|---|---:|---:|---:|:---:|",
+        ]
+        lines += _rows(dlbs, "dlb", "frozen_fwd_bwd_s", "dlb_s", 2)
     with atomic_file(RESULTS / "lrp_cost.md", "w") as fh:
         fh.write("\n".join(lines) + "\n")
+
+
+PARTS = ("lrp", "ig", "dlb")
 
 
 @study("lrp_cost", outputs=("lrp_cost.json", "lrp_cost.md"))
@@ -179,29 +246,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--composite", default="epsilon_plus_flat")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_list("--parts", default=",".join(PARTS), choices=list(PARTS), help="what to measure")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     x, y = reference_images(args.dataset, args.n, args.img_size, seed=0)
-    results = {
-        "command": command_line("lrp_cost", argv),
-        "dataset": args.dataset,
-        "n_samples": len(x),
-        "img_size": args.img_size,
-        "composite": args.composite,
-        "repeats": args.repeats,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-        "models": [],
-    }
+    settings = {"dataset": args.dataset, "n_samples": len(x), "img_size": args.img_size,
+                "composite": args.composite, "repeats": args.repeats, "threads": torch.get_num_threads()}
+    path = RESULTS / "lrp_cost.json"
+    previous = json.loads(path.read_text()) if path.exists() else None
+    if previous is not None and any(previous.get(k) != v for k, v in settings.items()):
+        previous = None  # measured under other settings: not merged
+    command = command_line("lrp_cost", argv)
+    results = {"command": command, **settings, "torch": torch.__version__,
+               "cpu": platform.processor() or platform.machine(),
+               "models": list((previous or {}).get("models", []))}
     for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
-        r = measure(arch, x, y, args.img_size, args.repeats, args.composite, args.ig_steps)
-        print(f"{arch}: frozen fwd+bwd {statistics.median(r['frozen_fwd_bwd_s']):.3f}s, "
-              f"LRP {statistics.median(r['lrp_s']):.3f}s, ratio {r['ratio_median']:.2f}"
-              + (f"; IG/captum {r['ig']['ratio_median']:.2f}" if "ig" in r else ""), flush=True)
-        results["models"].append(r)
-        # written after every model, so a long run on a loaded machine leaves the finished models behind
-        results["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+        row = measure(arch, x, y, args, args.parts, command)
+        print(f"{arch}: " + "; ".join(
+            f"{name} {part['ratio_median']:.2f}" for name, part in
+            (("LRP/frozen", row if "ratio_median" in row else None), ("IG/captum", row.get("ig")),
+             ("DLB/frozen", row.get("dlb"))) if part), flush=True)
+        # merged and written after every model, so a long run on a loaded machine leaves the finished models
+        merge(previous, results, row)
         write(results)
     return results

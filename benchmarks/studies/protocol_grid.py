@@ -279,22 +279,6 @@ def _cache_put(key: str, cell: dict) -> None:
         json.dump(cell, fh)
 
 
-def summarise(models: list[dict]) -> dict:
-    """Per criterion (and normalisation) and over all attribution cells: how many val choices hold on test."""
-    cells = [c for m in models for c in m["cells"]]
-    groups: dict[str, list[dict]] = {}
-    for c in cells:
-        groups.setdefault(f"{c['criterion']}/{c['normalize']}", []).append(c)
-    per = {k: {"bound_rule": rules.holds_fraction([c["selected"]["holds"] for c in v]),
-               "point_rule": rules.holds_fraction([c["selected_point_rule"]["holds"] for c in v]),
-               "dense_selected": sum(c["selected"]["dense"] for c in v)} for k, v in groups.items()}
-    attr = [c for c in cells if c["attribution"]]
-    return {"per_criterion": per,
-            "attribution": {"bound_rule": rules.holds_fraction([c["selected"]["holds"] for c in attr]),
-                            "point_rule": rules.holds_fraction([c["selected_point_rule"]["holds"] for c in attr]),
-                            "dense_selected": sum(c["selected"]["dense"] for c in attr)}}
-
-
 @study("protocol_grid", outputs=("protocol_grid.json", "protocol_grid.md", "protocol_grid.png"))
 def main(argv: list[str] | None = None) -> int:
 
@@ -331,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
 
 # settings that must agree for runs to be merged into one table
 # (whether curves were evaluated past the first failure does not change a choice, so it may differ)
-_SHARED = ("tolerance_pts", "sens_tolerance_pts", "ratios", "budgets", "sampling", "n_per_class", "n_boot", "seed")
+# (runs of different samplings merge: a cell is one criterion x normalisation x sampling of one checkpoint)
+_SHARED = ("tolerance_pts", "sens_tolerance_pts", "ratios", "budgets", "n_per_class", "n_boot", "seed")
 
 
 def _read(path: Path) -> dict:
@@ -351,25 +336,28 @@ def merge(docs: list[dict], command: str) -> dict:
         for m in d["models"]:  # runs before --full-curves existed evaluated every ratio
             for c in m["cells"]:
                 c.setdefault("full_curves", d.get("full_curves", True))
+                c.setdefault("sampling", d["sampling"] if c["attribution"] else None)
     for m in (m for d in docs for m in d["models"]):  # one checkpoint split over runs: its cells are combined
         seen = models.get((m["model"], m["dataset"], m["sha256"]))
         if seen is None:
             models[(m["model"], m["dataset"], m["sha256"])] = {**m, "cells": list(m["cells"])}
             continue
-        have = {(c["criterion"], c["normalize"]) for c in seen["cells"]}
-        if any((c["criterion"], c["normalize"]) in have for c in m["cells"]):
+        have = {rules.cell_id(c): c.get("key") for c in seen["cells"]}
+        if any(rules.cell_id(c) in have and (c.get("key") is None or have[rules.cell_id(c)] != c["key"])
+               for c in m["cells"]):
             raise ConfigError(f"--merge: a cell of {m['model']} appears in more than one run")
-        seen["cells"] += m["cells"]
+        seen["cells"] += [c for c in m["cells"] if rules.cell_id(c) not in have]  # the same cached cell: once
     models = list(models.values())
     curves = {d.get("full_curves", True) for d in docs}
     return {**docs[0], "command": " && ".join([d["command"] for d in docs] + [command]),
+            "sampling": ", ".join(dict.fromkeys(d["sampling"] for d in docs)),
             "full_curves": curves.pop() if len(curves) == 1 else "mixed",
             "checkpoints_source": "; ".join(dict.fromkeys(d["checkpoints_source"] for d in docs
                                                           if d.get("checkpoints_source"))) or None,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "wall_s": round(sum(d["wall_s"] for d in docs), 1),
             "models_requested": [n for d in docs for n in d.get("models_requested", [])],
-            "summary": summarise(models), "models": models}
+            "summary": rules.summarise(models), "models": models}
 
 
 def _write(doc: dict, out: Path) -> None:
@@ -392,4 +380,4 @@ def _document(a, argv: list[str], models: list[dict], wall: float) -> dict:
         "n_boot": a.n_boot, "seed": a.seed, "wall_s": round(wall, 1),
         "full_curves": a.full_curves, "models_requested": [m for m, _ in a.checkpoints],
         "checkpoints_source": str(a.from_baselines) if a.from_baselines else None,
-        "summary": summarise(models), "models": models}
+        "summary": rules.summarise(models), "models": models}

@@ -196,3 +196,48 @@ def test_from_baselines_takes_the_listed_checkpoints(tmp_path):
         pg._baseline_checkpoints(listing, [])
     with pytest.raises(ConfigError, match="not in"):
         pg._baseline_checkpoints(listing, ["vit_b16:breastmnist"])
+
+
+def test_merge_keeps_runs_of_different_samplings_apart_and_judges_sampling():
+    """A second sampling of the same checkpoint adds cells (lrp [clustering] and lrp [random]); the same cached
+    cell twice is kept once; per-sampling fractions and the sampling claims are computed from the cells."""
+    from benchmarks.studies import protocol_grid
+    from benchmarks.studies._protocol_report import claims
+
+    def doc(sampling: str, ratio: float, key: str) -> dict:
+        d = _doc("a", [True])
+        d["sampling"] = sampling
+        cell = d["models"][0]["cells"][0]
+        cell.update(criterion="lrp", sampling=sampling, key=key, points=[],
+                    selected={"holds": True, "dense": False, "ratio": ratio})
+        return d
+
+    merged = protocol_grid.merge([doc("clustering", 0.3, "k1"), doc("random", 0.0, "k2")], "merge")
+    assert merged["sampling"] == "clustering, random"
+    assert [c["sampling"] for c in merged["models"][0]["cells"]] == ["clustering", "random"]
+    assert set(merged["summary"]["per_sampling"]) == {"clustering", "random"}
+    assert merged["summary"]["attribution"]["bound_rule"]["n"] == 2
+    text = "\n".join(claims({**merged, "models": [{**m, "cells": [{**c, "selected_point_rule": c["selected"]}
+                                                                   for c in m["cells"]]} for m in merged["models"]]}))
+    # 0.3 and 0 (dense) are two grid steps apart in (0, 0.1, 0.3): sampling matters here; clustering has the larger ratio
+    assert "Sampling barely matters" in text and "-> REFUTED" in text
+    assert "Clustering best sampling (its val-selected ratio the largest, ties count): 1/1 groups -> CONFIRMED" in text
+    again = protocol_grid.merge([doc("clustering", 0.3, "k1"), doc("clustering", 0.3, "k1")], "merge")
+    assert len(again["models"][0]["cells"]) == 1
+    with pytest.raises(ConfigError, match="more than one run"):
+        protocol_grid.merge([doc("clustering", 0.3, "k1"), doc("clustering", 0.1, "k3")], "merge")
+
+
+def test_attribution_vs_data_free_claim_compares_per_checkpoint():
+    from benchmarks.studies._protocol_report import _attribution_beats_data_free
+
+    def cell(criterion: str, ratio: float, attribution: bool) -> dict:
+        return {"criterion": criterion, "attribution": attribution, "selected": {"ratio": ratio}}
+
+    above = {"model": "m", "sha256": "s" * 8, "cells": [cell("lrp", 0.3, True), cell("ig", 0.5, True),
+                                                        cell("magnitude", 0.1, False)]}
+    below = {"model": "n", "sha256": "t" * 8, "cells": [cell("lrp", 0.0, True), cell("random", 0.2, False)]}
+    assert _attribution_beats_data_free({"models": [above]}, ("lrp", "ig")).endswith("-> CONFIRMED")
+    assert _attribution_beats_data_free({"models": [above, below]}, ("lrp", "ig")).endswith("-> PARTIAL")
+    assert _attribution_beats_data_free({"models": [below]}, ("lrp", "ig")).endswith("-> REFUTED")
+    assert "NOT JUDGED" in _attribution_beats_data_free({"models": [{**below, "cells": below["cells"][:1]}]}, ("lrp",))

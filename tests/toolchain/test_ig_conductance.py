@@ -1,0 +1,49 @@
+"""IG's one-pass conductance (``path="input"``) against captum's LayerConductance at every unit layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import tiny_model
+from toolchain.importance import get_criterion
+from toolchain.importance._hooks import frozen_params, no_inplace
+from toolchain.units import find_unit_layers, get_module
+
+
+@pytest.mark.parametrize("family", ["vgg", "vit"])
+def test_conductance_matches_captum_layer_conductance(family):
+    """medprune sums ``(a_i - a_{i-1}) * g_i`` (gradient at the end of each step); captum's LayerConductance
+    takes the gradient at the start of each step, so on the reversed path (image to baseline) it is minus
+    ours. Several chunks of steps (internal batch 7 for 3 images: 2 steps a chunk) cross chunk borders."""
+    from captum.attr import LayerConductance
+
+    model = tiny_model(family).double()
+    layers = find_unit_layers(model)
+    torch.manual_seed(2)
+    x = torch.randn(3, 1, 16, 16, dtype=torch.float64)
+    targets = torch.tensor([0, 1, 1])
+    crit = get_criterion("ig", n_steps=6, internal_batch_size=7)
+    with no_inplace(model), frozen_params(model):
+        ours = crit.conductance(model, x, targets, layers)
+        for ly in layers:
+            ref = LayerConductance(model, get_module(model, ly.hook)).attribute(
+                torch.zeros_like(x), baselines=x, target=targets, n_steps=6, method="riemann_trapezoid",
+                attribute_to_layer_input=ly.port == "input")
+            assert ours[ly.name].shape == ref.shape
+            # captum's alphas are float32 (1/6 -> 0.16666667163): agreement to ~1e-8 of the layer's largest value
+            scale = float(ref.detach().abs().max())
+            assert torch.allclose(ours[ly.name], -ref, rtol=0, atol=1e-6 * scale), ly.name
+    assert any(ours[ly.name].abs().max() > 0 for ly in layers)
+
+
+def test_unit_scores_do_not_depend_on_chunking():
+    """Steps in one internal batch or in chunks of one step: the same unit scores (summation noise only)."""
+    model = tiny_model("resnet")
+    layers = find_unit_layers(model)
+    torch.manual_seed(3)
+    x = torch.randn(2, 1, 16, 16)
+    whole = get_criterion("ig", n_steps=5)(model, x, None, layers)
+    chunked = get_criterion("ig", n_steps=5, internal_batch_size=2)(model, x, None, layers)
+    for ly in layers:
+        assert torch.allclose(whole[ly.name], chunked[ly.name], rtol=1e-5, atol=1e-6 * float(whole[ly.name].abs().max()))
