@@ -69,7 +69,7 @@ def summarise_run(run: dict, state: str = "kd") -> dict[str, Any]:
     """Rows of every cell x state; the headline chosen among the recovered rows of ``state`` (the recipe)."""
     y = {s: run["labels"][s] for s in ("val", "test")}
     names = run["class_names"]
-    rows = []
+    recipe, rows = state, []  # the loop below rebinds ``state``: the headline reads the recipe's state
     for key, cell in run["cells"].items():
         for state in STATES:
             if f"{state}/val" not in cell["probs"]:
@@ -90,7 +90,7 @@ def summarise_run(run: dict, state: str = "kd") -> dict[str, Any]:
                 "alignment": cell.get("alignment") if state == "kda" else None,
                 "_key": key,
             })
-    return {"rows": rows, "headline": headline(rows, state), "verdicts": verdicts(run, rows)}
+    return {"rows": rows, "headline": headline(rows, recipe), "verdicts": verdicts(run, rows)}
 
 
 def _chosen(rows: list[dict], flag: str) -> dict[str, Any] | None:
