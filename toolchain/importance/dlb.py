@@ -14,13 +14,16 @@ backwards layer by layer with DL-Backtrace's rules, as the reference implementat
 
 How this differs from LRP and what it measures: benchmarks/results/dlb_check.md. Unit scores: |R|
 at each unit layer's read point (``units``), reduced by ``units.reduce_to_units``, summed over samples.
-The caller's model is never modified (the pass runs on a frozen deep copy).
+The criterion sets the caller's model up in place (eval mode, frozen parameters, timm attention on its
+fused path) and restores every flag afterwards (``prepared``): no deep copy, which cost about a tenth of
+the scoring time on ResNet50; ``prepare`` still gives a frozen copy for callers that keep it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,6 +56,29 @@ def prepare(model: nn.Module) -> nn.Module:
         if getattr(m, "fused_attn", None) is False:
             m.fused_attn = True
     return work
+
+
+@contextlib.contextmanager
+def prepared(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` itself set up as ``prepare`` sets up its copy; every module's mode, parameter flag and
+    attention path restored on exit (DLBMode computes every op out of place, so nothing else changes)."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    unfused = [m for m in model.modules() if getattr(m, "fused_attn", None) is False]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    for m in unfused:
+        m.fused_attn = True
+    try:
+        yield model
+    finally:
+        for m in unfused:
+            m.fused_attn = False
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode
 
 
 def backtrace(
@@ -137,15 +163,15 @@ class DLBacktrace(Criterion):
     ) -> dict[str, Tensor]:
         if inputs is None or len(inputs) == 0:
             raise ConfigError("criterion 'dlb' needs reference inputs")
-        work = prepare(model)
-        device = next(work.parameters()).device
+        device = next(model.parameters()).device
         scores = {layer.name: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
-        for lo in range(0, len(inputs), self.batch_size):
-            xb = inputs[lo : lo + self.batch_size].to(device)
-            tb = None if targets is None else targets[lo : lo + self.batch_size]
-            bt = backtrace(work, xb, tb, start=self.start, capture=layers)
-            for layer in layers:
-                scores[layer.name] += reduce_to_units(bt.relevance[layer.name].detach(), layer).sum(0).double().cpu()
+        with prepared(model) as work:
+            for lo in range(0, len(inputs), self.batch_size):
+                xb = inputs[lo : lo + self.batch_size].to(device)
+                tb = None if targets is None else targets[lo : lo + self.batch_size]
+                bt = backtrace(work, xb, tb, start=self.start, capture=layers)
+                for layer in layers:
+                    scores[layer.name] += reduce_to_units(bt.relevance[layer.name].detach(), layer).sum(0).double().cpu()
         return {name: s.float() for name, s in scores.items()}
 
     def __repr__(self) -> str:
