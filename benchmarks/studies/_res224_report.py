@@ -103,6 +103,9 @@ def markdown(doc: dict) -> str:
              "reported.", ""]
     lines += _sections(models)
     lines += _not_measured(models)
+    dep = doc.get("cpu_deploy")  # the CPU 128 px deploy run, recorded by hand with its command (not this study's)
+    if dep:
+        lines += [f"## {dep['title']}", ""] + [line for para in dep["paragraphs"] for line in (para, "")]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
         latest = json.loads(path.read_text()) if path.exists() else {}
         models = [r for r in latest.get("models", []) if r["model"] not in finished]
         models += [merge(latest, r, parts) for r in finished.values()]
-        results = {**header, "load_average_end": [round(v, 2) for v in os.getloadavg()],
+        kept = {k: latest[k] for k in ("cpu_deploy",) if k in latest}  # the recorded 128 px deploy, not measured here
+        results = {**kept, **header, "load_average_end": [round(v, 2) for v in os.getloadavg()],
                    "models": sorted(models, key=lambda r: MODELS.index(r["model"]))}
         write_report(results, args.out)  # after every model: a stopped run keeps what finished
     return results
