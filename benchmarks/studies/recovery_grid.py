@@ -96,7 +96,8 @@ def train_command(train_config: dict | None, fallback: str) -> str:
         return fallback
     keys = [k for k in ("model", "epochs", "lr", "patience", "data", "load_size", "train_subset")
             if train_config.get(k) is not None]
-    return "medprune train " + " ".join(f"--{k.replace('_', '-')} {train_config[k]}" for k in keys)
+    build = [f"--build-arg {k}={v}" for k, v in (train_config.get("build_args") or {}).items()]  # e.g. ViT patch 16
+    return "medprune train " + " ".join([f"--{k.replace('_', '-')} {train_config[k]}" for k in keys] + build)
 
 
 def _probs(model, ctx, split: str):

@@ -1,4 +1,5 @@
-"""The recovery report's headline reads the recipe's recovery state, whatever states the cached cells hold."""
+"""Recovery report: the headline reads the recipe's recovery state whatever states the cells hold; the dense
+checkpoint's training command states its build arguments."""
 
 from __future__ import annotations
 
@@ -27,3 +28,12 @@ def test_summarise_run_chooses_among_the_recipes_state_not_the_last_state_presen
     assert kd["state"] == "kd" and kd["speedup_lossless"]["criterion"] == "lrp"
     kda = rep.summarise_run(run, "kda")["headline"]
     assert kda["state"] == "kda" and kda["speedup_lossless"]["criterion"] == "taylor"
+
+
+def test_train_command_states_the_checkpoints_build_args():
+    from benchmarks.studies import recovery_grid as grid
+
+    recorded = {"model": "vit_b16", "epochs": 3, "lr": 1e-4, "patience": 5, "data": "pneumoniamnist",
+                "build_args": {"patch_size": 16}}
+    assert grid.train_command(recorded, "x") == ("medprune train --model vit_b16 --epochs 3 --lr 0.0001 --patience 5 "
+                                                 "--data pneumoniamnist --build-arg patch_size=16")
