@@ -150,7 +150,11 @@ def merge(previous: dict | None, results: dict, row: dict) -> None:
         if "ig" in kept and "command" not in kept["ig"]:
             kept["ig"] = {**legacy, **kept["ig"]}
         row = {**kept, **row}
-    results["models"] = [r for r in results["models"] if r["arch"] != row["arch"]] + [row]
+    archs = [r["arch"] for r in results["models"]]  # a model measured before keeps its place in the tables
+    if row["arch"] in archs:
+        results["models"][archs.index(row["arch"])] = row
+    else:
+        results["models"].append(row)
 
 
 def _runs(rows: list[dict], part: str) -> list[str]:
@@ -221,8 +225,9 @@ def write(results: dict) -> None:
     if dlbs:
         lines += [
             "",
-            "DL-Backtrace: the whole `dlb` criterion call (frozen deep copy of the model, forward pass under its "
-            "rule mode, one relevance pass to the input) vs the same frozen-weight baseline, interleaved.",
+            "DL-Backtrace: the whole `dlb` criterion call (the model set up in place, eval and frozen, and restored; "
+            "forward pass under its rule mode; one relevance pass to the input) vs the same frozen-weight baseline, "
+            "interleaved.",
             "",
             "| model | frozen fwd+bwd median (s) | DLB median (s) | DLB / frozen fwd+bwd (median of pairs) | ≤ 2× |",
             "|---|---:|---:|---:|:---:|",
