@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 
 
-def _figures(y, dense, probs, names) -> dict[str, Any]:
+def _figures(y, dense, probs, names, md: dict) -> dict[str, Any]:
+    """``md``: the dense model's metrics on this split (the same for every row, so computed once by the caller)."""
     from toolchain.lossless import drops
     from toolchain.metrics import compute_metrics
 
     y, dense, probs = np.asarray(y), np.asarray(dense, np.float64), np.asarray(probs, np.float64)
-    md, mp = (compute_metrics(y, p, names) for p in (dense, probs))
+    mp = compute_metrics(y, probs, names)
     d = drops(y, dense, probs, names)
     return {"n": int(len(y)), "auc_dense": md.get("auc"), "auc_dense_ci": md.get("auc_ci"),
             "auc": mp.get("auc"), "auc_ci": mp.get("auc_ci"),
@@ -31,15 +32,21 @@ def _figures(y, dense, probs, names) -> dict[str, Any]:
 
 def table(run: dict, rows: list[dict]) -> list[dict[str, Any]]:
     """One entry per recovered row passing the point rule on val (``rows`` from the report, with ``_key``)."""
+    from toolchain.metrics import compute_metrics
+
     names = list(run["class_names"])
+    picked = [r for r in rows if r["recovered"] and r["val"]["passes_point"]]
+    if not picked:
+        return []
+    splits = ("val", "test")
+    dense = {s: compute_metrics(np.asarray(run["labels"][s]), np.asarray(run["dense"][s], np.float64), names)
+             for s in splits}  # the dense model's AUC (with its bootstrap interval) once per split, not per row
     out = []
-    for r in rows:
-        if not r["recovered"] or not r["val"]["passes_point"]:
-            continue
+    for r in picked:
         probs = run["cells"][r["_key"]]["probs"]
         out.append({"criterion": r["criterion"], "target_macs_div": r["target_macs_div"], "state": r["state"],
-                    **{s: _figures(run["labels"][s], run["dense"][s], probs[f"{r['state']}/{s}"], names)
-                       for s in ("val", "test")}})
+                    **{s: _figures(run["labels"][s], run["dense"][s], probs[f"{r['state']}/{s}"], names, dense[s])
+                       for s in splits}})
     return out
 
 
