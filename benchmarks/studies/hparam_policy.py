@@ -7,7 +7,10 @@ Policy (the same for every model, no model retrained alone): each model trains w
 (``toolchain.recipes``: lr, build args) at ``lr x factor`` for every factor, everything else equal (the
 shared CPU schedule ``toolchain.recipes.CPU_BUDGET``: epochs, train subset, warm-up; seed, augmentation,
 CPU); the learning rate whose checkpoint has the highest *val* balanced accuracy (the training's own
-selection metric) is chosen; ties keep the recipe's lr. Test metrics are neither read nor reported here.
+selection metric) is chosen; ties keep the recipe's lr. Edge rule: when the chosen lr is the smallest or
+the largest of the sweep, the sweep is extended one factor-3 step beyond it in that direction and the
+choice repeated, at most twice per model (a choice still at the edge after that is reported as such).
+Test metrics are neither read nor reported here.
 Training goes through ``toolchain.train`` (cached by config, data fingerprint, device and code), so a
 checkpoint trained before is reused. ``medprune study baselines_cpu`` runs this policy first and trains
 every dataset with the chosen learning rates (the checkpoints the protocol grid is given).
@@ -17,6 +20,7 @@ Writes benchmarks/results/hparam_policy.{json,md} (``--out`` to change).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import time
@@ -27,6 +31,7 @@ from toolchain.errors import ConfigError
 from .registry import StudyParser, command_line, study
 
 FACTORS = (1 / 3, 1.0, 3.0)
+EDGE_STEP, MAX_EXTENSIONS = 3.0, 2  # the edge rule: one factor-3 step outwards, at most twice per model
 MODELS = ("vgg19", "resnet50", "vit_b16")  # the paper's three families
 
 
@@ -39,7 +44,7 @@ def candidates(model: str, a, n_train: int) -> list:
     base = recipe.train_args() if recipe else {"lr": TrainConfig.lr}
     base.update(CPU_BUDGET.schedule(n_train))  # one schedule for every model (the recipe's warm-up too)
     return [TrainConfig(model=model, data=a.data, seed=a.seed, device="cpu", quiet=True,
-                        **{**base, "lr": float(f"{base['lr'] * f:.3g}")}) for f in a.lr_factors]
+                        **{**base, "lr": _round(base["lr"] * f)}) for f in a.lr_factors]
 
 
 def choose(rows: list[dict], recipe_lr: float) -> dict:
@@ -49,15 +54,43 @@ def choose(rows: list[dict], recipe_lr: float) -> dict:
     return max(rows, key=lambda r: (r["val_balanced_accuracy"], r["lr"] == recipe_lr, -r["lr"]))
 
 
+def extension(rows: list[dict], recipe_lr: float, extended: int, max_extensions: int = MAX_EXTENSIONS) -> float | None:
+    """The edge rule: the next lr to train when the choice is at an edge of the sweep, else None.
+
+    One ``EDGE_STEP`` beyond the smallest / largest lr when that one is chosen, while fewer than
+    ``max_extensions`` extensions were made (a one-point sweep has no edge to extend).
+
+        >>> rows = [{"lr": 1e-3, "val_balanced_accuracy": 0.8}, {"lr": 3e-3, "val_balanced_accuracy": 0.9}]
+        >>> extension(rows, 1e-3, extended=0)
+        0.009
+    """
+    lrs = sorted(r["lr"] for r in rows)
+    if extended >= max_extensions or len(lrs) < 2:
+        return None
+    best = choose(rows, recipe_lr)["lr"]
+    if best == lrs[-1]:
+        return _round(best * EDGE_STEP)
+    if best == lrs[0]:
+        return _round(best / EDGE_STEP)
+    return None
+
+
+def _round(lr: float) -> float:
+    return float(f"{lr:.3g}")  # the sweep's lrs as a user would type them (3 significant digits)
+
+
 def run_model(model: str, a, log) -> dict:
     from toolchain.data import load_dataset
     from toolchain.models import read_sidecar
     from toolchain.recipes import recipe_for
-    from toolchain.train import train
+    from toolchain.train import TrainConfig, train
 
     n_train = len(load_dataset(a.data).split("train").labels)
-    rows = []
-    for cfg in candidates(model, a, n_train):
+    recipe = recipe_for(model)
+    recipe_lr = recipe.lr if recipe else TrainConfig.lr
+    cfgs, rows = candidates(model, a, n_train), []
+    while cfgs:
+        cfg = cfgs.pop(0)
         t0 = time.perf_counter()
         weights = train(cfg)
         weights, side = read_sidecar(weights)
@@ -70,9 +103,15 @@ def run_model(model: str, a, log) -> dict:
                      "seconds": round(time.perf_counter() - t0, 1),  # ~0 when the cache had it
                      "train_wall_s": (side["meta"].get("train") or {}).get("wall_s")})  # when it was trained
         log(f"{model} lr {cfg.lr:g}: val balanced accuracy {val['balanced_accuracy']:.4f} (n={val['n']})")
-    recipe = recipe_for(model)
-    chosen = choose(rows, recipe.lr if recipe else rows[0]["lr"])
-    return {"model": model, "recipe_lr": recipe.lr if recipe else None, "candidates": rows, "chosen": chosen}
+        if not cfgs:  # the initial sweep is done: the edge rule may add one step outwards
+            extended = len(rows) - len(a.lr_factors)
+            lr = extension(rows, recipe_lr, extended)
+            if lr is not None and lr not in {r["lr"] for r in rows}:
+                log(f"{model}: lr {choose(rows, recipe_lr)['lr']:g} chosen at the edge; extending to {lr:g}")
+                cfgs.append(dataclasses.replace(cfg, lr=lr))
+    chosen = choose(rows, recipe_lr)
+    return {"model": model, "recipe_lr": recipe.lr if recipe else None, "candidates": rows, "chosen": chosen,
+            "extensions": len(rows) - len(a.lr_factors)}
 
 
 def policy(a, argv: list[str], log) -> dict:
@@ -116,8 +155,12 @@ def markdown(doc: dict) -> str:
                          f"| {r['val_n']} | {'**yes**' if r is m['chosen'] or r == m['chosen'] else ''} |")
     edge = [m["model"] for m in doc["models"] if len(m["candidates"]) > 1
             and m["chosen"]["lr"] in (min(r["lr"] for r in m["candidates"]), max(r["lr"] for r in m["candidates"]))]
+    ext = [f"{m['model']} {m['extensions']}" for m in doc["models"] if m.get("extensions")]
+    if ext:
+        lines += ["", "Sweep extended by the edge rule (steps outwards): " + ", ".join(ext) + "."]
     if edge:
-        lines += ["", f"Chosen at the edge of the sweep: {', '.join(edge)} (a wider sweep might choose further out)."]
+        lines += ["", f"Still chosen at the edge of the sweep: {', '.join(edge)} (the edge rule's cap of "
+                  f"{MAX_EXTENSIONS} extensions reached, or an older run without it: a wider sweep might choose further out)."]
     return "\n".join(lines) + "\n"
 
 

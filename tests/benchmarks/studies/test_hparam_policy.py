@@ -39,3 +39,21 @@ def test_choose_takes_the_best_val_score_and_breaks_ties_towards_the_recipe():
 def test_bad_factor_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError):
         hp.main(["--lr-factors", "0,1", "--out", str(tmp_path)])
+
+
+def _rows(scores: dict[float, float]) -> list[dict]:
+    return [{"lr": lr, "val_balanced_accuracy": v} for lr, v in scores.items()]
+
+
+def test_edge_rule_extends_one_step_towards_the_chosen_edge_at_most_twice():
+    top = _rows({1e-3: 0.80, 3e-3: 0.85, 1e-2: 0.90})
+    assert hp.extension(top, 3e-3, extended=0) == pytest.approx(3e-2)
+    assert hp.extension(top, 3e-3, extended=1) == pytest.approx(3e-2)
+    assert hp.extension(top, 3e-3, extended=2) is None  # the cap
+    bottom = _rows({3.33e-5: 0.90, 1e-4: 0.85, 3e-4: 0.80})
+    assert hp.extension(bottom, 1e-4, extended=0) == pytest.approx(1.11e-5)
+    inside = _rows({3.33e-5: 0.80, 1e-4: 0.90, 3e-4: 0.85})
+    assert hp.extension(inside, 1e-4, extended=0) is None
+    assert hp.extension(_rows({1e-4: 0.9}), 1e-4, extended=0) is None  # one point: no edge
+    tie = _rows({1e-4: 0.90, 3e-4: 0.90, 1e-3: 0.80})  # tie goes to the recipe's lr, which is inside
+    assert hp.extension(tie, 3e-4, extended=0) is None
