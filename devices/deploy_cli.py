@@ -14,6 +14,7 @@ from .profiles import PRECISIONS, profile_names
 
 # read from source: importing devices.deploy loads the whole pipeline (torch), and --help must not
 TARGET_ALIASES = constant("devices.deploy.config", "TARGET_ALIASES")
+RECOVERY = constant("toolchain.recovery.finetune", "RECIPE")  # the one recovery recipe (prune and the study share it)
 Target = one_of([*profile_names(), *TARGET_ALIASES])
 Precision = one_of(["default", *PRECISIONS])
 
@@ -69,7 +70,13 @@ def deploy_cmd(
     macs_budget: str = typer.Option(None, help="budget: MACs (<=1: fraction of dense, or e.g. 120M)"),
     params_budget: str = typer.Option(None, help="budget: parameters (<=1: fraction of dense, or e.g. 2M)"),
     latency_ms: str = typer.Option(None, help="budget: batch-1 latency in ms on the target's runtime"),
-    recover_epochs: int = typer.Option(2, help="distillation epochs after pruning to a budget"),
+    recover_epochs: int = typer.Option(RECOVERY["epochs"], help="distillation epochs after pruning to a budget"),
+    kd_weight: float = typer.Option(RECOVERY["kd_weight"], help="budget: weight of the distillation (KL x T^2) term"),
+    ce_weight: float = typer.Option(RECOVERY["ce_weight"], help="budget: weight of the class-weighted CE term (the "
+                                                                "recipe is pure distillation)"),
+    kd_temperature: float = typer.Option(RECOVERY["temperature"], help="budget: distillation temperature"),
+    recover_augment: bool = typer.Option(RECOVERY["augment"], "--recover-augment/--no-recover-augment",
+                                         help="budget: augment recovery batches"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
 ) -> None:
     """Train (cached) → sample → score → ratio (val) → remove → calibrate (val) → export → test report +
@@ -87,7 +94,9 @@ def deploy_cmd(
                        bench_runs=bench_runs, cache_bench=bench_cache, samples=samples, device=device,
                        data_dir=data_dir, name=name, checkpoint=checkpoint, cache=cache, sign_key=sign_key,
                        allow_missing_class=allow_missing_class, speedup=speedup, macs_budget=macs_budget,
-                       params_budget=params_budget, latency_ms=latency_ms, recover_epochs=recover_epochs)
+                       params_budget=params_budget, latency_ms=latency_ms, recover_epochs=recover_epochs,
+                       kd_weight=kd_weight, ce_weight=ce_weight, kd_temperature=kd_temperature,
+                       recover_augment=recover_augment)
     try:
         summary = deploy(cfg)
     except KeyboardInterrupt:

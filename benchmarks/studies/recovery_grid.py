@@ -29,6 +29,7 @@ and shared by every student of the run (``toolchain.recovery.distill.TeacherMemo
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
@@ -282,8 +283,6 @@ def targets_for(model: str, args) -> list[float]:
 
 def _model_targets(text: str) -> dict[str, list[float]]:
     """``"vgg19=3/5/8,resnet50=2/3/5"`` → per-model MACs targets."""
-    import argparse
-
     try:
         out = {k.strip(): [float(v) for v in vals.split("/")]
                for k, vals in (part.split("=", 1) for part in text.split(",") if part.strip())}
@@ -296,8 +295,6 @@ def _model_targets(text: str) -> dict[str, list[float]]:
 
 def _subsets(text: str) -> dict[str, int]:
     """``"600"`` → every model; ``"vgg19=600,resnet50=1000"`` → per model."""
-    import argparse
-
     try:
         if "=" not in text:
             return {"*": int(text)}
@@ -306,12 +303,10 @@ def _subsets(text: str) -> dict[str, int]:
         raise argparse.ArgumentTypeError(f"expected N or model=N,..., got {text!r}") from None
 
 
-@study("recovery", outputs=("recovery.json", "recovery.md", "recovery.png"))
-def main(argv: list[str] | None = None) -> int:
+def parser() -> StudyParser:
+    """The study's options; the recovery flags default to the one recovery recipe (``finetune.RECIPE``)."""
     from toolchain.importance import available
-    from toolchain.train import configure_threads
-
-    from . import _recovery_report as report
+    from toolchain.recovery.finetune import RECIPE as RECOVERY
 
     p = StudyParser("recovery", __doc__)
     p.add_list("--models", default="vgg19,resnet50", choices=list(RECIPE))
@@ -320,16 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_list("--macs", default="2,3,5", kind=float, help="MACs targets: dense MACs ÷ S")
     p.add_argument("--model-macs", type=_model_targets, default=_model_targets("vgg19=3/5/8,resnet50=2/3/5"),
                    help="per-model MACs targets overriding --macs, e.g. vgg19=3/5/8,resnet50=2/3/5")
-    p.add_argument("--recover-epochs", type=int, default=2, help="distillation epochs (0: no recovery)")
+    p.add_argument("--recover-epochs", type=int, default=RECOVERY["epochs"], help="distillation epochs (0: no recovery)")
     p.add_argument("--recover-subset", type=_subsets, default={"*": 0},
                    help="recover on N train images (0: all), or per model: vgg19=600,resnet50=1000")
     p.add_argument("--recover-lr", type=float, default=None, help="recovery lr (default: the dense model's)")
-    # pure distillation by default: the gates compare each class's sensitivity with the dense model's, and
-    # class-weighted cross-entropy moves the student's operating point away from the teacher's (on VGG19
-    # at MACs ÷8.8, LRP: CE+KD val worst-class sensitivity drop 6.7 pts, KD alone 0.5 pts, same epochs)
-    p.add_argument("--kd-weight", type=float, default=1.0, help="weight of the distillation (KL x T²) term")
-    p.add_argument("--ce-weight", type=float, default=0.0, help="weight of the class-weighted cross-entropy term")
-    p.add_argument("--recover-augment", action="store_true",
+    # pure distillation by default (finetune.RECIPE says why); the temperature is the recipe's, not a flag here
+    p.add_argument("--kd-weight", type=float, default=RECOVERY["kd_weight"], help="weight of the distillation (KL x T²) term")
+    p.add_argument("--ce-weight", type=float, default=RECOVERY["ce_weight"],
+                   help="weight of the class-weighted cross-entropy term")
+    p.add_argument("--recover-augment", action=argparse.BooleanOptionalAction, default=RECOVERY["augment"],
                    help="augment recovery batches (off: the teacher's logits are computed once per image and "
                         "shared by every student of the run)")
     p.add_argument("--checkpoint", action="append",
@@ -354,6 +348,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for latency")
     p.add_argument("--repeats", type=int, default=100, help="timed ORT runs per model")
     p.add_out()
+    return p
+
+
+@study("recovery", outputs=("recovery.json", "recovery.md", "recovery.png"))
+def main(argv: list[str] | None = None) -> int:
+    from toolchain.train import configure_threads
+
+    from . import _recovery_report as report
+
+    p = parser()
     args = p.parse_args(argv)
     if args.recipe == "kd+align" and not args.align:
         p.error("--recipe kd+align needs --align")

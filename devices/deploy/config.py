@@ -63,7 +63,13 @@ class DeployConfig:
     macs_budget: str | None = None  # <= 1: fraction of dense MACs, else an absolute count (120M)
     params_budget: str | None = None
     latency_ms: str | None = None
-    recover_epochs: int = 2  # distillation epochs after pruning to a budget
+    # recovery after pruning to a budget: None = the recovery recipe's value (toolchain.recovery.finetune.RECIPE,
+    # the same recipe `medprune prune` and the recovery study use)
+    recover_epochs: int | None = None
+    kd_weight: float | None = None
+    ce_weight: float | None = None
+    kd_temperature: float | None = None
+    recover_augment: bool | None = None
 
     def budget(self) -> dict | None:
         """``{"kind", "value"}`` of the one budget given, or None (ConfigError for two or a bad value)."""
@@ -72,6 +78,14 @@ class DeployConfig:
         b = one_budget(speedup=self.speedup, macs=self.macs_budget, params=self.params_budget,
                        latency_ms=self.latency_ms)
         return {"kind": b.kind, "value": b.value} if b else None
+
+    def recovery(self):
+        """The :class:`RecoveryConfig` a budget run recovers with: the recipe plus this run's overrides
+        (None when recover-epochs is 0); ConfigError for a bad value."""
+        from toolchain.recovery.command import recovery_config
+
+        return recovery_config(self.recover_epochs, None, self.kd_temperature, self.kd_weight, self.ce_weight, 0,
+                               "cpu", True, augment=self.recover_augment, seed=self.seed)
 
     def resolved(self) -> DeployConfig:
         """A validated copy with every default filled in; ConfigError/ModelError/CheckpointError otherwise."""
@@ -101,7 +115,7 @@ class DeployConfig:
         if cfg.round_to is None:
             cfg.round_to = 8 if profile.runtime == "tensorrt" else 0
         cfg._check_numbers()
-        if cfg.budget() is not None and cfg.recover_epochs < 1:
+        if cfg.budget() is not None and cfg.recovery() is None:
             raise ConfigError(f"recover-epochs must be >= 1 with a budget, got {cfg.recover_epochs}")
         if cfg.pool_per_class is not None:
             cfg.pool_per_class = max(cfg.pool_per_class, cfg.n_per_class)

@@ -114,10 +114,9 @@ def budget_ratio(cfg, pipe, imp, evaluator, scores, example, profile) -> tuple[A
 
 def recover_pruned(cfg, pipe, ctx, pr, budget_stage) -> tuple[Any, dict]:
     """``(recover stage, selection record for the manifest)``: the recovered model, judged on val."""
-    from toolchain.recovery import RecoveryConfig
     from toolchain.settings import resolve_device
 
-    rcfg = RecoveryConfig(epochs=cfg.recover_epochs, seed=cfg.seed).validate()
+    rcfg = cfg.recovery()  # the recovery recipe with the run's overrides (validated by DeployConfig.resolved)
     rec = Recover(prune=pr.key_digest, recovery=rcfg.recipe(), budget=cfg.budget(), tolerance=cfg.tolerance,
                   sens_tolerance=cfg.sens_tolerance, seed=cfg.seed, ctx=ctx, pruned=pr,
                   device=resolve_device(cfg.device))(pipe)

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import typer
 
-from .choices import Criterion, Sampling, Scope
+from .choices import Criterion, Sampling, Scope, constant
 from .options import ordinal_option
+
+RECOVERY = constant("toolchain.recovery.finetune", "RECIPE")  # the one recovery recipe, read without torch
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -75,12 +77,18 @@ def register(app: typer.Typer) -> None:
         macs_budget: str = typer.Option(None, "--macs-budget", help="budget: MACs (<=1: fraction of dense, or 120M)"),
         params_budget: str = typer.Option(None, "--params-budget", help="budget: parameters (<=1: fraction, or 2M)"),
         latency_ms: str = typer.Option(None, "--latency-ms", help="budget: measured ONNX Runtime batch-1 ms"),
-        recover_epochs: int = typer.Option(2, "--recover-epochs", help="budget: distillation epochs (0: none)"),
+        recover_epochs: int = typer.Option(RECOVERY["epochs"], "--recover-epochs",
+                                           help="budget: distillation epochs (0: none)"),
         recover_lr: float = typer.Option(None, "--recover-lr", help="budget: recovery lr (default: the dense lr)"),
         recover_subset: int = typer.Option(0, "--recover-subset", help="budget: recover on N train images (0: all)"),
-        temperature: float = typer.Option(4.0, "--kd-temperature", help="budget: distillation temperature"),
-        kd_weight: float = typer.Option(1.0, "--kd-weight", help="budget: weight of the KL (x T^2) term"),
-        ce_weight: float = typer.Option(1.0, "--ce-weight", help="budget: weight of the class-weighted CE term"),
+        temperature: float = typer.Option(RECOVERY["temperature"], "--kd-temperature",
+                                          help="budget: distillation temperature"),
+        kd_weight: float = typer.Option(RECOVERY["kd_weight"], "--kd-weight", help="budget: weight of the KL (x T^2) term"),
+        ce_weight: float = typer.Option(RECOVERY["ce_weight"], "--ce-weight",
+                                        help="budget: weight of the class-weighted CE term (the recipe is pure "
+                                             "distillation: CE moves the operating point away from the dense model's)"),
+        recover_augment: bool = typer.Option(RECOVERY["augment"], "--recover-augment/--no-recover-augment",
+                                             help="budget: augment recovery batches"),
         iterative: int = typer.Option(1, "--iterative-steps", help="budget: prune/recover/rescore in N steps"),
         round_to: int = typer.Option(None, "--round-to", help="budget: keep channel counts multiples of N"),
         out_checkpoint: Path = typer.Option(None, "--out", help="budget: write the returned model here"),
@@ -122,7 +130,7 @@ def register(app: typer.Typer) -> None:
 
         budget = one_budget(speedup=speedup, macs=macs_budget, params=params_budget, latency_ms=latency_ms)
         rcfg = recovery_config(recover_epochs, recover_lr, temperature, kd_weight, ce_weight, recover_subset,
-                               resolve_device(device), quiet) if budget else None
+                               resolve_device(device), quiet, augment=recover_augment, seed=seed) if budget else None
         if recover_epochs < 0 or iterative < 1:
             raise ConfigError("--recover-epochs must be >= 0 and --iterative-steps >= 1")
         ratio_list = parse_ratios(ratios)

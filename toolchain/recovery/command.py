@@ -17,13 +17,16 @@ from .budgeted import Gates, iterative_budget, masker_for, prune_to_budget
 from .finetune import RecoveryConfig
 
 
-def recovery_config(epochs: int, lr: float | None, temperature: float, kd_weight: float, ce_weight: float,
-                    subset: int, device: str, quiet: bool) -> RecoveryConfig | None:
-    """None when ``epochs`` is 0 (prune to the budget without recovery)."""
+def recovery_config(epochs: int | None, lr: float | None, temperature: float | None, kd_weight: float | None,
+                    ce_weight: float | None, subset: int, device: str, quiet: bool, augment: bool | None = None,
+                    seed: int | None = None) -> RecoveryConfig | None:
+    """The recovery recipe (``finetune.RECIPE``) with the flags a user gave (``None``: the recipe's value), as
+    ``medprune prune`` and ``medprune deploy`` both build it; None when ``epochs`` is 0 (no recovery)."""
     if epochs == 0:
         return None
-    return RecoveryConfig(epochs=epochs, lr=lr, temperature=temperature, kd_weight=kd_weight, ce_weight=ce_weight,
-                          train_subset=subset or None, device=device, quiet=quiet).validate()
+    return RecoveryConfig.with_overrides(epochs=epochs, lr=lr, temperature=temperature, kd_weight=kd_weight,
+                                         ce_weight=ce_weight, augment=augment, train_subset=subset or None,
+                                         seed=seed, device=device, quiet=quiet)
 
 
 def run_budget(ctx, crit, scores: dict, layers, x, y, budget: Budget, rcfg: RecoveryConfig | None, gates: Gates, *,

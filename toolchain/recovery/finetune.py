@@ -1,6 +1,6 @@
 """Recovery fine-tuning of a physically pruned model, distilled from its dense parent, cached.
 
-    cfg = RecoveryConfig(epochs=2)
+    cfg = RecoveryConfig()  # the recipe (RECIPE); override fields as flags do: RecoveryConfig(epochs=4)
     recovered, info = recover_cached(pruned, dense, ds, preprocess, cfg, meta=pruned_meta, teacher_sha=sha)
 
 The training loop is :func:`toolchain.train.fit` (AdamW, warmup + cosine per step, class-weighted
@@ -33,21 +33,30 @@ from .distill import check_weights, distill_loss_factory
 VERSION = 1  # bump when the recovery procedure changes what it produces
 _NOT_HASHED = ("quiet", "device")
 
+# THE recovery recipe: RecoveryConfig's defaults, and through them the defaults of `medprune prune`,
+# `medprune deploy` and `medprune study recovery` (the CLIs read this literal from source, so --help stays
+# torch-free; tests/toolchain/test_recovery_recipe.py checks that all three equal it). Pure distillation:
+# the gates compare each class's sensitivity with the dense model's, and class-weighted cross-entropy moves
+# the student's operating point away from the teacher's (recovery study, VGG19 MACs ÷8.8, LRP: CE+KD val
+# worst-class sensitivity drop 6.7 pts, KD alone 0.5 pts). Un-augmented batches repeat exactly, so the
+# teacher's logits are computed once per image.
+RECIPE = {"epochs": 2, "temperature": 4.0, "kd_weight": 1.0, "ce_weight": 0.0, "augment": False}
+
 
 @dataclass(frozen=True)
 class RecoveryConfig:
-    epochs: int = 2
+    epochs: int = RECIPE["epochs"]
     lr: float | None = None  # None: the dense model's training lr
     batch_size: int = 64
-    temperature: float = 4.0
-    kd_weight: float = 1.0
-    ce_weight: float = 1.0
+    temperature: float = RECIPE["temperature"]
+    kd_weight: float = RECIPE["kd_weight"]
+    ce_weight: float = RECIPE["ce_weight"]
     weight_decay: float | None = None  # None: the dense model's
     warmup_epochs: float = 0.1
     min_lr_ratio: float = 0.01
     patience: int = 2
     train_subset: int | None = None
-    augment: bool = True
+    augment: bool = RECIPE["augment"]
     class_weighting: bool = True
     seed: int = 0
     # opt-in: after distillation, a per-class logit offset fitted on val moves the student's operating point
@@ -55,6 +64,11 @@ class RecoveryConfig:
     align: bool = False
     quiet: bool = False
     device: str = "cpu"
+
+    @classmethod
+    def with_overrides(cls, **given: Any) -> RecoveryConfig:
+        """The recipe with the options a user set (``None`` = not set: the recipe's value), validated."""
+        return cls(**{k: v for k, v in given.items() if v is not None}).validate()
 
     def validate(self) -> RecoveryConfig:
         if self.epochs < 1:
