@@ -65,10 +65,18 @@ def _val_figures(y, dense, probs, names) -> dict[str, Any]:
             "n_boot": j["n_boot"]}
 
 
+def state_figures(run: dict, probs: dict) -> dict[str, Any]:
+    """``{"val": ..., "test": ...}`` of one model state (``probs`` per split) against ``run``'s dense model:
+    val drops with deploy's rule, test accuracy and drops, each with its 95 % interval and n."""
+    y, names, dense = run["labels"], run["class_names"], run["dense"]
+    return {"val": {**_val_figures(y["val"], dense["val"], probs["val"], names),
+                    **accuracy_summary(y["val"], probs["val"], names)},
+            "test": {**accuracy_summary(y["test"], probs["test"], names),
+                     **test_drops(y["test"], dense["test"], probs["test"])}}
+
+
 def summarise_run(run: dict, state: str = "kd") -> dict[str, Any]:
     """Rows of every cell x state; the headline chosen among the recovered rows of ``state`` (the recipe)."""
-    y = {s: run["labels"][s] for s in ("val", "test")}
-    names = run["class_names"]
     recipe, rows = state, []  # the loop below rebinds ``state``: the headline reads the recipe's state
     for key, cell in run["cells"].items():
         for state in STATES:
@@ -82,10 +90,7 @@ def summarise_run(run: dict, state: str = "kd") -> dict[str, Any]:
                     cell["params"]["dense"] / cell["params"]["pruned"], "macs": cell["macs"]["pruned"],
                 "params": cell["params"]["pruned"], "speedup_ort": cell["speedup_ort"],
                 "latency_ms": {k: cell["latency_ms"][k]["median_ms"] for k in ("dense", "pruned")},
-                "val": {**_val_figures(y["val"], run["dense"]["val"], probs["val"], names),
-                        **accuracy_summary(y["val"], probs["val"], names)},
-                "test": {**accuracy_summary(y["test"], probs["test"], names),
-                         **test_drops(y["test"], run["dense"]["test"], probs["test"])},
+                **state_figures(run, probs),
                 "recovery": cell.get("recovery", {}).get("summary") if state != "none" else None,
                 "alignment": cell.get("alignment") if state == "kda" else None,
                 "_key": key,
