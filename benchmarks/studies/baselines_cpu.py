@@ -9,6 +9,10 @@
 2. Every model x dataset is trained with its recipe (``toolchain.recipes``), the chosen lr and the shared
    CPU schedule ``toolchain.recipes.CPU_BUDGET`` (about 3000 images seen; the policy's own checkpoints
    are the chosen PneumoniaMNIST ones, reused from the training cache, not trained twice).
+3. Every other checkpoint a committed result cites (``benchmarks.studies.cited_checkpoints``: the
+   recovery study's, the paper grid's, ...) is retrained with its own ``medprune train`` command and its
+   sha256 compared with the cited one (``--cited list``: listed with the training time it recorded, not
+   retrained; the full-length ones take hours on 2 cores).
 
 The whole command is timed: wall clock, CPU time of the process (all its threads) and the 1-min load
 average sampled every 15 s, with the machine's CPU, cores and torch threads, so the minutes can be read
@@ -31,8 +35,9 @@ from pathlib import Path
 
 from toolchain.errors import ConfigError
 
+from . import cited_checkpoints as cc
 from . import hparam_policy as hp
-from .registry import StudyParser, command_line, study
+from .registry import RESULTS, StudyParser, command_line, study
 
 # how each dataset is read (BreastMNIST from its 64 px file, chest_xray_224 decoded at 64 px; both
 # trained at 32 px like PneumoniaMNIST)
@@ -102,16 +107,10 @@ def run_entry(key: str, weights: Path, seconds: float) -> dict:
     """One trained run as the report lists it (test metrics from the checkpoint, read by training's end)."""
     from toolchain.models import read_sidecar
 
-    from .baselines import cli_command
-
     _, side = read_sidecar(weights)
     meta = side["meta"]
     cfg = meta["train_config"]
-    from toolchain.train import TrainConfig
-
-    command = cli_command(TrainConfig(**cfg))
-    if cfg.get("train_subset"):  # baselines.cli_command predates train_subset
-        command += f" --train-subset {cfg['train_subset']}"
+    command = cc.train_command(cfg)
     pick = ("accuracy", "accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "auc", "auc_ci", "n")
     metrics = meta.get("metrics") or {}
     return {"key": key, "checkpoint": str(weights), "weights_sha256": side["weights_sha256"],
@@ -145,6 +144,10 @@ def markdown(doc: dict) -> str:
     missing = [f"{m}:{d}" for d in DATASETS for m in hp.MODELS if f"{m}:{d}" not in done]
     if missing:
         lines += ["", f"**Not run** (of `make baselines`' {len(DATASETS) * len(hp.MODELS)} runs): " + ", ".join(missing)]
+    lines += cc.markdown_lines(doc.get("cited", []))
+    if doc.get("cited_added_by"):
+        lines += ["", f"(Cited-checkpoint section added to this finished run by `{doc['cited_added_by']}`, "
+                  "which trained nothing.)"]
     lines += ["", "## Reproduce each run", "", *[f"- {r['key']}: `{r['command']}`" for r in doc["runs"]], ""]
     return "\n".join(lines)
 
@@ -176,9 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_list("--datasets", default=",".join(DATASETS), choices=list(DATASETS), help="datasets to train on")
     p.add_argument("--policy-from", type=Path, default=None, metavar="JSON",
                    help="take the learning rates from a finished hparam_policy.json instead of running the policy")
+    p.add_argument("--cited", choices=("train", "list"), default="train",
+                   help="retrain the other checkpoints the committed results cite, or only list them [default: train]")
+    p.add_argument("--finished", type=Path, default=None, metavar="DIR",
+                   help="add the cited-checkpoint section (listed, not retrained) to the finished run in DIR")
     p.add_out()
     a = p.parse_args(argv)
     out = Path(a.out)
+    if a.finished:
+        return _add_cited(a.finished, out, command_line("baselines_cpu", argv))
     wall0, cpu0 = time.perf_counter(), time.process_time()
     doc: dict = {"schema": "medprune.baselines_cpu/1", "command": command_line("baselines_cpu", argv),
                  "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -201,9 +210,35 @@ def main(argv: list[str] | None = None) -> int:
                 doc["trained"] = trained_minutes(policy, doc["runs"])
                 _write(doc, out)  # after every run: a stopped command keeps what finished
                 hp.log(f"== {key}: weights sha256 {doc['runs'][-1]['weights_sha256']}")
+        doc["cited"] = cc.section(RESULTS, produced_by(policy, doc["runs"]), train=a.cited == "train", log=hp.log)
     doc["timing"], doc["trained"] = _timing(wall0, cpu0, load), trained_minutes(policy, doc["runs"])
     _write(doc, out)
     hp.log(f"wrote {out / 'baselines_cpu.json'}: {doc['timing']['wall_min']:.1f} min wall")
+    return 0
+
+
+def produced_by(policy: dict, runs: list[dict]) -> dict[str, str]:
+    """weights sha256 -> the runs of this command that made it (a policy candidate and a grid run may share one)."""
+    made: dict[str, list[str]] = {}
+    for m in policy["models"]:
+        for r in m["candidates"]:
+            made.setdefault(r["sha256"], []).append(f"policy {m['model']} lr {r['lr']:g}")
+    for r in runs:
+        made.setdefault(r["weights_sha256"], []).append(r["key"])
+    return {sha: " = ".join(names) for sha, names in made.items()}
+
+
+def _add_cited(finished: Path, out: Path, command: str) -> int:
+    """``--finished``: the run in ``finished`` plus the cited-checkpoint section, written to ``out``."""
+    paths = [finished / "baselines_cpu.json", finished / "hparam_policy.json"]
+    if not all(p.is_file() for p in paths):
+        raise ConfigError(f"--finished: {finished} lacks baselines_cpu.json or hparam_policy.json")
+    doc, policy = (json.loads(p.read_text()) for p in paths)
+    doc["cited"] = cc.section(RESULTS, produced_by(policy, doc["runs"]), train=False, log=hp.log)
+    doc["cited_added_by"] = command
+    out.mkdir(parents=True, exist_ok=True)
+    hp.write(policy, out)
+    _write(doc, out)
     return 0
 
 

@@ -64,3 +64,18 @@ def test_policy_from_a_finished_run_needs_every_model(tmp_path):
         bc._read_policy(path, ["resnet50", "vit_b16"])
     with pytest.raises(ConfigError, match="not found"):
         bc._read_policy(tmp_path / "none.json", ["resnet50"])
+
+
+def test_produced_by_names_every_run_that_made_a_checkpoint():
+    policy = {"models": [{"model": "resnet50", "candidates": [{"sha256": "a", "lr": 1e-3}, {"sha256": "b", "lr": 3e-3}]}]}
+    runs = [{"weights_sha256": "b", "key": "resnet50:pneumoniamnist"}, {"weights_sha256": "c", "key": "resnet50:breastmnist"}]
+    assert bc.produced_by(policy, runs) == {"a": "policy resnet50 lr 0.001",
+                                            "b": "policy resnet50 lr 0.003 = resnet50:pneumoniamnist",
+                                            "c": "resnet50:breastmnist"}
+
+
+def test_finished_needs_a_finished_run(tmp_path):
+    from toolchain.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        bc.main(["--finished", str(tmp_path), "--out", str(tmp_path / "out")])
