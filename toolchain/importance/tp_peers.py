@@ -7,9 +7,13 @@ the same ``remove_units`` as medprune's criteria; ``group_options`` tells the ma
 TP score unchanged (no second normalisation, members averaged = the TP score itself).
 
 Settings follow Torch-Pruning's README/benchmarks: ``GroupMagnitudeImportance(p=2)`` (and p=1),
-``GroupTaylorImportance()`` after ``loss.backward()`` on a batch, ``LAMPImportance(p=2)``,
-``GroupHessianImportance()`` with per-sample gradients accumulated, ``RandomImportance()``; all with
-their default ``group_reduction="mean"`` and normalisers. Units in groups that cannot be removed (blocked)
+``GroupTaylorImportance()`` after ``loss.backward()`` on a batch, ``LAMPImportance(p=2)`` (as TP's
+``reproduce/main.py --method lamp``: its own ``normalizer="lamp"``), ``GroupHessianImportance()`` with
+per-sample gradients accumulated (as TP's ``benchmark_importance_criteria.py`` / ``test_hessian_importance.py``:
+``imp.zero_grad()``, then per sample ``model.zero_grad(); loss.backward(); imp.accumulate_grad(model)``),
+``RandomImportance()``; all with their default ``group_reduction="mean"`` and normalisers. TP's own
+``accumulate_grad`` (1.6.1, and upstream at e80127d) keeps only the *last* sample's squared gradient (it
+tests ``name in`` a dict keyed by parameters), so ``_GroupHessian`` sums them as the docs describe. Units in groups that cannot be removed (blocked)
 get the largest score, so they are never the first masked at neuron granularity either.
 """
 
@@ -34,6 +38,17 @@ def _grad_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: i
     """TP's Taylor recipe: the summed CE loss's gradients accumulate in ``param.grad``."""
     for sl in batches(len(x), batch_size):
         F.cross_entropy(model(x[sl]), y[sl], reduction="sum").backward()
+
+
+class _GroupHessian(tp.importance.GroupHessianImportance):
+    """TP's group Hessian (OBD) importance with the squared per-sample gradients summed, not overwritten."""
+
+    def accumulate_grad(self, model: nn.Module) -> None:
+        for param in model.parameters():
+            if param.grad is not None:
+                g2 = param.grad.detach().pow(2)
+                self._accu_grad[param] = self._accu_grad[param] + g2 if param in self._accu_grad else g2.clone()
+                self._counter[param] = self._counter.get(param, 0) + 1
 
 
 def _per_sample(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, imp) -> None:
@@ -139,7 +154,7 @@ PEERS = {
     "tp-lamp": dict(make=lambda: tp.importance.LAMPImportance(p=2)),
     "tp-random": dict(make=tp.importance.RandomImportance),
     "tp-taylor": dict(make=tp.importance.GroupTaylorImportance, prepare=_grad_loss),
-    "tp-hessian": dict(make=tp.importance.GroupHessianImportance, prepare=_per_sample),
+    "tp-hessian": dict(make=_GroupHessian, prepare=_per_sample),
 }
 for _name, _row in PEERS.items():
     _peer(_name, needs_data=_row.get("prepare") is not None, **_row)
