@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._recovery_revisit import _probs, align_cell, recovered_checkpoint, retime_cell  # noqa: F401 (old home)
 from .registry import StudyParser, command_line, study
 
 # One documented dense recipe for every dataset (full train split, `medprune train` with these flags):
@@ -101,13 +102,6 @@ def train_command(train_config: dict | None, fallback: str) -> str:
     return "medprune train " + " ".join([f"--{k.replace('_', '-')} {train_config[k]}" for k in keys] + build)
 
 
-def _probs(model, ctx, split: str):
-    from toolchain.evaluate import predict
-
-    probs, labels = predict(model, ctx.ds, split, ctx.preprocess, device=ctx.device)
-    return probs.round(6).tolist(), labels.tolist()
-
-
 def _dense_probs(ctx) -> dict[str, dict]:
     """Dense val/test probabilities and labels, cached per checkpoint (parallel runs share them)."""
     path = _cache_root() / f"dense-{ctx.sha256[:16]}-{ctx.ds.fingerprint[:12]}.json"
@@ -167,6 +161,8 @@ def run_model(model: str, data: str, args, log) -> dict[str, Any]:
     from toolchain.recovery import RecoveryConfig, masker_for, pruner_at
     from toolchain.units import find_unit_layers
 
+    from . import _recovery_versions as versions
+
     weights, train_cmd = dense_checkpoint(model, data, dict(c.split("=", 1) for c in args.checkpoint or []))
     ctx = load_context(weights)  # the checkpoint's own dataset, loaded as it was trained (load size, val cut)
     if ctx.ds.name != data:
@@ -182,7 +178,7 @@ def run_model(model: str, data: str, args, log) -> dict[str, Any]:
     out = {"model": model, "checkpoint": str(weights), "checkpoint_sha256": ctx.sha256, "train_command": train_cmd,
            "dataset": ctx.ds.name, "dataset_fingerprint": ctx.ds.fingerprint, "reference_indices": idx.tolist(),
            **_dense_probs(ctx),
-           "class_names": list(ctx.ds.class_names), "cells": {}}
+           "class_names": list(ctx.ds.class_names), "cells": {}, "code_versions": {}, "stale_cells": []}
     def pruner(name: str):
         crit = get_criterion(name)
         t0 = time.perf_counter()
@@ -192,13 +188,15 @@ def run_model(model: str, data: str, args, log) -> dict[str, Any]:
 
     for name in args.criteria:
         prune = None  # scored only when a cell has to be computed
+        version = out["code_versions"][name] = versions.cell_code_version(name)
         for target in targets_for(model, args):
             key = digest({"v": CELL_VERSION, "ckpt": ctx.sha256, "crit": name, "target": target, "refs": idx.tolist(),
                           "recovery": rcfg.recipe() if rcfg else None, "threads": args.threads})
             path = _cache_root() / f"{data}-{model}-{name}-{target:g}-{key[:12]}.json"
-            if path.is_file():
-                cell = json.loads(path.read_text())
-                log(f"{data}/{model} · {name} · ÷{target:g}: cached")
+            cell = json.loads(path.read_text()) if path.is_file() else None
+            stale = versions.staleness(cell, version) if cell is not None else None
+            if cell is not None and not (stale and getattr(args, "recompute_stale", False)):
+                log(f"{data}/{model} · {name} · ÷{target:g}: cached" + (f" ({stale} code version)" if stale else ""))
                 if args.retime and "retimed" not in cell and retime_cell(ctx, cell, example, args):
                     _write_json(path, cell)
                     log(f"{data}/{model} · {name} · ÷{target:g}: retimed ×{cell['speedup_ort']:.2f} "
@@ -214,8 +212,10 @@ def run_model(model: str, data: str, args, log) -> dict[str, Any]:
                 prune = prune or pruner(name)
                 cell = run_cell(ctx, prune, example, target, rcfg, args.threads, args.repeats,
                                 lambda m, n=name: log(f"{model} · {n} · {m}"), align=args.align)
-                cell["criterion"] = name
+                cell["criterion"], cell["code_version"], stale = name, version, None
                 _write_json(path, cell)
+            if stale:
+                out["stale_cells"].append(versions.stale_entry(data, model, name, target, cell, stale, path))
             out["cells"][f"{name}/{target:g}"] = cell
     return out
 
@@ -224,56 +224,6 @@ def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj))
     tmp.replace(path)
-
-
-def recovered_checkpoint(cell: dict) -> Path | None:
-    """The cell's recovered (distilled, unaligned) checkpoint in the cache, or None."""
-    from toolchain import settings
-
-    key = (cell.get("recovery") or {}).get("key")
-    weights = settings.cache_dir() / "recovered" / str(key)[:16] / "model.safetensors" if key else None
-    return weights if weights is not None and weights.is_file() else None
-
-
-def align_cell(ctx, cell: dict, model=None) -> bool:
-    """Add the ``kda`` state: the recovered model with the val-fitted logit offset folded in
-    (``toolchain.recovery.align``), its val/test probabilities and the fit's report. The offset is fitted
-    on val only (K - 1 free numbers). False when the cell has no recovered checkpoint."""
-    from toolchain.models import load_checkpoint
-    from toolchain.recovery import align_to_teacher
-
-    if model is None:
-        weights = recovered_checkpoint(cell)
-        if weights is None:
-            return False
-        model, _ = load_checkpoint(weights)
-    aligned, report = align_to_teacher(model.eval(), ctx.model, ctx.ds, ctx.preprocess, device=ctx.device)
-    for split in ("val", "test"):
-        cell["probs"][f"kda/{split}"], _ = _probs(aligned, ctx, split)
-    cell["alignment"] = report
-    return True
-
-
-def retime_cell(ctx, cell: dict, example, args) -> bool:
-    """Measure the cell's ORT speedup again (``--retime``), from its recovered checkpoint (same
-    architecture as the pruned model), when the first measurement ran on a loaded machine. The first
-    measurement is kept as ``latency_first``. False when the cell has no recovered checkpoint."""
-    from toolchain.budget import ort_latency_ms
-    from toolchain.models import load_checkpoint
-
-    weights = recovered_checkpoint(cell)
-    if weights is None:
-        return False
-    model, _ = load_checkpoint(weights)
-    load = os.getloadavg()[0]
-    lat = ort_latency_ms({"dense": ctx.model, "pruned": model.eval()}, example, repeats=args.repeats,
-                         threads=args.threads)
-    cell["latency_first"] = {"latency_ms": cell["latency_ms"], "speedup": cell["speedup_ort"],
-                             "load_avg_1min": cell.get("load_avg_1min")}
-    cell["latency_ms"], cell["load_avg_1min"] = lat, load
-    cell["speedup_ort"] = lat["dense"]["median_ms"] / lat["pruned"]["median_ms"]
-    cell["retimed"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    return True
 
 
 def targets_for(model: str, args) -> list[float]:
@@ -336,6 +286,9 @@ def parser() -> StudyParser:
                    help="the recovery state the headline reads (kd+align needs --align); chosen on val")
     p.add_argument("--cached-only", action="store_true",
                    help="report the cells already computed (e.g. by parallel per-criterion runs), compute none")
+    p.add_argument("--recompute-stale", action="store_true",
+                   help="recompute cached cells computed by another code version of the criterion, removal or "
+                        "recovery code, or before versions were recorded (else they are reused and listed)")
     p.add_argument("--retime", action="store_true",
                    help="measure the ORT speedup of cached cells again (once) from their recovered checkpoints")
     p.add_argument("--runtimes", action="store_true",
@@ -361,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.recipe == "kd+align" and not args.align:
         p.error("--recipe kd+align needs --align")
+    if args.recompute_stale and args.cached_only:
+        p.error("--recompute-stale computes cells; it cannot go with --cached-only")
     configure_threads()
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
 
@@ -384,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
             # measured even with --cached-only: --runtimes asks for it (cached per dense + chosen model)
             m["quant"] = quant_for_run(run, m["headline"], cache_root=_cache_root(), threads=args.threads,
                                        repeats=args.repeats, log=log)
+    from . import _recovery_versions as versions
+
+    doc["cell_versions"] = versions.summary(runs)
     report.write(doc, runs, Path(args.out))
+    versions.append_section(Path(args.out) / "recovery.md", doc["cell_versions"])
     log(f"wrote {Path(args.out) / 'recovery.json'}")
     return 0
