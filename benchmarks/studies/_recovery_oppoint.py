@@ -16,14 +16,15 @@ from typing import Any
 import numpy as np
 
 
-def _figures(y, dense, probs, names, md: dict) -> dict[str, Any]:
-    """``md``: the dense model's metrics on this split (the same for every row, so computed once by the caller)."""
+def _figures(y, dense, probs, names, md: dict, d: dict | None = None) -> dict[str, Any]:
+    """``md``: the dense model's metrics on this split (the same for every row, so computed once by the caller);
+    ``d``: the row's per-class drops when the report already has them (val: the rule's own bootstrap)."""
     from toolchain.lossless import drops
     from toolchain.metrics import compute_metrics
 
     y, dense, probs = np.asarray(y), np.asarray(dense, np.float64), np.asarray(probs, np.float64)
     mp = compute_metrics(y, probs, names)
-    d = drops(y, dense, probs, names)
+    d = d if d is not None else drops(y, dense, probs, names)
     return {"n": int(len(y)), "auc_dense": md.get("auc"), "auc_dense_ci": md.get("auc_ci"),
             "auc": mp.get("auc"), "auc_ci": mp.get("auc_ci"),
             "mean_prob_dense": dense.mean(0).tolist(), "mean_prob": probs.mean(0).tolist(),
@@ -44,9 +45,11 @@ def table(run: dict, rows: list[dict]) -> list[dict[str, Any]]:
     out = []
     for r in picked:
         probs = run["cells"][r["_key"]]["probs"]
+        # val's per-class drops are those deploy's rule bootstrapped for the row (same seed and replicates)
+        known = {"val": r["val"], "test": None}
         out.append({"criterion": r["criterion"], "target_macs_div": r["target_macs_div"], "state": r["state"],
-                    **{s: _figures(run["labels"][s], run["dense"][s], probs[f"{r['state']}/{s}"], names, dense[s])
-                       for s in splits}})
+                    **{s: _figures(run["labels"][s], run["dense"][s], probs[f"{r['state']}/{s}"], names, dense[s],
+                                   known[s]) for s in splits}})
     return out
 
 

@@ -169,12 +169,14 @@ def build(runs: list[dict], args: dict, command: str, started: str) -> dict[str,
     from benchmarks.harness import machine_info
 
     models = {}
+    from ._recovery_latency import table as latency_table
     from ._recovery_oppoint import table as oppoint_table
     from ._recovery_oppoint import val_resolution as oppoint_val_resolution
 
     for run in runs:
         s = summarise_run(run, "kda" if args.get("recipe") == "kd+align" else "kd")
         s["operating_point"] = oppoint_table(run, s["rows"])
+        s["equal_latency"] = latency_table(run, s["rows"], s["headline"]["state"])
         s["val_resolution"] = oppoint_val_resolution(run["labels"]["val"], run["class_names"])
         s["class_names"] = list(run["class_names"])
         for r in s["rows"]:
@@ -355,41 +357,10 @@ def markdown(doc: dict) -> str:
         for v in m["verdicts"]:
             tally[v["verdict"]] = tally.get(v["verdict"], 0) + 1
         lines += ["", f"Tally: {', '.join(f'{k} {n}' for k, n in sorted(tally.items()))}", ""]
+        from ._recovery_latency import markdown as latency_markdown
+
+        lines += latency_markdown(m.get("equal_latency") or [], STATES.get(h.get("state"), "recovered"))
     return "\n".join(lines) + "\n"
-
-
-def plot(doc: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = list(doc["models"])
-    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 9), squeeze=False)
-    for col, model in enumerate(models):
-        rows = doc["models"][model]["rows"]
-        crits = sorted({r["criterion"] for r in rows})
-        colors = dict(zip(crits, plt.cm.tab10.colors, strict=False))
-        dense = rows[0]["test"]["accuracy"] + rows[0]["test"]["accuracy_drop_pts"]["value"] / 100 if rows else None
-        for ax, xkey, xlabel in ((axes[0][col], "speedup_ort", "measured ORT batch-1 speedup (dense/pruned)"),
-                                 (axes[1][col], "macs_ratio", "MACs reduction (dense/pruned)")):
-            for c in crits:
-                for state, (ls, mk) in zip(STATES, ((":", "x"), ("--", "s"), ("-", "o")), strict=True):
-                    pts = sorted((r[xkey], 100 * r["test"]["accuracy"]) for r in rows
-                                 if r["criterion"] == c and r.get("state", "kd") == state)
-                    if pts:
-                        ax.plot(*zip(*pts, strict=True), color=colors[c], ls=ls, marker=mk,
-                                label=f"{c} {STATES[state]}")
-            if dense is not None:
-                ax.axhline(100 * dense, color="k", lw=0.8, label="dense")
-            ax.set_title(f"{model}: test accuracy vs {'measured speedup' if xkey == 'speedup_ort' else 'MACs'}")
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel("test accuracy (%)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
-    plt.close(fig)
 
 
 def write(doc: dict, runs: list[dict], out: Path) -> None:
@@ -400,5 +371,7 @@ def write(doc: dict, runs: list[dict], out: Path) -> None:
         json.dump(doc, fh, indent=1, default=str)
     with atomic_file(out / "recovery.md", "w") as fh:
         fh.write(markdown(doc))
+    from ._recovery_plot import plot
+
     with atomic_path(out / "recovery.png") as tmp:
         plot(doc, tmp)

@@ -1,0 +1,107 @@
+"""Recovery report at equal measured latency: pairing by measured speedup, the dominance verdicts, the Pareto
+front, and the val drops bootstrapped once per row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.studies import _recovery_latency as lat
+from benchmarks.studies import _recovery_report as rep
+
+Y = np.array([0] * 40 + [1] * 160)
+
+
+def _pred(wrong: int) -> np.ndarray:
+    """One-hot predictions with the first ``wrong`` class-1 images misclassified."""
+    pred = Y.copy()
+    pred[40:40 + wrong] = 0
+    return np.eye(2)[pred]
+
+
+def _cell(crit: str, target: float, speedup: float, wrong: int) -> dict:
+    p = _pred(wrong)
+    return {"criterion": crit, "target_macs_div": target, "ratio": 0.5, "speedup_ort": speedup,
+            "macs": {"ratio": target, "dense": 10, "pruned": 10 / target}, "params": {"dense": 4, "pruned": 2},
+            "latency_ms": {"dense": {"median_ms": speedup}, "pruned": {"median_ms": 1.0}},
+            "probs": {"kd/val": p, "kd/test": p}}
+
+
+def _run(cells: list[dict]) -> dict:
+    return {"labels": {"val": Y, "test": Y}, "dense": {"val": _pred(0), "test": _pred(0)}, "class_names": ["a", "b"],
+            "cells": {f"{c['criterion']}/{c['target_macs_div']:g}": c for c in cells}, "model": "vgg19",
+            "dataset": "tiny", "checkpoint": "x", "checkpoint_sha256": "0" * 64, "train_command": "t",
+            "dataset_fingerprint": "f"}
+
+
+def test_neighbours_are_the_nearest_peer_cells_not_faster_and_not_slower():
+    peer = [2.5, 4.0, 3.2]
+    assert lat.neighbours(3.0, peer) == (0, 2)
+    assert lat.neighbours(2.0, peer) == (None, 0)
+    assert lat.neighbours(5.0, peer) == (1, None)
+    assert lat.neighbours(3.2, peer) == (2, 2)  # an equally fast peer cell is on both sides
+
+
+def test_verdict_needs_dominance_and_says_tie_when_the_peer_curve_is_not_monotone():
+    above, below, zero = {"ci_pts": [1.0, 3.0]}, {"ci_pts": [-3.0, -1.0]}, {"ci_pts": [-1.0, 1.0]}
+    assert lat.verdict(above, zero) == "win" and lat.verdict(None, below) == "lose"
+    assert lat.verdict(above, below) == "tie" and lat.verdict(zero, zero) == "tie"
+    assert lat.verdict(None, None) == "n/a" and lat.verdict(above, None) == "win"
+
+
+def test_cells_are_paired_by_measured_speedup_not_by_macs_target():
+    # lrp ÷5 measured x5.3; the peer's ÷5 cell is x6.2 (faster) and its ÷3 cell x5.0 (slower)
+    cells = [_cell("lrp", 5, 5.3, 0), _cell("tp-taylor", 5, 6.2, 0), _cell("tp-taylor", 3, 5.0, 30),
+             _cell("random", 5, 4.0, 0), _cell("random", 8, 7.0, 40)]
+    rows = rep.summarise_run(_run(cells))["rows"]
+    by_peer = {e["peer"]: e for e in lat.table(_run(cells), rows, "kd", n_boot=200)}
+    tp = by_peer["tp-taylor"]
+    assert tp["vs_not_faster"]["peer_target"] == 3 and tp["vs_not_slower"]["peer_target"] == 5
+    assert tp["vs_not_faster"]["diff_pts"] == pytest.approx(15.0)  # 30 of 200 images
+    assert tp["vs_not_faster"]["ci_pts"][0] > 0 and tp["verdict"] == "win"
+    rnd = by_peer["random"]  # random's x4.0 cell is as accurate and slower, its x7.0 cell less accurate
+    assert rnd["vs_not_faster"]["diff_pts"] == pytest.approx(0.0) and rnd["verdict"] == "tie"
+
+
+def test_a_faster_and_more_accurate_peer_cell_dominates():
+    cells = [_cell("taylor", 3, 3.0, 20), _cell("tp-magnitude", 3, 3.4, 0)]
+    [e] = lat.table(_run(cells), rep.summarise_run(_run(cells))["rows"], "kd", n_boot=200)
+    assert e["vs_not_faster"] is None and e["vs_not_slower"]["peer_speedup"] == 3.4 and e["verdict"] == "lose"
+    text = "\n".join(lat.markdown([e], "KD"))
+    assert "| lose |" in text and "Tally at equal measured latency: lose 1" in text and "n=200" in text
+
+
+def test_pareto_front_keeps_the_undominated_points():
+    pts = [(2.0, 0.90), (3.0, 0.89), (3.0, 0.85), (4.0, 0.80), (2.5, 0.88)]
+    assert lat.pareto_front(pts) == [0, 1, 3]
+
+
+def test_report_bootstraps_each_rows_val_drops_once(monkeypatch):
+    """The operating-point table reuses the drops deploy's rule computed for the row (review leftover)."""
+    import toolchain.lossless as lossless
+
+    cells = [_cell("lrp", 3, 3.0, 0)]
+    kd_val = cells[0]["probs"]["kd/val"]
+    real, calls = lossless.drops, []
+
+    def counting(y, p_dense, p_pruned, *a, **k):
+        calls.append(len(y) == len(Y) and np.array_equal(np.asarray(p_pruned), kd_val))
+        return real(y, p_dense, p_pruned, *a, **k)
+
+    monkeypatch.setattr(lossless, "drops", counting)
+    doc = rep.build([_run(cells)], {"criteria": ["lrp"], "macs": [3.0], "threads": 1}, "cmd", "now")
+    m = doc["models"]["tiny:vgg19"]
+    assert len(m["operating_point"]) == 1 and m["equal_latency"] == []
+    # val and test share the images here, so the operating point's test call matches too: 1 (rule) + 1 (test)
+    assert sum(calls) == 2
+    assert m["operating_point"][0]["val"]["sensitivity_drop_ci_pts"] == m["rows"][0]["val"]["sensitivity_drop_ci_pts"]
+
+
+def test_report_writes_the_pareto_figure_and_the_equal_latency_table(tmp_path):
+    cells = [_cell("lrp", 3, 3.0, 0), _cell("tp-taylor", 3, 3.4, 10)]
+    run = _run(cells)
+    doc = rep.build([run], {"criteria": ["lrp", "tp-taylor"], "macs": [3.0], "threads": 1}, "cmd", "now")
+    rep.write(doc, [run], tmp_path)
+    text = (tmp_path / "recovery.md").read_text()
+    assert "Equal measured latency (KD" in text and "Tally at equal measured latency: tie 1" in text
+    assert (tmp_path / "recovery.png").read_bytes()[:4] == b"\x89PNG"
