@@ -8,30 +8,9 @@ import pytest
 
 from benchmarks.studies import _recovery_latency as lat
 from benchmarks.studies import _recovery_report as rep
-
-Y = np.array([0] * 40 + [1] * 160)
-
-
-def _pred(wrong: int) -> np.ndarray:
-    """One-hot predictions with the first ``wrong`` class-1 images misclassified."""
-    pred = Y.copy()
-    pred[40:40 + wrong] = 0
-    return np.eye(2)[pred]
-
-
-def _cell(crit: str, target: float, speedup: float, wrong: int) -> dict:
-    p = _pred(wrong)
-    return {"criterion": crit, "target_macs_div": target, "ratio": 0.5, "speedup_ort": speedup,
-            "macs": {"ratio": target, "dense": 10, "pruned": 10 / target}, "params": {"dense": 4, "pruned": 2},
-            "latency_ms": {"dense": {"median_ms": speedup}, "pruned": {"median_ms": 1.0}},
-            "probs": {"kd/val": p, "kd/test": p}}
-
-
-def _run(cells: list[dict]) -> dict:
-    return {"labels": {"val": Y, "test": Y}, "dense": {"val": _pred(0), "test": _pred(0)}, "class_names": ["a", "b"],
-            "cells": {f"{c['criterion']}/{c['target_macs_div']:g}": c for c in cells}, "model": "vgg19",
-            "dataset": "tiny", "checkpoint": "x", "checkpoint_sha256": "0" * 64, "train_command": "t",
-            "dataset_fingerprint": "f"}
+from tests.benchmarks.studies.recovery_fixtures import Y
+from tests.benchmarks.studies.recovery_fixtures import fake_cell as _cell
+from tests.benchmarks.studies.recovery_fixtures import fake_run as _run
 
 
 def test_neighbours_are_the_nearest_peer_cells_not_faster_and_not_slower():
