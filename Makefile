@@ -18,7 +18,7 @@ PRECISION ?= default
 OUT ?= dist
 SIGN_KEY ?=
 
-.PHONY: install test lint deploy recovery bench baselines importance removal export-bench tensorrt-check paper studies clean
+.PHONY: install test lint deploy recovery recovery-schedule bench baselines importance removal export-bench tensorrt-check paper studies clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -40,6 +40,9 @@ deploy: install
 
 recovery: install
 	$(MEDPRUNE) study recovery
+
+recovery-schedule: install
+	$(MEDPRUNE) study recovery_schedule
 
 bench: install
 	$(MEDPRUNE) study harness_report
