@@ -113,6 +113,9 @@ def deploy_cmd(
 
     console = Console()
     columns = {"dense": summary["dense"], f"pruned {summary['ratio']:.0%}": summary["pruned"]}
+    if summary.get("pruned_before_recovery"):  # a budget run: the pruned model before and after recovery
+        columns = {"dense": summary["dense"], f"pruned {summary['ratio']:.0%}": summary["pruned_before_recovery"],
+                   "recovered": summary["pruned"]}
     cal = summary.get("calibration") or {}
     if "fit_split" in cal:
         columns[f"deployed (T={cal['temperature']:.2f})"] = summary["deployed"]
@@ -122,6 +125,13 @@ def deploy_cmd(
     if drop:
         console.print(f"test accuracy drop {summary['gates']['accuracy_drop_pts']:.2f} pts "
                       f"[95% CI {drop[0]:.2f}, {drop[1]:.2f}] (gate: <= {summary['gates']['tolerance_pts']})")
+    rec = summary.get("recovery")
+    if rec:
+        m = rec["measured"]
+        console.print(f"budget {rec['budget']['kind']} {rec['budget']['value']:g} "
+                      f"({'met' if rec['budget']['met'] else 'NOT met'}): {m['quantity']} {m['dense']:.4g} → "
+                      f"{m['pruned']:.4g} (÷{m.get('speedup', m.get('reduction')):.2f}, {m['label']}); recovery "
+                      + ", ".join(f"{k} {v}" for k, v in (rec.get("recipe") or {}).items()))
     for line in (summary.get("selection") or {}).get("warnings") or []:
         console.print(f"[yellow]warning:[/] {line}")
     cmp = summary.get("compare") or {}

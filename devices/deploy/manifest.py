@@ -45,10 +45,11 @@ def build_manifest(cfg, profile, ctx, *, exported: str, pr, exp, bench, fid: dic
                                              int(ctx.meta["img_size"])], "dtype": "float32", "layout": "NCHW"},
         # the test split, read once after every choice was made on val; 95 % intervals and n throughout
         "metrics": {"split": "test", "n": test["n"], "read": test["read"], "dense": test["dense"],
-                    "pruned": test["pruned"],
+                    "pruned": test["pruned"],  # after pruning to a budget: the recovered model
                     # what the package's model computes: the pruned model with its temperature folded in
                     "deployed": test["deployed"], "drop": test["drop"], "gates": gates,
-                    "val": pr.data["val"]},
+                    "val": pr.data["val"], **_before_recovery(test, pr.data)},
+        "recovery": recovery_record(pr.data, selection),
         # how the ratio was chosen (val only): the rule, its numbers with intervals, and its warnings
         "selection": selection,
         "warnings": list(selection.get("warnings") or []),
@@ -76,6 +77,33 @@ def build_manifest(cfg, profile, ctx, *, exported: str, pr, exp, bench, fid: dic
         "reproducibility": "same seed and inputs → identical files except reports/*; in manifest.json only "
                            "files['reports/…'] and manifest_sha256 differ",
     }
+
+
+def _before_recovery(test: dict, pruned: dict) -> dict:
+    """Budget runs: the pruned model before recovery, on test (reported, not judged) and on val."""
+    if "pruned_before_recovery" not in test:
+        return {}
+    return {"pruned_before_recovery": test["pruned_before_recovery"],
+            "val_before_recovery": pruned.get("val_before_recovery")}
+
+
+def recovery_record(pruned: dict, selection: dict) -> dict | None:
+    """Budget runs: the budget, the cost measured at the chosen ratio, and the recovery recipe; None otherwise."""
+    if selection.get("mode") != "budget":
+        return None
+    budget = selection.get("budget") or {}
+    cost = budget.get("cost") or {}
+    rec = (pruned.get("recipe") or {}).get("recovery") or {}
+    timed = budget.get("kind") in ("speedup", "latency_ms")
+    return {"budget": {k: budget.get(k) for k in ("kind", "value", "met")},
+            # at the chosen ratio, on the model before recovery (recovery keeps the architecture)
+            "measured": {"quantity": "batch-1 latency, median ms" if timed else budget.get("kind"),
+                         "dense": cost.get("dense"), "pruned": cost.get("pruned"),
+                         "speedup" if timed else "reduction": cost.get("ratio"),
+                         "label": budget.get("latency_label") if timed else "counted"},
+            "recipe": rec.get("recipe"), "key": rec.get("key"), "version": rec.get("version"),
+            "fit": (pruned.get("recovery") or {}).get("summary"),
+            "val_rule": {k: (selection.get("val") or {}).get(k) for k in ("passes", "failed")}}
 
 
 def input_profile_for(ctx) -> dict:

@@ -103,6 +103,7 @@ def build(cfg, profile, pipe, ctx, *, pr, exp, bench, fid, cal: dict | None, tes
                        f"max |Δprob| {report['max_abs_prob_diff']:.1e}; {report['signature']}[/]")
     return {"package": str(folder), "tarball": str(tarball), "name": name, "verify": report,
             "dense": test["dense"], "pruned": test["pruned"], "deployed": test["deployed"],
+            "pruned_before_recovery": test.get("pruned_before_recovery"), "recovery": manifest["recovery"],
             "calibration": manifest["calibration"], "ratio": ratio, "gates": gates, "selection": selection,
             "compare": pr.data["compare"], "fidelity": fid, "bench": bench.data["summary"],
             "export_verification": exp.data["verification"], "package_seconds": round(time.perf_counter() - t0, 1)}

@@ -1,7 +1,8 @@
 """Stage 8, **test-report**: the test split, read once, after every choice was made on val.
 
 Dense, pruned and deployed (temperature-scaled) models are scored on the whole test split with 95 %
-intervals and per-class n (``toolchain.metrics.compute_metrics``), and the deployed model's drops
+intervals and per-class n (after pruning to a budget "pruned" is the recovered model, and the pruned model
+before recovery is reported too, as ``pruned_before_recovery``: reported, never judged) (``toolchain.metrics.compute_metrics``), and the deployed model's drops
 against the dense one get paired bootstrap intervals (``lossless.judge``). Then the **clinical gates**
 judge those held-out numbers once: the test accuracy drop must be at most ``--tolerance`` points and
 every class's sensitivity drop at most ``--sens-tolerance`` points (point estimates; the intervals are
@@ -35,9 +36,11 @@ class FinalReport(Stage):
     sens_tolerance: float
     seed: int  # bootstrap seed
     ordinal: bool = added(False)  # graded classes: QWK and grade MAE, and their drops
+    unrecovered: str | None = added(None)  # budget runs: digest of the prune stage before recovery
     ctx: Any = live()
     pruned_weights: Any = live()
     deployed_weights: Any = live()
+    unrecovered_weights: Any = live()
 
     def run(self, workdir: Path) -> dict:
         from toolchain.evaluate import predict
@@ -47,7 +50,11 @@ class FinalReport(Stage):
 
         ctx, names = self.ctx, list(self.ctx.ds.class_names)
         probs = {"dense": predict(ctx.model, ctx.ds, "test", ctx.preprocess)}
-        for which, path in (("pruned", self.pruned_weights), ("deployed", self.deployed_weights)):
+        weights = {"pruned": self.pruned_weights, "deployed": self.deployed_weights,
+                   "pruned_before_recovery": self.unrecovered_weights}
+        for which, path in weights.items():
+            if path is None:
+                continue
             model, _ = load_checkpoint(path)
             probs[which] = predict(model, ctx.ds, "test", ctx.preprocess)
         y = probs["dense"][1]
@@ -61,14 +68,16 @@ class FinalReport(Stage):
         return out
 
 
-def final_report(cfg, pipe, ctx, trained, pr, source, weights: Path):
-    """The final report stage (call inside ``holdout.report_phase()``)."""
+def final_report(cfg, pipe, ctx, trained, pr, source, weights: Path, unrecovered=None):
+    """The final report stage (call inside ``holdout.report_phase()``); ``unrecovered``: the prune stage
+    before recovery (budget runs), whose test metrics are reported beside the recovered model's."""
     from toolchain.ordinal import is_ordinal
 
     return FinalReport(checkpoint=trained.sha256, data=ctx.ds.fingerprint, pruned=pr.key_digest,
                        deployed=source.key_digest, tolerance=cfg.tolerance, sens_tolerance=cfg.sens_tolerance,
                        seed=cfg.seed, ordinal=is_ordinal(ctx.ds), ctx=ctx, pruned_weights=pr.path / "pruned.safetensors",
-                       deployed_weights=weights)(pipe)
+                       deployed_weights=weights, unrecovered=unrecovered.key_digest if unrecovered else None,
+                       unrecovered_weights=unrecovered.path / "pruned.safetensors" if unrecovered else None)(pipe)
 
 
 def clinical_gates(cfg, report: dict) -> dict:

@@ -69,8 +69,9 @@ def deploy(cfg: DeployConfig) -> dict:
     # 5 prune
     pr = Prune(ratio_stage=chosen.key_digest, ratio=ratio, seed=cfg.seed, recipe=prune_recipe(cfg), ctx=ctx,
                evaluator=evaluator, scores=scores, example=example)(pipe)
+    unrecovered = None
     if cfg.budget() is not None:  # 5b recover: distillation from the dense model, judged on val
-        pr, selection = recover_pruned(cfg, pipe, ctx, pr, chosen)
+        unrecovered, (pr, selection) = pr, recover_pruned(cfg, pipe, ctx, pr, chosen)
     # 6 calibrate: the deployed weights are the calibrated ones when it runs
     cal = calibrate_pruned(cfg, pipe, ctx, pr)
     source, weights = (cal, cal.path / "calibrated.safetensors") if cal else (pr, pr.path / "pruned.safetensors")
@@ -78,7 +79,7 @@ def deploy(cfg: DeployConfig) -> dict:
     exp = export_deployed(cfg, pipe, profile, source, weights)
     with report_phase():
         # 8 test-report: test read once; the clinical gates judge it (exit 3, no package)
-        report = final_report(cfg, pipe, ctx, trained, pr, source, weights)
+        report = final_report(cfg, pipe, ctx, trained, pr, source, weights, unrecovered)
         gates = clinical_gates(cfg, report.data)
         # 9 fidelity, 10 bench, 11 package: reporting only
         fid = measure_fidelity(cfg, pipe, ctx, source, weights)

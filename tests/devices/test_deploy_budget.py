@@ -33,6 +33,16 @@ def test_deploy_to_a_macs_budget_records_budget_and_recovery(tmp_path_factory):
     sel = manifest["selection"]
     assert sel["mode"] == "budget" and sel["budget"]["met"] and sel["split"] == "val"
     assert "stages" in summary and "recover" in summary["stages"] and "budget" in summary["stages"]
+    # dense, pruned-before-recovery and recovered metrics on test, each with intervals and n
+    metrics, n = manifest["metrics"], manifest["metrics"]["n"]
+    for which in ("dense", "pruned_before_recovery", "pruned"):
+        assert len(metrics[which]["accuracy_ci"]) == 2 and metrics[which]["n"] == n
+    assert metrics["val_before_recovery"]["accuracy"] is not None
+    rec = manifest["recovery"]
+    assert rec["budget"] == {"kind": "macs", "value": 0.5, "met": True}
+    assert rec["measured"]["reduction"] >= 2.0 and rec["measured"]["label"] == "counted"
+    # the one recovery recipe, with the --recover-epochs override
+    assert rec["recipe"] == {**pruning["recovery"]["recipe"], "epochs": 1} and rec["recipe"]["ce_weight"] == 0.0
 
 
 def test_deploy_refuses_two_budgets(tmp_path_factory, capsys):
