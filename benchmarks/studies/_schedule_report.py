@@ -44,6 +44,7 @@ def _row(run: dict, cell: dict, label: str) -> dict[str, Any]:
     rec = (cell.get("recovery") or {}).get("summary") or {}
     return {"label": label, "criterion": cell["criterion"], "target_macs_div": cell["target_macs_div"],
             "ratio": cell.get("ratio"), "macs_ratio": cell["macs"]["ratio"], "speedup_ort": cell["speedup_ort"],
+            "load_avg_1min": cell.get("load_avg_1min"),
             "epochs_run": rec.get("epochs_run"), "best_epoch": rec.get("best_epoch"),
             **state_figures(run, probs)}
 
@@ -139,6 +140,12 @@ def markdown(doc: dict) -> str:
     lines += [f"- {e['model']} {e['criterion']} ÷{e['target_macs_div']:g}: {_cmp_md(e['long_vs_short'])}"
               + ("" if e["same_pruned_model"] else " (pruned models differ: not paired on the same student)")
               for e in doc["oneshot"]]
+    twice = [e for e in doc["oneshot"] if e["same_pruned_model"]]
+    lines += ["", "Measurement noise: the longer cells search and time the same pruned model again, so each is timed "
+              "twice (ORT batch-1 speedup, 2-epoch cell's timing / 6-epoch cell's, 1-min load average in brackets): "
+              + "; ".join(f"{e['model']} {e['criterion']} ×{e['rows'][0]['speedup_ort']:.2f} "
+                          f"({e['rows'][0]['load_avg_1min'] or float('nan'):.1f}) / ×{e['rows'][-1]['speedup_ort']:.2f} "
+                          f"({e['rows'][-1]['load_avg_1min'] or float('nan'):.1f})" for e in twice) + "."] if twice else []
     lines += ["", "Iterative vs one-shot at the same total epochs (test accuracy difference, points, paired 95 %):", ""]
     lines += [f"- {it['model']} {it['criterion']} ÷{it['target_macs_div']:g}: {_cmp_md(it['vs_oneshot_long'])} → "
               f"**{it['verdict']}**; steps: " + ", ".join(

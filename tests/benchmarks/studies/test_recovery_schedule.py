@@ -55,6 +55,7 @@ def test_decision_adopts_the_longer_recipe_only_when_a_cell_passes_val_and_holds
     no = _doc(short_wrong=20, long_wrong=8)  # better, but 8 of 160 class-1 images lost: fails the val rule
     assert not no["decision"]["adopt_longer_recipe"] and no["oneshot"][0]["long_vs_short"]["diff_pts"] > 0
     assert "**Do not adopt**" in sched.markdown(no) and "Pre-registered" in sched.markdown(no)
+    assert "timed twice" in sched.markdown(no) and "×5.00 (nan) / ×5.00 (nan)" in sched.markdown(no)
 
 
 def test_iterative_verdict_is_the_paired_test_difference_against_the_longer_one_shot():
