@@ -95,8 +95,10 @@ def recovery_record(pruned: dict, selection: dict) -> dict | None:
     cost = budget.get("cost") or {}
     rec = (pruned.get("recipe") or {}).get("recovery") or {}
     timed = budget.get("kind") in ("speedup", "latency_ms")
-    return {"budget": {k: budget.get(k) for k in ("kind", "value", "met")},
-            # at the chosen ratio, on the model before recovery (recovery keeps the architecture)
+    return {"budget": {k: budget.get(k) for k in ("kind", "value", "met", "passes_at_budget")},
+            # every ratio tried (the budget's, then back-offs while the recovered model fails on val)
+            "attempts": selection.get("attempts"),
+            # at the packaged ratio, on the model before recovery (recovery keeps the architecture)
             "measured": {"quantity": "batch-1 latency, median ms" if timed else budget.get("kind"),
                          "dense": cost.get("dense"), "pruned": cost.get("pruned"),
                          "speedup" if timed else "reduction": cost.get("ratio"),

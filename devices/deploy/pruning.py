@@ -59,4 +59,12 @@ def prune_recipe(cfg) -> dict:
     """The recipe recorded with the pruned weights and in the manifest."""
     return {"criterion": cfg.criterion, "sampling": cfg.sampling, "n_per_class": cfg.n_per_class,
             "pool_per_class": cfg.pool_per_class, "granularity": cfg.granularity, "round_to": cfg.round_to,
-            "ratio_search": "largest lossless on val (paired bootstrap bound)" if cfg.ratio == "auto" else "fixed"}
+            "ratio_search": _ratio_search(cfg)}
+
+
+def _ratio_search(cfg) -> str:
+    budget = cfg.budget()
+    if budget is not None:
+        return (f"smallest ratio meeting the budget ({budget['kind']} {budget['value']:g}), recovered by distillation; "
+                "backed off on val if the recovered model fails the lossless rule")
+    return "largest lossless on val (paired bootstrap bound)" if cfg.ratio == "auto" else "fixed"

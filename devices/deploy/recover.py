@@ -23,6 +23,7 @@ from toolchain.lossless import RULE, judge
 from .stage import Stage, live
 
 MEASURED_RUNTIMES = ("onnxruntime", "openvino")  # runtimes whose CPU latency ORT on this machine stands for
+BACKOFF = (0.75, 0.5, 0.25)  # fractions of the budget's ratio tried when its recovered model fails on val
 
 
 def _macs_as_latency(models: dict, x, repeats: int = 0) -> dict:
@@ -56,8 +57,7 @@ class BudgetRatio(Stage):
                                 self.round_to or None, scores=self.scores, strict=False)
 
         measured = self.budget["kind"] in ("macs", "params") or self.runtime in MEASURED_RUNTIMES
-        label = ("measured: onnxruntime CPU batch 1, this machine" if measured
-                 else f"predicted: MACs ratio ({self.runtime} is not on this machine)")
+        label = _label(measured, self.runtime)
         found = search_budget(prune, ctx.model, self.example[:1], Budget(**self.budget), max_ratio=self.max_ratio,
                               latency_fn=None if measured else _macs_as_latency, latency_label=label)
         return found.summary()
@@ -112,22 +112,82 @@ def budget_ratio(cfg, pipe, imp, evaluator, scores, example, profile) -> tuple[A
     return st, float(d["ratio"])
 
 
-def recover_pruned(cfg, pipe, ctx, pr, budget_stage) -> tuple[Any, dict]:
-    """``(recover stage, selection record for the manifest)``: the recovered model, judged on val."""
+@dataclass(frozen=True, kw_only=True)
+class BudgetCost(Stage):
+    """The budget's quantity (dense vs pruned) of a backed-off prune stage, measured as the search measures it."""
+
+    name = "budget-cost"
+    version = 1
+    prune: str  # digest of the prune stage
+    budget: dict
+    runtime: str
+    ctx: Any = live()
+    pruned: Any = live()  # the prune StageResult
+    example: Any = live()
+
+    def run(self, workdir: Path) -> dict:
+        from toolchain.budget import measure
+        from toolchain.models import load_checkpoint
+
+        model, _ = load_checkpoint(self.pruned.path / "pruned.safetensors")
+        measured = self.budget["kind"] in ("macs", "params") or self.runtime in MEASURED_RUNTIMES
+        cost = measure(self.budget["kind"], self.ctx.model, model.eval(), self.example[:1],
+                       latency_fn=None if measured else _macs_as_latency)
+        return {"cost": cost, "latency_label": _label(measured, self.runtime)}
+
+
+def _label(measured: bool, runtime: str) -> str:
+    return ("measured: onnxruntime CPU batch 1, this machine" if measured
+            else f"predicted: MACs ratio ({runtime} is not on this machine)")
+
+
+def recover_pruned(cfg, pipe, ctx, pr, budget_stage, prune_at, example, profile) -> tuple[Any, dict, Any]:
+    """``(recover stage, selection record for the manifest, prune stage it recovered)``.
+
+    The budget's model is recovered and judged on val by deploy's rule; if it fails, the ratio backs off
+    (``BACKOFF`` fractions of it, as ``medprune prune``'s budget path) and the first recovered model that
+    passes on val is packaged, labelled the best passing budget (the budget itself is then NOT met). When
+    none passes, the budget's model goes on and the test gates judge it. ``prune_at(ratio)`` is the prune
+    stage at ``ratio``.
+    """
     from toolchain.settings import resolve_device
 
     rcfg = cfg.recovery()  # the recovery recipe with the run's overrides (validated by DeployConfig.resolved)
-    rec = Recover(prune=pr.key_digest, recovery=rcfg.recipe(), budget=cfg.budget(), tolerance=cfg.tolerance,
-                  sens_tolerance=cfg.sens_tolerance, seed=cfg.seed, ctx=ctx, pruned=pr,
-                  device=resolve_device(cfg.device))(pipe)
-    v = rec.data["judge_val"]
     b = budget_stage.data
+    ratios = [b["ratio"]] + [r for r in dict.fromkeys(round(b["ratio"] * f, 2) for f in BACKOFF) if 0 < r < b["ratio"]]
+    attempts, stages = [], []
+    for i, ratio in enumerate(ratios):
+        pruned = pr if i == 0 else prune_at(ratio)
+        rec = Recover(prune=pruned.key_digest, recovery=rcfg.recipe(), budget=cfg.budget(), tolerance=cfg.tolerance,
+                      sens_tolerance=cfg.sens_tolerance, seed=cfg.seed, ctx=ctx, pruned=pruned,
+                      device=resolve_device(cfg.device))(pipe)
+        cost = ({"cost": b["cost"], "latency_label": b["latency_label"]} if i == 0 else
+                BudgetCost(prune=pruned.key_digest, budget=cfg.budget(), runtime=profile.runtime, ctx=ctx,
+                           pruned=pruned, example=example)(pipe).data)
+        v = rec.data["judge_val"]
+        attempts.append({"ratio": ratio, "cost": cost["cost"], "latency_label": cost["latency_label"],
+                         "passes": v["passes"], "failed": v["failed"], "accuracy_drop_pts": v["accuracy_drop_pts"],
+                         "worst_sensitivity_drop_pts": v["worst_sensitivity_drop_pts"]})
+        stages.append((rec, pruned))
+        pipe.console.print(f"    recovered at ratio {ratio:.2f} ({cost['cost']['ratio']:.2f}x): val accuracy drop "
+                           f"{v['accuracy_drop_pts']:.2f} pts, worst sensitivity drop "
+                           f"{v['worst_sensitivity_drop_pts']:.2f} pts ({'passes' if v['passes'] else 'FAILS'} the rule)")
+        if v["passes"]:
+            break
+    k = len(attempts) - 1 if attempts[-1]["passes"] else 0
+    (rec, pruned), chosen = stages[k], attempts[k]
     warnings = [] if b["met"] else [f"budget not reachable up to ratio {b['ratio']:.2f} ({b['cost']['ratio']:.2f}x)"]
-    if not v["passes"]:
-        warnings.append(f"after recovery the budget's model fails the lossless rule on val ({'; '.join(v['failed'])})"
-                        "; the test gates still judge it")
-    pipe.console.print(f"    recovered: val accuracy drop {v['accuracy_drop_pts']:.2f} pts, worst sensitivity drop "
-                       f"{v['worst_sensitivity_drop_pts']:.2f} pts ({'passes' if v['passes'] else 'FAILS'} the rule)")
-    selection = {"ratio": b["ratio"], "mode": "budget", "rule": RULE, "split": "val", "val": v, "warnings": warnings,
-                 "budget": {**cfg.budget(), **{k: b[k] for k in ("met", "cost", "latency_label")}}}
-    return rec, selection
+    if not attempts[0]["passes"]:
+        tried = ", ".join(f"{a['ratio']:.2f}" for a in attempts[1:])
+        first = (f"after recovery the budget's model (ratio {b['ratio']:.2f}) fails the lossless rule on val "
+                 f"({'; '.join(attempts[0]['failed'])})")
+        warnings.append(first + (f"; packaged the best budget passing on val instead: ratio {chosen['ratio']:.2f}, "
+                                 f"{chosen['cost']['ratio']:.2f}x (the budget is NOT met)" if k else
+                                 f"; no backed-off ratio ({tried}) passes either; the test gates judge the budget's "
+                                 "model"))
+    selection = {"ratio": chosen["ratio"], "mode": "budget", "rule": RULE, "split": "val", "val": rec.data["judge_val"],
+                 "warnings": warnings, "attempts": attempts,
+                 "budget": {**cfg.budget(), "met": bool(b["met"] and k == 0), "budget_ratio_met": b["met"],
+                            "passes_at_budget": attempts[0]["passes"], "cost": chosen["cost"],
+                            "latency_label": chosen["latency_label"]}}
+    return rec, selection, pruned

@@ -67,11 +67,14 @@ def deploy(cfg: DeployConfig) -> dict:
     else:
         chosen, ratio, selection = choose_ratio(cfg, pipe, imp, evaluator)
     # 5 prune
-    pr = Prune(ratio_stage=chosen.key_digest, ratio=ratio, seed=cfg.seed, recipe=prune_recipe(cfg), ctx=ctx,
-               evaluator=evaluator, scores=scores, example=example)(pipe)
+    def prune_at(r: float):
+        return Prune(ratio_stage=chosen.key_digest, ratio=r, seed=cfg.seed, recipe=prune_recipe(cfg), ctx=ctx,
+                     evaluator=evaluator, scores=scores, example=example)(pipe)
+
+    pr = prune_at(ratio)
     unrecovered = None
-    if cfg.budget() is not None:  # 5b recover: distillation from the dense model, judged on val
-        unrecovered, (pr, selection) = pr, recover_pruned(cfg, pipe, ctx, pr, chosen)
+    if cfg.budget() is not None:  # 5b recover: distillation from the dense model, judged on val (backs off)
+        pr, selection, unrecovered = recover_pruned(cfg, pipe, ctx, pr, chosen, prune_at, example, profile)
     # 6 calibrate: the deployed weights are the calibrated ones when it runs
     cal = calibrate_pruned(cfg, pipe, ctx, pr)
     source, weights = (cal, cal.path / "calibrated.safetensors") if cal else (pr, pr.path / "pruned.safetensors")

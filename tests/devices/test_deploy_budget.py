@@ -39,7 +39,7 @@ def test_deploy_to_a_macs_budget_records_budget_and_recovery(tmp_path_factory):
         assert len(metrics[which]["accuracy_ci"]) == 2 and metrics[which]["n"] == n
     assert metrics["val_before_recovery"]["accuracy"] is not None
     rec = manifest["recovery"]
-    assert rec["budget"] == {"kind": "macs", "value": 0.5, "met": True}
+    assert rec["budget"] == {"kind": "macs", "value": 0.5, "met": True, "passes_at_budget": True}
     assert rec["measured"]["reduction"] >= 2.0 and rec["measured"]["label"] == "counted"
     # the one recovery recipe, with the --recover-epochs override
     assert rec["recipe"] == {**pruning["recovery"]["recipe"], "epochs": 1} and rec["recipe"]["ce_weight"] == 0.0
@@ -51,3 +51,36 @@ def test_deploy_refuses_two_budgets(tmp_path_factory, capsys):
     with pytest.raises(SystemExit) as exc:
         main(deploy_args(tiny, root / "dist", root / "cache", "--macs-budget", "0.5", "--speedup", "2"))
     assert exc.value.code == 2 and "one budget" in capsys.readouterr().err
+
+
+def test_budget_model_failing_on_val_backs_off_to_the_best_passing(tmp_path_factory, monkeypatch):
+    """The budget's recovered model fails deploy's rule on val (forced): the ratio backs off, the first
+    passing recovered model is packaged and labelled; the budget is recorded as not met."""
+    import devices.deploy.recover as recover
+
+    calls = []
+
+    def judge(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(out)
+        return out if len(calls) > 1 else {**out, "passes": False, "failed": ["forced failure"]}
+
+    real = recover.judge
+    monkeypatch.setattr(recover, "judge", judge)
+    tiny = tiny_setup(tmp_path_factory)
+    root = tmp_path_factory.mktemp("deploy_backoff")
+    argv = deploy_args(tiny, root / "dist", root / "cache", "--macs-budget", "0.5", "--recover-epochs", "1",
+                       "--granularity", "group", "--tolerance", "50", "--sens-tolerance", "100")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as exc:
+        main([*argv, "--json"])
+    assert exc.value.code == 0
+    manifest = json.loads((Path(json.loads(buf.getvalue())["package"]) / "manifest.json").read_text())
+    rec, sel = manifest["recovery"], manifest["selection"]
+    first, second = rec["attempts"]
+    assert not first["passes"] and second["passes"] and second["ratio"] == round(first["ratio"] * 0.75, 2)
+    assert rec["budget"]["met"] is False and rec["budget"]["passes_at_budget"] is False
+    assert sel["ratio"] == second["ratio"] == manifest["pruning"]["ratio"]
+    assert rec["measured"]["reduction"] == pytest.approx(second["cost"]["ratio"])
+    assert second["cost"]["ratio"] < first["cost"]["ratio"]
+    assert any("packaged the best budget passing on val" in w for w in manifest["warnings"])
