@@ -16,9 +16,10 @@ from toolchain.cli import main
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def test_deploy_to_a_macs_budget_records_budget_and_recovery(tmp_path_factory):
+def _deploy_half_macs(tmp_path_factory, name: str) -> tuple[dict, dict]:
+    """``(summary, manifest)`` of a tiny deploy to half the dense MACs, 1 recovery epoch, loose gates."""
     tiny = tiny_setup(tmp_path_factory)
-    root = tmp_path_factory.mktemp("deploy_budget")
+    root = tmp_path_factory.mktemp(name)
     argv = deploy_args(tiny, root / "dist", root / "cache", "--macs-budget", "0.5", "--recover-epochs", "1",
                        "--granularity", "group", "--tolerance", "50", "--sens-tolerance", "100")
     buf = io.StringIO()
@@ -26,7 +27,11 @@ def test_deploy_to_a_macs_budget_records_budget_and_recovery(tmp_path_factory):
         main([*argv, "--json"])
     assert exc.value.code == 0
     summary = json.loads(buf.getvalue())
-    manifest = json.loads((Path(summary["package"]) / "manifest.json").read_text())
+    return summary, json.loads((Path(summary["package"]) / "manifest.json").read_text())
+
+
+def test_deploy_to_a_macs_budget_records_budget_and_recovery(tmp_path_factory):
+    summary, manifest = _deploy_half_macs(tmp_path_factory, "deploy_budget")
     pruning = manifest["pruning"]
     assert pruning["budget"] == {"kind": "macs", "value": 0.5}
     assert pruning["recovery"]["recipe"]["epochs"] == 1 and pruning["compare"]["macs"]["ratio"] >= 2.0
@@ -67,15 +72,7 @@ def test_budget_model_failing_on_val_backs_off_to_the_best_passing(tmp_path_fact
 
     real = recover.judge
     monkeypatch.setattr(recover, "judge", judge)
-    tiny = tiny_setup(tmp_path_factory)
-    root = tmp_path_factory.mktemp("deploy_backoff")
-    argv = deploy_args(tiny, root / "dist", root / "cache", "--macs-budget", "0.5", "--recover-epochs", "1",
-                       "--granularity", "group", "--tolerance", "50", "--sens-tolerance", "100")
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as exc:
-        main([*argv, "--json"])
-    assert exc.value.code == 0
-    manifest = json.loads((Path(json.loads(buf.getvalue())["package"]) / "manifest.json").read_text())
+    _, manifest = _deploy_half_macs(tmp_path_factory, "deploy_backoff")
     rec, sel = manifest["recovery"], manifest["selection"]
     first, second = rec["attempts"]
     assert not first["passes"] and second["passes"] and second["ratio"] == round(first["ratio"] * 0.75, 2)
