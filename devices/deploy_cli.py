@@ -71,12 +71,19 @@ def deploy_cmd(
     params_budget: str = typer.Option(None, help="budget: parameters (<=1: fraction of dense, or e.g. 2M)"),
     latency_ms: str = typer.Option(None, help="budget: batch-1 latency in ms on the target's runtime"),
     recover_epochs: int = typer.Option(RECOVERY["epochs"], help="distillation epochs after pruning to a budget"),
-    kd_weight: float = typer.Option(RECOVERY["kd_weight"], help="budget: weight of the distillation (KL x T^2) term"),
-    ce_weight: float = typer.Option(RECOVERY["ce_weight"], help="budget: weight of the class-weighted CE term (the "
-                                                                "recipe is pure distillation)"),
-    kd_temperature: float = typer.Option(RECOVERY["temperature"], help="budget: distillation temperature"),
-    recover_augment: bool = typer.Option(RECOVERY["augment"], "--recover-augment/--no-recover-augment",
-                                         help="budget: augment recovery batches"),
+    kd_weight: float = typer.Option(None, help=f"budget: weight of the distillation (KL x T^2) term [recipe: "
+                                               f"{RECOVERY['kd_weight']}]. Setting any of these four fixes the recovery "
+                                               "recipe; unset, deploy tries pure distillation (the recipe), then "
+                                               "CE + distillation with augmentation, first passing on val wins"),
+    ce_weight: float = typer.Option(None, help=f"budget: weight of the class-weighted CE term [recipe: "
+                                               f"{RECOVERY['ce_weight']}]"),
+    kd_temperature: float = typer.Option(None, help=f"budget: distillation temperature [recipe: "
+                                                    f"{RECOVERY['temperature']}]"),
+    recover_augment: bool = typer.Option(None, "--recover-augment/--no-recover-augment",
+                                         help=f"budget: augment recovery batches [recipe: {RECOVERY['augment']}]"),
+    ship_best_passing: bool = typer.Option(False, "--ship-best-passing",
+                                           help="budget: when no recovered model at the budget passes on val, package "
+                                                "the best smaller budget that does (labelled; else exit 3, test unread)"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
 ) -> None:
     """Train (cached) → sample → score → ratio (val) → remove → calibrate (val) → export → test report +
@@ -96,7 +103,7 @@ def deploy_cmd(
                        allow_missing_class=allow_missing_class, speedup=speedup, macs_budget=macs_budget,
                        params_budget=params_budget, latency_ms=latency_ms, recover_epochs=recover_epochs,
                        kd_weight=kd_weight, ce_weight=ce_weight, kd_temperature=kd_temperature,
-                       recover_augment=recover_augment)
+                       recover_augment=recover_augment, ship_best_passing=ship_best_passing)
     try:
         summary = deploy(cfg)
     except KeyboardInterrupt:

@@ -64,12 +64,15 @@ class DeployConfig:
     params_budget: str | None = None
     latency_ms: str | None = None
     # recovery after pruning to a budget: None = the recovery recipe's value (toolchain.recovery.finetune.RECIPE,
-    # the same recipe `medprune prune` and the recovery study use)
+    # the same recipe `medprune prune` and the recovery study use); with none of the loss/augmentation ones set,
+    # deploy tries the recipe and then its pre-declared alternatives on val (recover.CANDIDATES)
     recover_epochs: int | None = None
     kd_weight: float | None = None
     ce_weight: float | None = None
     kd_temperature: float | None = None
     recover_augment: bool | None = None
+    # a budget whose recovered model fails on val: package the best smaller budget passing on val (else exit 3)
+    ship_best_passing: bool = False
 
     def budget(self) -> dict | None:
         """``{"kind", "value"}`` of the one budget given, or None (ConfigError for two or a bad value)."""

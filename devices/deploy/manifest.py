@@ -103,6 +103,8 @@ def recovery_record(pruned: dict, selection: dict) -> dict | None:
                          "dense": cost.get("dense"), "pruned": cost.get("pruned"),
                          "speedup" if timed else "reduction": cost.get("ratio"),
                          "label": budget.get("latency_label") if timed else "counted"},
+            # chosen on val among the pre-declared candidates (devices/deploy/recover.CANDIDATES), or as given
+            "recipe_name": selection.get("recovery_recipe"),
             "recipe": rec.get("recipe"), "key": rec.get("key"), "version": rec.get("version"),
             "fit": (pruned.get("recovery") or {}).get("summary"),
             "val_rule": {k: (selection.get("val") or {}).get(k) for k in ("passes", "failed")}}

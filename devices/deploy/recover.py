@@ -24,6 +24,10 @@ from .stage import Stage, live
 
 MEASURED_RUNTIMES = ("onnxruntime", "openvino")  # runtimes whose CPU latency ORT on this machine stands for
 BACKOFF = (0.75, 0.5, 0.25)  # fractions of the budget's ratio tried when its recovered model fails on val
+# recovery recipes tried in order on val (overrides of toolchain.recovery.finetune.RECIPE): pure distillation,
+# then cross-entropy + distillation with augmentation (the recipe deploy used before the recipe was unified,
+# which passed the earlier ResNet50 SPEEDUP=3 deploy); the first passing deploy's rule on val is packaged
+CANDIDATES = {"kd": {}, "kd+ce+augment": {"ce_weight": 1.0, "augment": True}}
 
 
 def _macs_as_latency(models: dict, x, repeats: int = 0) -> dict:
@@ -141,53 +145,76 @@ def _label(measured: bool, runtime: str) -> str:
             else f"predicted: MACs ratio ({runtime} is not on this machine)")
 
 
-def recover_pruned(cfg, pipe, ctx, pr, budget_stage, prune_at, example, profile) -> tuple[Any, dict, Any]:
-    """``(recover stage, selection record for the manifest, prune stage it recovered)``.
+def recovery_candidates(cfg) -> list[tuple[str, Any]]:
+    """``[(name, RecoveryConfig)]`` tried in order on val: ``CANDIDATES`` over the one recovery recipe, or only
+    the recipe the user set when a loss/augmentation flag is given (``--recover-epochs`` applies to all)."""
+    from toolchain.recovery import RecoveryConfig
 
-    The budget's model is recovered and judged on val by deploy's rule; if it fails, the ratio backs off
-    (``BACKOFF`` fractions of it, as ``medprune prune``'s budget path) and the first recovered model that
-    passes on val is packaged, labelled the best passing budget (the budget itself is then NOT met). When
-    none passes, the budget's model goes on and the test gates judge it. ``prune_at(ratio)`` is the prune
-    stage at ``ratio``.
+    given = {"temperature": cfg.kd_temperature, "kd_weight": cfg.kd_weight, "ce_weight": cfg.ce_weight,
+             "augment": cfg.recover_augment}
+    common = {"epochs": cfg.recover_epochs, "seed": cfg.seed}
+    if any(v is not None for v in given.values()):
+        return [("as given", RecoveryConfig.with_overrides(**common, **given))]
+    return [(name, RecoveryConfig.with_overrides(**common, **over)) for name, over in CANDIDATES.items()]
+
+
+def recover_pruned(cfg, pipe, ctx, pr, budget_stage, prune_at, example, profile) -> tuple[Any, dict, Any]:
+    """``(recover stage, selection record for the manifest, prune stage it recovered)``; GateError otherwise.
+
+    The budget's model is recovered with each recipe of :func:`recovery_candidates` in turn and judged on val by
+    deploy's rule; the first that passes is packaged (the recipe is a val choice, like the ratio). If none
+    passes, smaller budgets are searched on val (``BACKOFF`` fractions of the ratio, each with the candidates)
+    and deploy stops before reading test (GateError, no package) naming the best budget passing on val, or
+    packages that one with ``--ship-best-passing`` (labelled: the budget is NOT met).
     """
+    from toolchain.errors import GateError
     from toolchain.settings import resolve_device
 
-    rcfg = cfg.recovery()  # the recovery recipe with the run's overrides (validated by DeployConfig.resolved)
     b = budget_stage.data
     ratios = [b["ratio"]] + [r for r in dict.fromkeys(round(b["ratio"] * f, 2) for f in BACKOFF) if 0 < r < b["ratio"]]
-    attempts, stages = [], []
+    attempts, found = [], None
     for i, ratio in enumerate(ratios):
         pruned = pr if i == 0 else prune_at(ratio)
-        rec = Recover(prune=pruned.key_digest, recovery=rcfg.recipe(), budget=cfg.budget(), tolerance=cfg.tolerance,
-                      sens_tolerance=cfg.sens_tolerance, seed=cfg.seed, ctx=ctx, pruned=pruned,
-                      device=resolve_device(cfg.device))(pipe)
         cost = ({"cost": b["cost"], "latency_label": b["latency_label"]} if i == 0 else
                 BudgetCost(prune=pruned.key_digest, budget=cfg.budget(), runtime=profile.runtime, ctx=ctx,
                            pruned=pruned, example=example)(pipe).data)
-        v = rec.data["judge_val"]
-        attempts.append({"ratio": ratio, "cost": cost["cost"], "latency_label": cost["latency_label"],
-                         "passes": v["passes"], "failed": v["failed"], "accuracy_drop_pts": v["accuracy_drop_pts"],
-                         "worst_sensitivity_drop_pts": v["worst_sensitivity_drop_pts"]})
-        stages.append((rec, pruned))
-        pipe.console.print(f"    recovered at ratio {ratio:.2f} ({cost['cost']['ratio']:.2f}x): val accuracy drop "
-                           f"{v['accuracy_drop_pts']:.2f} pts, worst sensitivity drop "
-                           f"{v['worst_sensitivity_drop_pts']:.2f} pts ({'passes' if v['passes'] else 'FAILS'} the rule)")
-        if v["passes"]:
+        for name, rcfg in recovery_candidates(cfg):
+            rec = Recover(prune=pruned.key_digest, recovery=rcfg.recipe(), budget=cfg.budget(), tolerance=cfg.tolerance,
+                          sens_tolerance=cfg.sens_tolerance, seed=cfg.seed, ctx=ctx, pruned=pruned,
+                          device=resolve_device(cfg.device))(pipe)
+            v = rec.data["judge_val"]
+            attempts.append({"ratio": ratio, "recipe": name, "cost": cost["cost"], "latency_label": cost["latency_label"],
+                             "passes": v["passes"], "failed": v["failed"], "accuracy_drop_pts": v["accuracy_drop_pts"],
+                             "worst_sensitivity_drop_pts": v["worst_sensitivity_drop_pts"]})
+            pipe.console.print(f"    recovered ({name}) at ratio {ratio:.2f} ({cost['cost']['ratio']:.2f}x): val accuracy "
+                               f"drop {v['accuracy_drop_pts']:.2f} pts, worst sensitivity drop "
+                               f"{v['worst_sensitivity_drop_pts']:.2f} pts ({'passes' if v['passes'] else 'FAILS'} the rule)")
+            if v["passes"]:
+                found = (rec, pruned, attempts[-1])
+                break
+        if found:
             break
-    k = len(attempts) - 1 if attempts[-1]["passes"] else 0
-    (rec, pruned), chosen = stages[k], attempts[k]
+    kind_value = f"{cfg.budget()['kind']} {cfg.budget()['value']:g}"
+    at_budget = [a for a in attempts if a["ratio"] == b["ratio"]]
+    fails = "; ".join(f"{a['recipe']}: {', '.join(a['failed'])}" for a in at_budget)
+    if found is None or (found[2]["ratio"] != b["ratio"] and not cfg.ship_best_passing):
+        best = (f"best passing on val: {found[2]['cost']['ratio']:.2f}x (ratio {found[2]['ratio']:.2f}, recovery "
+                f"{found[2]['recipe']}); --ship-best-passing packages it" if found else
+                f"no smaller budget tried passes either (ratios {', '.join(f'{r:.2f}' for r in ratios[1:])})")
+        raise GateError(f"budget {kind_value} not met on val: at ratio {b['ratio']:.2f} ({b['cost']['ratio']:.2f}x) the "
+                        f"recovered model fails deploy's lossless rule ({fails}); {best}. Test not read, no package "
+                        "written")
+    rec, pruned, chosen = found
     warnings = [] if b["met"] else [f"budget not reachable up to ratio {b['ratio']:.2f} ({b['cost']['ratio']:.2f}x)"]
-    if not attempts[0]["passes"]:
-        tried = ", ".join(f"{a['ratio']:.2f}" for a in attempts[1:])
-        first = (f"after recovery the budget's model (ratio {b['ratio']:.2f}) fails the lossless rule on val "
-                 f"({'; '.join(attempts[0]['failed'])})")
-        warnings.append(first + (f"; packaged the best budget passing on val instead: ratio {chosen['ratio']:.2f}, "
-                                 f"{chosen['cost']['ratio']:.2f}x (the budget is NOT met)" if k else
-                                 f"; no backed-off ratio ({tried}) passes either; the test gates judge the budget's "
-                                 "model"))
+    if chosen["ratio"] != b["ratio"]:
+        warnings.append(f"budget {kind_value} not met on val ({fails}); packaged the best budget passing on val "
+                        f"(--ship-best-passing): ratio {chosen['ratio']:.2f}, {chosen['cost']['ratio']:.2f}x")
+    elif len(attempts) > 1:
+        warnings.append(f"recovery recipe chosen on val: {chosen['recipe']} (the first candidate of "
+                        f"{', '.join(CANDIDATES)} that passes the rule; {fails})")
     selection = {"ratio": chosen["ratio"], "mode": "budget", "rule": RULE, "split": "val", "val": rec.data["judge_val"],
-                 "warnings": warnings, "attempts": attempts,
-                 "budget": {**cfg.budget(), "met": bool(b["met"] and k == 0), "budget_ratio_met": b["met"],
-                            "passes_at_budget": attempts[0]["passes"], "cost": chosen["cost"],
-                            "latency_label": chosen["latency_label"]}}
+                 "warnings": warnings, "attempts": attempts, "recovery_recipe": chosen["recipe"],
+                 "budget": {**cfg.budget(), "met": bool(b["met"] and chosen["ratio"] == b["ratio"]),
+                            "budget_ratio_met": b["met"], "passes_at_budget": chosen["ratio"] == b["ratio"],
+                            "cost": chosen["cost"], "latency_label": chosen["latency_label"]}}
     return rec, selection, pruned

@@ -16,22 +16,25 @@ from toolchain.cli import main
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def _deploy_half_macs(tmp_path_factory, name: str) -> tuple[dict, dict]:
-    """``(summary, manifest)`` of a tiny deploy to half the dense MACs, 1 recovery epoch, loose gates."""
+def _deploy_half_macs(tmp_path_factory, name: str, *extra: str, root: Path | None = None,
+                      code: int = 0) -> tuple[dict, dict, str]:
+    """``(summary, manifest, stderr)`` of a tiny deploy to half the dense MACs, 1 recovery epoch, loose gates."""
     tiny = tiny_setup(tmp_path_factory)
-    root = tmp_path_factory.mktemp(name)
+    root = root or tmp_path_factory.mktemp(name)
     argv = deploy_args(tiny, root / "dist", root / "cache", "--macs-budget", "0.5", "--recover-epochs", "1",
-                       "--granularity", "group", "--tolerance", "50", "--sens-tolerance", "100")
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as exc:
+                       "--granularity", "group", "--tolerance", "50", "--sens-tolerance", "100", *extra)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exc:
         main([*argv, "--json"])
-    assert exc.value.code == 0
-    summary = json.loads(buf.getvalue())
-    return summary, json.loads((Path(summary["package"]) / "manifest.json").read_text())
+    assert exc.value.code == code, err.getvalue()[-2000:]
+    if code:
+        return {}, {}, err.getvalue()
+    summary = json.loads(out.getvalue())
+    return summary, json.loads((Path(summary["package"]) / "manifest.json").read_text()), err.getvalue()
 
 
 def test_deploy_to_a_macs_budget_records_budget_and_recovery(tmp_path_factory):
-    summary, manifest = _deploy_half_macs(tmp_path_factory, "deploy_budget")
+    summary, manifest, _ = _deploy_half_macs(tmp_path_factory, "deploy_budget")
     pruning = manifest["pruning"]
     assert pruning["budget"] == {"kind": "macs", "value": 0.5}
     assert pruning["recovery"]["recipe"]["epochs"] == 1 and pruning["compare"]["macs"]["ratio"] >= 2.0
@@ -58,26 +61,52 @@ def test_deploy_refuses_two_budgets(tmp_path_factory, capsys):
     assert exc.value.code == 2 and "one budget" in capsys.readouterr().err
 
 
-def test_budget_model_failing_on_val_backs_off_to_the_best_passing(tmp_path_factory, monkeypatch):
-    """The budget's recovered model fails deploy's rule on val (forced): the ratio backs off, the first
-    passing recovered model is packaged and labelled; the budget is recorded as not met."""
+def _failing_first(monkeypatch, n: int):
+    """deploy's val rule, forced to fail on its first ``n`` verdicts (the rest are the real ones)."""
     import devices.deploy.recover as recover
 
-    calls = []
+    real, calls = recover.judge, []
 
     def judge(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls.append(out)
-        return out if len(calls) > 1 else {**out, "passes": False, "failed": ["forced failure"]}
+        calls.append(real(*args, **kwargs))
+        return calls[-1] if len(calls) > n else {**calls[-1], "passes": False, "failed": ["forced failure"]}
 
-    real = recover.judge
     monkeypatch.setattr(recover, "judge", judge)
-    _, manifest = _deploy_half_macs(tmp_path_factory, "deploy_backoff")
+
+
+def test_recovery_recipe_is_chosen_on_val_among_the_candidates(tmp_path_factory, monkeypatch):
+    _failing_first(monkeypatch, 1)  # pure distillation fails at the budget; the next candidate passes
+    _, manifest, _ = _deploy_half_macs(tmp_path_factory, "deploy_recipe_choice")
     rec, sel = manifest["recovery"], manifest["selection"]
-    first, second = rec["attempts"]
-    assert not first["passes"] and second["passes"] and second["ratio"] == round(first["ratio"] * 0.75, 2)
+    assert [(a["recipe"], a["passes"]) for a in rec["attempts"]] == [("kd", False), ("kd+ce+augment", True)]
+    assert sel["recovery_recipe"] == "kd+ce+augment" and rec["budget"]["met"] is True
+    assert rec["recipe"]["ce_weight"] == 1.0 and rec["recipe"]["augment"] is True
+    assert any("recovery recipe chosen on val: kd+ce+augment" in w for w in manifest["warnings"])
+
+
+def test_budget_failing_on_val_stops_before_test_unless_asked_to_ship_the_best_passing(tmp_path_factory,
+                                                                                        monkeypatch):
+    """Both recipes fail at the budget: exit 3 before test is read (deploy seals it: a read would raise),
+    naming the best budget passing on val; --ship-best-passing packages that one, labelled."""
+    _failing_first(monkeypatch, 2)
+    root = tmp_path_factory.mktemp("deploy_backoff")
+    _, _, err = _deploy_half_macs(tmp_path_factory, "", root=root, code=3)
+    assert "not met on val" in err and "best passing on val" in err and "Test not read, no package" in err
+    assert not any((root / "dist").glob("*"))
+    # the same run, asked to ship the best passing budget (every verdict above is cached: none is recomputed)
+    _, manifest, _ = _deploy_half_macs(tmp_path_factory, "", "--ship-best-passing", root=root)
+    rec, sel = manifest["recovery"], manifest["selection"]
+    budget_ratio = rec["attempts"][0]["ratio"]
+    assert [(a["recipe"], a["passes"]) for a in rec["attempts"]] == [("kd", False), ("kd+ce+augment", False),
+                                                                   ("kd", True)]
+    assert sel["ratio"] == rec["attempts"][2]["ratio"] == round(budget_ratio * 0.75, 2) == manifest["pruning"]["ratio"]
     assert rec["budget"]["met"] is False and rec["budget"]["passes_at_budget"] is False
-    assert sel["ratio"] == second["ratio"] == manifest["pruning"]["ratio"]
-    assert rec["measured"]["reduction"] == pytest.approx(second["cost"]["ratio"])
-    assert second["cost"]["ratio"] < first["cost"]["ratio"]
+    assert rec["measured"]["reduction"] == pytest.approx(rec["attempts"][2]["cost"]["ratio"])
+    assert rec["attempts"][2]["cost"]["ratio"] < rec["attempts"][0]["cost"]["ratio"]
     assert any("packaged the best budget passing on val" in w for w in manifest["warnings"])
+
+
+def test_budget_no_ratio_passing_on_val_is_refused(tmp_path_factory, monkeypatch):
+    _failing_first(monkeypatch, 100)
+    _, _, err = _deploy_half_macs(tmp_path_factory, "deploy_none_pass", code=3)
+    assert "not met on val" in err and "no smaller budget tried passes either" in err

@@ -53,16 +53,24 @@ def test_prune_cli_defaults_build_the_recipe():
     assert recovery_config(0, None, None, None, None, 0, "cpu", True) is None
 
 
-def test_deploy_defaults_build_the_recipe():
+def test_deploy_defaults_build_the_recipe_first():
     from devices.deploy.config import DeployConfig
+    from devices.deploy.recover import recovery_candidates
     from devices.deploy_cli import deploy_cmd
 
     d = _defaults(deploy_cmd)
     flags = {"recover_epochs": d["recover_epochs"], "kd_weight": d["kd_weight"], "ce_weight": d["ce_weight"],
              "kd_temperature": d["kd_temperature"], "recover_augment": d["recover_augment"]}
-    assert _recipe(DeployConfig(**flags, speedup="3").recovery()) == STUDY
-    assert _recipe(DeployConfig(speedup="3").recovery()) == STUDY  # the config's own defaults: the recipe
-    assert DeployConfig(speedup="3", ce_weight=1.0, recover_augment=True).recovery().ce_weight == 1.0
+    cfg = DeployConfig(**flags, speedup="3")
+    assert _recipe(cfg.recovery()) == STUDY and _recipe(DeployConfig(speedup="3").recovery()) == STUDY
+    # unset loss flags: the recipe first, then its pre-declared alternative, chosen on val
+    (first, kd), (second, alt) = recovery_candidates(cfg)
+    assert (first, _recipe(kd)) == ("kd", STUDY)
+    assert second == "kd+ce+augment" and _recipe(alt) == {**STUDY, "ce_weight": 1.0, "augment": True}
+    # a loss flag fixes the recipe: only the given one is tried
+    given = DeployConfig(speedup="3", ce_weight=1.0, recover_epochs=4)
+    assert [(n, _recipe(c)) for n, c in recovery_candidates(given)] == [("as given", {**STUDY, "ce_weight": 1.0,
+                                                                                      "epochs": 4})]
 
 
 def test_bad_override_is_a_config_error():
