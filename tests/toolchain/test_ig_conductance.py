@@ -47,3 +47,31 @@ def test_unit_scores_do_not_depend_on_chunking():
     chunked = get_criterion("ig", n_steps=5, internal_batch_size=2)(model, x, None, layers)
     for ly in layers:
         assert torch.allclose(whole[ly.name], chunked[ly.name], rtol=1e-5, atol=1e-6 * float(whole[ly.name].abs().max()))
+
+
+@pytest.mark.parametrize("baseline", ["zero", "mean"])
+def test_baseline_in_the_first_chunk_equals_its_own_pass(baseline):
+    """Given targets, the baseline rides in the first chunk's batch; without them it comes from the no-grad
+    pass that finds the predicted classes: the same conductance either way (float summation noise only)."""
+    model = tiny_model("vgg").double()
+    layers = find_unit_layers(model)
+    torch.manual_seed(6)
+    x = torch.randn(3, 1, 16, 16, dtype=torch.float64)
+    crit = get_criterion("ig", n_steps=5, internal_batch_size=8, baseline=baseline)
+    with no_inplace(model), frozen_params(model):
+        with torch.no_grad():
+            predicted = model(x).argmax(1)
+        riding = crit.conductance(model, x, predicted, layers)
+        own = crit.conductance(model, x, None, layers)
+    for ly in layers:
+        torch.testing.assert_close(riding[ly.name], own[ly.name], rtol=1e-9, atol=1e-12)
+
+
+def test_chunks_hold_at_most_the_internal_batch_with_the_baseline():
+    crit = get_criterion("ig", n_steps=7, internal_batch_size=10)
+    sizes = [len(steps) * 3 + (1 if i == 0 else 0) for i, steps in enumerate(crit._chunks(3, 1, torch.float32))]
+    assert sizes == [10, 9, 3] and all(s <= 10 for s in sizes)
+    steps = torch.cat(list(crit._chunks(3, 1, torch.float32)))
+    assert steps.tolist() == list(range(1, 8))
+    # a step that alone exceeds the batch still goes through, one step a chunk
+    assert [len(s) for s in get_criterion("ig", n_steps=3, internal_batch_size=2)._chunks(3, 1, torch.float32)] == [1, 1, 1]

@@ -100,9 +100,19 @@ class DLBMode(TorchFunctionMode):
     ``activations_seen`` counts the activation ops on the relevance path (what the tests check).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, abs_cache: dict[int, tuple[Tensor, Tensor]] | None = None) -> None:
         super().__init__()
         self.activations_seen = 0
+        self.abs_cache = {} if abs_cache is None else abs_cache
+
+    def _abs(self, t: Tensor) -> Tensor:
+        """|t|; for a parameter, taken once per ``abs_cache`` (one scoring run: the model is frozen)."""
+        if not isinstance(t, torch.nn.Parameter):
+            return t.abs()
+        hit = self.abs_cache.get(id(t))
+        if hit is None or hit[0] is not t:
+            hit = self.abs_cache[id(t)] = (t, t.detach().abs())
+        return hit[1]
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -129,15 +139,16 @@ class DLBMode(TorchFunctionMode):
             return NotImplemented
         rest = args[3:]
         extra = {k: v for k, v in kwargs.items() if k not in ("input", "weight", "bias")}
-        bias = None if b is None else b.reshape(-1, *(1,) * (w.dim() - 2))
-        spec = LinearSpec(fn=lambda xx, ww: func(xx, ww, None, *rest, **extra), weight=w, bias=bias)
+        bias = None if b is None else self._abs(b).reshape(-1, *(1,) * (w.dim() - 2))
+        spec = LinearSpec(fn=lambda xx, ww: func(xx, ww, None, *rest, **extra), abs_weight=self._abs(w), abs_bias=bias)
         return LinearRule.apply(x, spec, lambda: func(*args, **kwargs))
 
     def _linear(self, func, name, args, kwargs):
         x, w, b = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
         if not _grad(x) or _grad(w) or _grad(b):
             return NotImplemented
-        spec = LinearSpec(fn=lambda xx, ww: F.linear(xx, ww), weight=w, bias=b)
+        spec = LinearSpec(fn=lambda xx, ww: F.linear(xx, ww), abs_weight=self._abs(w),
+                          abs_bias=None if b is None else self._abs(b))
         return LinearRule.apply(x, spec, lambda: func(*args, **kwargs))
 
     def _matmul(self, func, name, args, kwargs):
@@ -147,10 +158,10 @@ class DLBMode(TorchFunctionMode):
         if _grad(left) == _grad(right):
             return NotImplemented  # both data-dependent (q @ kᵀ): guarded
         if _grad(left):
-            spec = LinearSpec(lambda xx, ww: torch.matmul(xx, ww), right, None)
+            spec = LinearSpec(lambda xx, ww: torch.matmul(xx, ww), self._abs(right), None)
             x = left
         else:
-            spec = LinearSpec(lambda xx, ww: torch.matmul(ww, xx), left, None)
+            spec = LinearSpec(lambda xx, ww: torch.matmul(ww, xx), self._abs(left), None)
             x = right
         return LinearRule.apply(x, spec, lambda: func(*args, **kwargs))
 

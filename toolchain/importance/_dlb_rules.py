@@ -58,12 +58,14 @@ def dlb_weights(p: Tensor, n: Tensor, bias: Tensor | float = 0.0) -> tuple[Tenso
 class LinearSpec:
     """A weighted sum over inputs: conv, linear, or a matmul with a constant operand.
 
-    ``fn(x, w)`` is the op without bias; ``bias`` broadcasts against its output.
+    ``fn(x, w)`` is the op without bias. The rule reads only magnitudes: ``abs_weight`` = |W| and
+    ``abs_bias`` = |b| (broadcasting against the output), which ``DLBMode`` takes once per scoring
+    run for parameters.
     """
 
     fn: Callable[[Tensor, Tensor], Tensor]
-    weight: Tensor
-    bias: Tensor | None
+    abs_weight: Tensor
+    abs_bias: Tensor | None
 
 
 def _vjp(out: Tensor, inp: Tensor, grad: Tensor) -> Tensor:
@@ -71,12 +73,19 @@ def _vjp(out: Tensor, inp: Tensor, grad: Tensor) -> Tensor:
     return g
 
 
+def _share(rel: Tensor, total: Tensor) -> Tensor:
+    """``rel / total`` for a total of magnitudes ``op(|x|, |W|)``. Where it is 0, every ``|x_i w_ij|``
+    in it is 0, so any finite quotient passes no relevance on: dividing by 1 there gives the
+    result of ``safe_div`` in two passes instead of five."""
+    return rel / total.masked_fill(total == 0, 1)
+
+
 def linear_backward(spec: LinearSpec, x: Tensor, rel: Tensor) -> Tensor:
     a = x.abs().requires_grad_(True)
     with torch.enable_grad():
-        s_abs = spec.fn(a, spec.weight.abs())  # P + N
-    babs = spec.bias.abs() if spec.bias is not None else torch.zeros((), dtype=rel.dtype, device=rel.device)
-    return a.detach() * _vjp(s_abs, a, safe_div(rel, s_abs.detach() + babs))
+        s_abs = spec.fn(a, spec.abs_weight)  # P + N
+    total = s_abs.detach() if spec.abs_bias is None else s_abs.detach() + spec.abs_bias
+    return _vjp(s_abs, a, _share(rel, total)).mul_(a.detach())
 
 
 class LinearRule(torch.autograd.Function):
@@ -107,7 +116,7 @@ class PositiveLinearRule(torch.autograd.Function):
         a = x.abs().requires_grad_(True)
         with torch.enable_grad():
             z = ctx.fn(a)
-        return a.detach() * _vjp(z, a, safe_div(rel, z.detach())), None, None
+        return _vjp(z, a, _share(rel, z.detach())).mul_(a.detach()), None, None
 
 
 class SumRule(torch.autograd.Function):

@@ -89,12 +89,14 @@ def backtrace(
     start: Start = "one",
     output_relevance: Tensor | None = None,
     capture: Sequence[UnitLayer] = (),
+    abs_cache: dict | None = None,
 ) -> Backtrace:
     """Propagate DL-Backtrace relevance from the output of ``model`` (already ``prepare``d) to its input.
 
     The start is the explained class per sample (``targets``, else the predicted class) with
     relevance 1 (``start="one"``) or its logit; ``output_relevance`` (shaped like the output)
-    overrides both. ``capture``: layers whose hook tensors' relevance is returned.
+    overrides both. ``capture``: layers whose hook tensors' relevance is returned. ``abs_cache``: a dict
+    kept across the batches of one scoring run, so each parameter's |W| is taken once (``DLBMode``).
     """
     x = inputs.detach().clone().requires_grad_(True)
     captured: dict[str, Tensor] = {}
@@ -106,7 +108,7 @@ def backtrace(
         else:
             handles.append(module.register_forward_pre_hook(lambda m, i, n=layer.name: captured.__setitem__(n, i[0])))
     try:
-        with torch.enable_grad(), DLBMode() as mode:
+        with torch.enable_grad(), DLBMode(abs_cache) as mode:
             out = model(x)
     finally:
         for h in handles:
@@ -165,11 +167,12 @@ class DLBacktrace(Criterion):
             raise ConfigError("criterion 'dlb' needs reference inputs")
         device = next(model.parameters()).device
         scores = {layer.name: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
+        abs_cache: dict = {}  # |W| of each parameter, once for all batches
         with prepared(model) as work:
             for lo in range(0, len(inputs), self.batch_size):
                 xb = inputs[lo : lo + self.batch_size].to(device)
                 tb = None if targets is None else targets[lo : lo + self.batch_size]
-                bt = backtrace(work, xb, tb, start=self.start, capture=layers)
+                bt = backtrace(work, xb, tb, start=self.start, capture=layers, abs_cache=abs_cache)
                 for layer in layers:
                     scores[layer.name] += reduce_to_units(bt.relevance[layer.name].detach(), layer).sum(0).double().cpu()
         return {name: s.float() for name, s in scores.items()}
