@@ -23,6 +23,22 @@ def test_merge_keeps_parts_measured_earlier_and_writes_every_table(tmp_path, mon
     assert merged["lrp_run"]["command"] == earlier["command"] and merged["ig"]["command"] == earlier["command"]
     lrp_cost.write(results)
     md = (tmp_path / "lrp_cost.md").read_text()
-    assert "| vgg19 | 1.000 | 1.500 | 1.50 | yes |" in md  # DLB table
-    assert "| vgg19 | 2.000 | 2.200 | 1.10 | NO |" in md  # IG table, target 1
+    assert "| vgg19 | 1.000 | 1.500 | 1.50 | — | yes |" in md  # DLB table
+    assert "| vgg19 | 2.000 | 2.200 | 1.10 | — | NO |" in md  # IG table, target 1
     assert "--parts dlb" in md and "--archs vgg19" in md  # each part names its command
+
+
+def test_interleaved_records_cpu_time_apart_from_waiting():
+    """A call that sleeps takes wall time but almost no CPU time: the CPU-time ratio shows it, the wall one not."""
+    import time
+
+    from benchmarks.studies import lrp_cost
+
+    def busy():
+        end = time.process_time() + 0.02
+        while time.process_time() < end:
+            pass
+
+    wall_a, wall_b, cpu = lrp_cost.interleaved(busy, lambda: time.sleep(0.02), 2)
+    assert len(wall_a) == len(wall_b) == 2 and all(w >= 0.02 for w in wall_b)
+    assert cpu["cpu_ratio_median"] < 0.5 and len(cpu["cpu_ratio_per_pair"]) == 2
