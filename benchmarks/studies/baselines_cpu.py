@@ -181,13 +181,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="take the learning rates from a finished hparam_policy.json instead of running the policy")
     p.add_argument("--cited", choices=("train", "list"), default="train",
                    help="retrain the other checkpoints the committed results cite, or only list them [default: train]")
+    p.add_argument("--cited-subset", default=[], type=lambda t: [k.strip() for k in t.split(",") if k.strip()],
+                   metavar="SHA,...", help="with --cited train: retrain only the cited checkpoints whose sha256 "
+                                           "starts with one of these")
     p.add_argument("--finished", type=Path, default=None, metavar="DIR",
-                   help="add the cited-checkpoint section (listed, not retrained) to the finished run in DIR")
+                   help="add the cited-checkpoint section to the finished run in DIR (its runs are not redone)")
     p.add_out()
     a = p.parse_args(argv)
     out = Path(a.out)
     if a.finished:
-        return _add_cited(a.finished, out, command_line("baselines_cpu", argv))
+        return _add_cited(a.finished, out, command_line("baselines_cpu", argv), _cited_train(a))
     wall0, cpu0 = time.perf_counter(), time.process_time()
     doc: dict = {"schema": "medprune.baselines_cpu/1", "command": command_line("baselines_cpu", argv),
                  "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 doc["trained"] = trained_minutes(policy, doc["runs"])
                 _write(doc, out)  # after every run: a stopped command keeps what finished
                 hp.log(f"== {key}: weights sha256 {doc['runs'][-1]['weights_sha256']}")
-        doc["cited"] = cc.section(RESULTS, produced_by(policy, doc["runs"]), train=a.cited == "train", log=hp.log)
+        doc["cited"] = cc.section(RESULTS, produced_by(policy, doc["runs"]), train=_cited_train(a), log=hp.log)
     doc["timing"], doc["trained"] = _timing(wall0, cpu0, load), trained_minutes(policy, doc["runs"])
     _write(doc, out)
     hp.log(f"wrote {out / 'baselines_cpu.json'}: {doc['timing']['wall_min']:.1f} min wall")
@@ -228,13 +231,20 @@ def produced_by(policy: dict, runs: list[dict]) -> dict[str, str]:
     return {sha: " = ".join(names) for sha, names in made.items()}
 
 
-def _add_cited(finished: Path, out: Path, command: str) -> int:
+def _cited_train(a) -> bool | tuple[str, ...]:
+    """What ``cited_checkpoints.section`` retrains: all (True), none (False) or the given sha256 prefixes."""
+    if a.cited_subset and a.cited != "train":
+        raise ConfigError("--cited-subset needs --cited train")
+    return tuple(a.cited_subset) if a.cited_subset else a.cited == "train"
+
+
+def _add_cited(finished: Path, out: Path, command: str, train: bool | tuple[str, ...]) -> int:
     """``--finished``: the run in ``finished`` plus the cited-checkpoint section, written to ``out``."""
     paths = [finished / "baselines_cpu.json", finished / "hparam_policy.json"]
     if not all(p.is_file() for p in paths):
         raise ConfigError(f"--finished: {finished} lacks baselines_cpu.json or hparam_policy.json")
     doc, policy = (json.loads(p.read_text()) for p in paths)
-    doc["cited"] = cc.section(RESULTS, produced_by(policy, doc["runs"]), train=False, log=hp.log)
+    doc["cited"] = cc.section(RESULTS, produced_by(policy, doc["runs"]), train=train, log=hp.log)
     doc["cited_added_by"] = command
     out.mkdir(parents=True, exist_ok=True)
     hp.write(policy, out)

@@ -130,14 +130,15 @@ def retrain(c: Cited) -> tuple[Path, str]:
     return weights, side["weights_sha256"]
 
 
-def section(results: Path, produced: dict[str, str], *, train: bool, log) -> list[dict]:
+def section(results: Path, produced: dict[str, str], *, train: bool | tuple[str, ...], log) -> list[dict]:
     """One entry per cited checkpoint: made by this command's own runs (``produced``: sha256 -> run), else
-    retrained with its command when ``train`` (and compared with the cited sha256), else listed with the
-    training time it recorded."""
+    retrained with its command when ``train`` (True: all; a tuple: those whose sha256 starts with one of its
+    prefixes) and compared with the cited sha256, else listed with the training time it recorded."""
     rows = []
     for c in scan(results).values():
         row = {**c.to_dict(), "recorded": recorded_training(c, results), "made_by": produced.get(c.sha256)}
-        if row["made_by"] is None and train and c.command and not set(c.files) <= set(OWN):
+        wanted = train is True or (bool(train) and c.sha256.startswith(tuple(train)))
+        if row["made_by"] is None and wanted and c.command and not set(c.files) <= set(OWN):
             log(f"== cited {c.sha256[:16]} ({', '.join(c.files)}): {c.command}")
             t0 = time.perf_counter()
             weights, sha = retrain(c)
@@ -174,7 +175,7 @@ def markdown_lines(rows: list[dict]) -> list[str]:
              f"{len(rows)} checkpoints are cited by sha256 in `benchmarks/results/*.json` (this command's own "
              f"previous outputs included); **{same} reproduced bit-identically** by this run."]
     if listed:
-        lines.append(f"{len(listed)} were not retrained by this run (`--cited list`, or not reached); the training "
+        lines.append(f"{len(listed)} were not retrained by this run (`--cited list` or `--cited-subset`); the training "
                      "time each recorded when it was trained: " + ", ".join(
                          f"{m:.1f} min on {d}" for d, m in sorted(by_device.items())) + " (different machines and "
                      "loads; a CPU retrain of a checkpoint trained on cuda takes far longer).")

@@ -79,3 +79,15 @@ def test_finished_needs_a_finished_run(tmp_path):
 
     with pytest.raises(ConfigError):
         bc.main(["--finished", str(tmp_path), "--out", str(tmp_path / "out")])
+
+
+def test_cited_subset_retrains_only_the_named_checkpoints_and_needs_cited_train():
+    import types
+
+    from toolchain.errors import ConfigError
+
+    assert bc._cited_train(types.SimpleNamespace(cited="train", cited_subset=[])) is True
+    assert bc._cited_train(types.SimpleNamespace(cited="list", cited_subset=[])) is False
+    assert bc._cited_train(types.SimpleNamespace(cited="train", cited_subset=["c8c4", "d28d"])) == ("c8c4", "d28d")
+    with pytest.raises(ConfigError):
+        bc._cited_train(types.SimpleNamespace(cited="list", cited_subset=["abc"]))

@@ -64,3 +64,14 @@ def test_retrain_refuses_a_command_that_is_not_medprune_train():
         cc.retrain(cc.Cited("a" * 64, command="rm -rf /tmp/x"))
     with pytest.raises(ConfigError):
         cc.scan(RESULTS / "no-such-folder")
+
+
+def test_section_retrains_only_the_selected_checkpoints_and_compares_sha256(tmp_path, monkeypatch):
+    a, b = "a" * 64, "b" * 64
+    _write(tmp_path, "recovery.json", {"m": [{"checkpoint": "/x", "checkpoint_sha256": a, "train_command": "x"},
+                                             {"checkpoint": "/y", "checkpoint_sha256": b, "train_command": "y"}]})
+    called = []
+    monkeypatch.setattr(cc, "retrain", lambda c: called.append(c.sha256) or (tmp_path / "w", "f" * 64))
+    rows = {r["sha256"]: r for r in cc.section(tmp_path, {}, train=("bbbb",), log=print)}
+    assert called == [b] and "retrained" not in rows[a]
+    assert cc.status(rows[b]).startswith("retrained, DIFFERENT sha256")
