@@ -42,6 +42,9 @@ PREREGISTERED = [
 def _row(run: dict, cell: dict, label: str) -> dict[str, Any]:
     probs = {s: cell["probs"][f"kd/{s}"] for s in ("val", "test")}
     rec = (cell.get("recovery") or {}).get("summary") or {}
+    if "trail" in cell:  # iterative: the epochs every step ran (each keeps its best val epoch)
+        steps = [((s.get("recovery") or {}).get("summary") or {}) for s in cell["trail"]]
+        rec = {k: "+".join(str(s.get(k)) for s in steps) for k in ("epochs_run", "best_epoch")}
     return {"label": label, "criterion": cell["criterion"], "target_macs_div": cell["target_macs_div"],
             "ratio": cell.get("ratio"), "macs_ratio": cell["macs"]["ratio"], "speedup_ort": cell["speedup_ort"],
             "load_avg_1min": cell.get("load_avg_1min"),
@@ -124,6 +127,8 @@ def markdown(doc: dict) -> str:
     a, dec = doc["args"], doc["decision"]
     lines = ["# Recovery schedule: longer and iterative recovery vs the recovery study's 2 epochs", "",
              f"Command: `{doc['command']}` (started {doc['started']}; recipe read from `{a['baseline']}`)", "",
+             *(["Assembled with `--cached-only` from the cells a run of the same command without that flag computed "
+                "(each cell is cached when it finishes).", ""] if a.get("cached_only") else []),
              *PREREGISTERED, "## Results", "",
              "Val: drops dense − recovered in points, paired class-stratified 95 % bootstrap (deploy's bound rule); "
              "worst sensitivity drop point (upper bound). Test: accuracy with its 95 % interval and n; accuracy drop "
@@ -151,12 +156,26 @@ def markdown(doc: dict) -> str:
               f"**{it['verdict']}**; steps: " + ", ".join(
                   f"÷{s['cost']['ratio']:.2f} val acc {s['val']['accuracy']:.4f}" for s in it["trail"])
               for it in doc["iterative"]] or ["- not computed"]
+    failing = [(e, r) for e, r in [(e, e["rows"][-1]) for e in doc["oneshot"]] + [(i, i["row"]) for i in doc["iterative"]]
+               if not r["val"]["passes_bound"]]
+    lines += ["", "Why deploy's val rule fails (longer and iterative recoveries; upper 95 % bounds):", ""]
+    lines += [f"- {e['model']} {r['criterion']} {r['label']}: " + "; ".join(r["val"]["failed"]) for e, r in failing]
     lines += ["", "## Decision (pre-registered rule)", "",
               f"{dec['pass_val_long']}/{dec['cells']} cells pass deploy's val rule after {a['long_epochs']} epochs "
               f"({dec['pass_val_short']} after 2); {dec['hold_test_long']} of them hold on test. "
               + ("**Adopt** the longer recipe." if dec["adopt_longer_recipe"] else
                  "**Do not adopt** the longer recipe: no cell passes on val and holds on test."), ""]
     return "\n".join(lines)
+
+
+def _interval(f: dict, split: str, what: str) -> tuple[float, list[float]]:
+    """(point, [low, high]) of a row's drop; val's worst sensitivity drop has its point and the largest
+    per-class upper bound (what deploy's rule reads), so its bar runs from the point to that bound."""
+    if split == "test":
+        return f[what]["value"], f[what]["ci"]
+    if what == "accuracy_drop_pts":
+        return f[what], f["accuracy_drop_ci_pts"]
+    return f[what], [f[what], f["worst_sensitivity_drop_upper_pts"]]
 
 
 def plot(doc: dict, path: Path) -> None:
@@ -167,18 +186,22 @@ def plot(doc: dict, path: Path) -> None:
 
     from ._pairs import save_png
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, split, key in ((axes[0], "val", "accuracy_drop_pts"), (axes[1], "test", "accuracy_drop_pts")):
-        rows = [(e, r) for e in doc["oneshot"] for r in e["rows"]] + [(it, it["row"]) for it in doc["iterative"]]
-        for i, (_, r) in enumerate(rows):
-            f = r[split]
-            v, ci = (f[key], f[f"{key[:-4]}_ci_pts"]) if split == "val" else (f[key]["value"], f[key]["ci"])
-            ax.errorbar(i, v, yerr=[[v - ci[0]], [ci[1] - v]], fmt="o", capsize=3,
+    rows = [(e, r) for e in doc["oneshot"] for r in e["rows"]] + [(it, it["row"]) for it in doc["iterative"]]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
+    for (i, what, gate), (j, split) in ((a, b) for a in ((0, "accuracy_drop_pts", GATE_ACC),
+                                                         (1, "worst_sensitivity_drop_pts", GATE_SENS))
+                                        for b in ((0, "val"), (1, "test"))):
+        ax = axes[i][j]
+        for k, (_, r) in enumerate(rows):
+            v, ci = _interval(r[split], split, what)
+            ax.errorbar(k, v, yerr=[[v - ci[0]], [ci[1] - v]], fmt="o", capsize=3,
                         color="C1" if "iterative" in r["label"] else "C0" if "2 ep" in r["label"] else "C2")
+        ax.axhline(gate, ls="--", color="grey")
+        ax.set_ylabel(f"{split} {what[:-4].replace('_', ' ')}, pts")
         ax.set_xticks(range(len(rows)), [f"{e['model']} {r['criterion']}\n{r['label']}" for e, r in rows],
                       rotation=70, fontsize=6)
-        ax.axhline(GATE_ACC, ls="--", color="grey")
-        ax.set_ylabel(f"{split} accuracy drop, pts (95 % CI)")
+    axes[0][0].set_title("val (bars: 95 % CI; worst sensitivity: point to the rule's upper bound)", fontsize=8)
+    axes[0][1].set_title("test (bars: paired 95 % CI)", fontsize=8)
     save_png(fig, path)
 
 
