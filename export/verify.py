@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from toolchain.errors import GateError
+from toolchain.temperature import softmax
 
 from .metadata import INPUT_NAME
 
@@ -108,11 +109,6 @@ def logits_of(run: Runner, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     return np.concatenate([run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def compare(ref: np.ndarray, out: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Agreement statistics of ``out`` logits against reference logits ``ref`` on ``labels``."""
     ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
@@ -126,7 +122,7 @@ def compare(ref: np.ndarray, out: np.ndarray, labels: np.ndarray) -> dict[str, A
         "finite": finite,
         "max_abs_logit": float(np.abs(out - ref).max()) if finite else float("inf"),
         "logit_scale": float(np.abs(ref).max()),  # max|reference logit|: what float32 noise grows with
-        "max_abs_prob": float(np.abs(_softmax(out) - _softmax(ref)).max()) if finite else float("inf"),
+        "max_abs_prob": float(np.abs(softmax(out) - softmax(ref)).max()) if finite else float("inf"),
         "top1_agreement": float((pred == ref_pred).mean()),
         "reference_accuracy": ref_acc,
         "accuracy": acc,

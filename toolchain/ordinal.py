@@ -137,4 +137,10 @@ def qwk_point_check(dense: dict, pruned: dict, qwk_tolerance: float) -> dict:
     m0, m1 = dense.get("grade_mae"), pruned.get("grade_mae")
     drop = None if q0 is None or q1 is None else 100.0 * (q0 - q1)
     return {"qwk_drop_pts": drop, "grade_mae_increase": None if m0 is None or m1 is None else m1 - m0,
-            "qwk_tolerance_pts": qwk_tolerance, "qwk_passes": bool(drop is None or drop <= qwk_tolerance + 1e-9)}
+            "qwk_tolerance_pts": qwk_tolerance, "qwk_passes": qwk_drop_passes(drop, qwk_tolerance)}
+
+
+def qwk_drop_passes(drop_pts: float | None, tolerance_pts: float) -> bool:
+    """The QWK gate's rule, for prune's point check and deploy's gate alike: a drop (points, dense - pruned)
+    at most the tolerance passes; an undefined drop (QWK undefined on the split: a single grade) passes."""
+    return bool(drop_pts is None or drop_pts <= tolerance_pts + 1e-9)

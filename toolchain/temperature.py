@@ -28,9 +28,7 @@ T_MIN, T_MAX = 0.05, 20.0
 
 def nll(logits: np.ndarray, labels: np.ndarray, beta: float = 1.0) -> float:
     """Mean negative log-likelihood of ``softmax(beta * logits)`` (log-softmax: no underflow to log 0)."""
-    z = beta * logits
-    z = z - z.max(1, keepdims=True)
-    log_probs = z - np.log(np.exp(z).sum(1, keepdims=True))
+    log_probs = log_softmax(beta * logits)
     return float(-log_probs[np.arange(len(labels)), labels].mean())
 
 
@@ -78,6 +76,12 @@ def fold_temperature(model: nn.Module, temperature: float) -> nn.Module:
 def softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax, shifted by each row's max (no overflow, no log 0)."""
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
 def choose_temperature(logits, labels, split: str = "val") -> dict:

@@ -111,6 +111,8 @@ def _qwk_gate(cfg, od: dict | None, gates: dict) -> list[str]:
     drop, ci = od["qwk_drop_pts"], od["qwk_drop_ci_pts"]
     gates.update(qwk_drop_pts=drop, qwk_drop_ci_pts=ci, qwk_tolerance_pts=cfg.qwk_tolerance,
                  grade_mae_increase=od["grade_mae_increase"], grade_mae_increase_ci=od["grade_mae_increase_ci"])
-    if drop is None or drop <= cfg.qwk_tolerance + 1e-9:
+    from toolchain.ordinal import qwk_drop_passes
+
+    if qwk_drop_passes(drop, cfg.qwk_tolerance):
         return []
     return [f"QWK drop {drop:.2f} pts [95% CI {ci[0]:.2f}, {ci[1]:.2f}] (allowed {cfg.qwk_tolerance})"]

@@ -91,3 +91,14 @@ def test_input_checks_and_dataset_marking():
     assert not is_ordinal(ds)
     mark_ordinal(ds, True)
     assert is_ordinal(ds)
+
+
+def test_qwk_drop_rule_is_one_function_for_prune_and_deploy():
+    from toolchain.ordinal import qwk_drop_passes, qwk_point_check
+
+    assert qwk_drop_passes(None, 0.0)  # QWK undefined on the split (a single grade): no condition
+    assert qwk_drop_passes(2.0, 2.0) and qwk_drop_passes(-5.0, 0.0)
+    assert not qwk_drop_passes(2.01, 2.0)
+    # prune's point check reads its verdict from the same rule
+    assert qwk_point_check({"qwk": 0.80}, {"qwk": 0.78}, 2.0)["qwk_passes"]
+    assert not qwk_point_check({"qwk": 0.80}, {"qwk": 0.77}, 2.0)["qwk_passes"]

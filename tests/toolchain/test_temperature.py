@@ -80,3 +80,16 @@ def test_choose_temperature_applies_only_what_lowers_the_fit_splits_ece():
     kept = choose_temperature(logits, labels)
     assert not kept["applied"] and kept["temperature"] == 1.0
     assert kept["fitted_temperature"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_log_softmax_is_stable_and_matches_torch():
+    import numpy as np
+    import torch
+
+    from toolchain.temperature import log_softmax, softmax
+
+    z = np.array([[1000.0, 0.0, -1000.0], [0.5, 0.25, -2.0]])
+    out = log_softmax(z)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, torch.log_softmax(torch.from_numpy(z), 1).numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.exp(out), softmax(z), rtol=1e-12, atol=0)

@@ -24,14 +24,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..temperature import log_softmax
 
 MAX_ITER = 50
 TOL = 1e-10  # gradient (max abs) of the mean KL at which Newton's method stops
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
 def _check_logits(teacher, student) -> tuple[np.ndarray, np.ndarray]:
@@ -48,8 +44,8 @@ def _check_logits(teacher, student) -> tuple[np.ndarray, np.ndarray]:
 def mean_kl(teacher, student, offset=None) -> float:
     """Mean KL(softmax(teacher) || softmax(student + offset)) over the rows (nats)."""
     t, s = _check_logits(teacher, student)
-    lp = _log_softmax(t)
-    lq = _log_softmax(s + (0.0 if offset is None else np.asarray(offset, np.float64)))
+    lp = log_softmax(t)
+    lq = log_softmax(s + (0.0 if offset is None else np.asarray(offset, np.float64)))
     return float((np.exp(lp) * (lp - lq)).sum(1).mean())
 
 
@@ -61,16 +57,16 @@ def fit_logit_offset(teacher, student, max_iter: int = MAX_ITER) -> np.ndarray:
     never predicts would drive its offset to -inf; the step is then capped by the iteration count.
     """
     t, s = _check_logits(teacher, student)
-    p = np.exp(_log_softmax(t))
+    p = np.exp(log_softmax(t))
     k = t.shape[1]
     b = np.zeros(k)
 
     def objective(off):
-        return float(-(p * _log_softmax(s + off)).sum(1).mean())  # KL minus the teacher's entropy
+        return float(-(p * log_softmax(s + off)).sum(1).mean())  # KL minus the teacher's entropy
 
     f = objective(b)
     for _ in range(max_iter):
-        q = np.exp(_log_softmax(s + b))
+        q = np.exp(log_softmax(s + b))
         g = (q - p).mean(0)[1:]
         if np.abs(g).max() < TOL:
             break
