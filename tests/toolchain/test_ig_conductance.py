@@ -75,3 +75,34 @@ def test_chunks_hold_at_most_the_internal_batch_with_the_baseline():
     assert steps.tolist() == list(range(1, 8))
     # a step that alone exceeds the batch still goes through, one step a chunk
     assert [len(s) for s in get_criterion("ig", n_steps=3, internal_batch_size=2)._chunks(3, 1, torch.float32)] == [1, 1, 1]
+
+
+def test_conductance_at_a_batchnorm_before_an_in_place_residual_add():
+    """timm's Bottleneck adds the shortcut in place to bn3's output (``x += shortcut``): the criterion must read
+    bn3's own output, not the residual sum (it did before it captured copies). Reference: captum's
+    LayerConductance with the module's output copied before the add (``_copied_output``)."""
+    from captum.attr import LayerConductance
+
+    from toolchain.importance.ig import _copied_output
+
+    model = tiny_model("resnet").double()
+    torch.manual_seed(7)
+    for m in model.modules():  # timm zero-initialises bn3's weight: give every BN a non-trivial affine map
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.2)
+    layers = find_unit_layers(model)
+    assert any(ly.hook.endswith("bn3") for ly in layers)
+    x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
+    targets = torch.tensor([1, 0])
+    crit = get_criterion("ig", n_steps=5)
+    with frozen_params(model):
+        ours = crit.conductance(model, x, targets, layers)
+        with no_inplace(model):
+            for ly in layers:
+                with _copied_output(model, ly) as module:
+                    ref = LayerConductance(model, module).attribute(
+                        torch.zeros_like(x), baselines=x, target=targets, n_steps=5, method="riemann_trapezoid")
+                scale = float(ref.detach().abs().max())
+                assert scale > 0, ly.name
+                assert torch.allclose(ours[ly.name], -ref, rtol=0, atol=1e-6 * scale), ly.name

@@ -45,11 +45,16 @@ def frozen_params(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
-def capture(model: nn.Module, layers: Sequence[UnitLayer]) -> Iterator[dict[str, torch.Tensor]]:
+def capture(
+    model: nn.Module, layers: Sequence[UnitLayer], copy: bool = False
+) -> Iterator[dict[str, torch.Tensor]]:
     """Record the tensor at each layer's hook (output or input port) during forward passes.
 
     The dict maps ``layer.name`` to the tensor of the latest forward pass; it stays in the autograd
-    graph, so ``torch.autograd.grad`` can differentiate with respect to it.
+    graph, so ``torch.autograd.grad`` can differentiate with respect to it. ``copy``: the rest of the
+    model gets a copy of each captured tensor, so no in-place op after the hook (an in-place ReLU,
+    timm's residual ``x += shortcut`` after a BatchNorm) can change the recorded values or move the
+    gradient's point; ``no_inplace`` only reaches modules, not such tensor ops.
     """
     store: dict[str, torch.Tensor] = {}
     handles = []
@@ -59,12 +64,14 @@ def capture(model: nn.Module, layers: Sequence[UnitLayer]) -> Iterator[dict[str,
 
             def hook(_m, _inp, out, name=layer.name):
                 store[name] = out
+                return out.clone() if copy else None
 
             handles.append(module.register_forward_hook(hook))
         else:
 
             def pre_hook(_m, inp, name=layer.name):
                 store[name] = inp[0]
+                return (inp[0].clone(), *inp[1:]) if copy else None
 
             handles.append(module.register_forward_pre_hook(pre_hook))
     try:

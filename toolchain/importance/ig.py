@@ -120,7 +120,8 @@ class IntegratedGradients(Criterion):
         b = 1 if self.baseline != "mean" else n
         attrs: dict[str, torch.Tensor] = {}
         previous: dict[str, torch.Tensor] = {}
-        with capture(model, layers) as acts:
+        # the model runs on copies: timm's residual x += shortcut would overwrite a captured BatchNorm output
+        with capture(model, layers, copy=True) as acts:
             if targets is None:
                 with torch.no_grad():
                     logits = model(torch.cat([base[:b], inputs]))
@@ -171,7 +172,9 @@ class IntegratedGradients(Criterion):
         # ``path="input"``: chunks of images small enough that one step of a chunk fits an internal batch
         chunk = max(1, self.batch_size) if self.path == "layer" else max(1, self.internal_batch_size)
         try:
-            with no_inplace(model), frozen_params(model):
+            # the input path needs no module switched: it captures copies (``capture(copy=True)``)
+            keep_inplace = contextlib.nullcontext() if self.path == "input" else no_inplace(model)
+            with keep_inplace, frozen_params(model):
                 if self.path == "input":
                     tgt = None if targets is None else resolve_targets(model, inputs, targets, self.batch_size)
                     for sl in batches(len(inputs), chunk):
