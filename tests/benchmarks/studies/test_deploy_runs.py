@@ -41,3 +41,10 @@ def test_budget_row_shows_speedup_and_accuracy_before_and_after_recovery():
     assert "## Stale rows" not in text and "| resnet50 | cpu | 0.40 (speedup 3) |" in text
     assert "×3.00" in text and "pruned 60.0 [58.0, 62.0] → recovered 92.0 [90.0, 94.0]" in text
     assert "fails (acc)" in text and '"ce_weight": 0.0' in text
+
+
+def test_previous_row_ignores_notes_and_takes_todays_recipe():
+    old = {"recipe": {"model": "resnet50", "target": "cpu", "speedup": "3"}, "rc": 0}
+    today = {**old["recipe"], "note": "second read"}
+    assert dr.previous_row(today, [old])["recipe"] == today
+    assert dr.previous_row({**today, "speedup": "2"}, [old]) is None
