@@ -196,7 +196,7 @@ def recover_pruned(cfg, pipe, ctx, pr, budget_stage, prune_at, example, profile)
             break
     kind_value = f"{cfg.budget()['kind']} {cfg.budget()['value']:g}"
     at_budget = [a for a in attempts if a["ratio"] == b["ratio"]]
-    fails = "; ".join(f"{a['recipe']}: {', '.join(a['failed'])}" for a in at_budget)
+    fails = "; ".join(f"{a['recipe']}: {', '.join(a['failed'])}" for a in at_budget if not a["passes"])
     if found is None or (found[2]["ratio"] != b["ratio"] and not cfg.ship_best_passing):
         best = (f"best passing on val: {found[2]['cost']['ratio']:.2f}x (ratio {found[2]['ratio']:.2f}, recovery "
                 f"{found[2]['recipe']}); --ship-best-passing packages it" if found else

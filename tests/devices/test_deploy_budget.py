@@ -81,7 +81,8 @@ def test_recovery_recipe_is_chosen_on_val_among_the_candidates(tmp_path_factory,
     assert [(a["recipe"], a["passes"]) for a in rec["attempts"]] == [("kd", False), ("kd+ce+augment", True)]
     assert sel["recovery_recipe"] == "kd+ce+augment" and rec["budget"]["met"] is True
     assert rec["recipe"]["ce_weight"] == 1.0 and rec["recipe"]["augment"] is True
-    assert any("recovery recipe chosen on val: kd+ce+augment" in w for w in manifest["warnings"])
+    assert any("recovery recipe chosen on val: kd+ce+augment" in w and w.endswith("kd: forced failure)")
+               for w in manifest["warnings"])
 
 
 def test_budget_failing_on_val_stops_before_test_unless_asked_to_ship_the_best_passing(tmp_path_factory,
