@@ -3,10 +3,10 @@
     medprune study dlb_cost --arch vgg19 --img-size 32 --samples 20
 
 Prints JSON: median seconds over ``--repeats`` of (a) scoring ``--samples`` images with the ``dlb``
-criterion (deep copy included), (b) one forward+backward over the same batch with frozen parameters
+criterion (the whole call: the model set up in place, no deep copy), (b) one forward+backward over the same batch with frozen parameters
 (input gradient only, what gradient criteria pay), (c) one forward+backward with parameter gradients
 (a training step without the optimiser), and the ratios a/b and a/c. Random weights and inputs: the
-cost does not depend on them.
+cost does not depend on them. Not interleaved: the committed DLB cost is ``lrp_cost --parts dlb``.
 """
 
 from __future__ import annotations
