@@ -21,11 +21,19 @@ def test_conv_units_are_read_after_their_batchnorm():
 
 
 def _read_point_outputs(model, layers, x):
-    """The tensor at every layer's hook, and the gradient of the summed class-0 logit w.r.t. it."""
+    """The tensor at every layer's hook, and the gradient of the summed class-0 logit w.r.t. it.
+
+    The rest of the model gets a copy of each recorded tensor: timm's Bottleneck adds the shortcut to bn3's
+    output in place (``x += shortcut``), which would otherwise turn the record into bn3 + shortcut.
+    """
     store, handles = {}, []
+
+    def keep(_m, _i, o, name):
+        store[name] = o
+        return o.clone()
+
     for ly in layers:
-        handles.append(get_module(model, ly.hook).register_forward_hook(
-            lambda _m, _i, o, n=ly.name: store.__setitem__(n, o)))
+        handles.append(get_module(model, ly.hook).register_forward_hook(lambda m, i, o, n=ly.name: keep(m, i, o, n)))
     for m in model.modules():
         if hasattr(m, "inplace"):
             m.inplace = False

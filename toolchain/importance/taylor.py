@@ -39,7 +39,9 @@ class Taylor(Criterion):
         try:
             with no_inplace(model), frozen_params(model):
                 tgt = resolve_targets(model, inputs, targets, self.batch_size)
-                with capture(model, layers) as acts:
+                # the model runs on copies: timm's residual ``x += shortcut`` would overwrite a captured
+                # BatchNorm output in place, so |a x g| would read bn3 + shortcut instead of bn3 (as IG did)
+                with capture(model, layers, copy=True) as acts:
                     for sl in batches(len(inputs), self.batch_size):
                         # the input must be in the graph: parameters are frozen
                         logits = model(inputs[sl].detach().requires_grad_(True))
