@@ -127,11 +127,15 @@ def headline(rows: list[dict], state: str | None = None) -> dict[str, Any]:
         by_crit.setdefault(r["criterion"], []).append(r["val"]["balanced_accuracy"] or 0.0)
     best = max(by_crit, key=lambda c: float(np.mean(by_crit[c]))) if by_crit else None
     sl = _chosen(kd, "passes_bound")
-    # what deploy would ship under its rule: the chosen model, or the dense one when none passes (x1.00)
-    ships = ({"speedup_ort": sl["speedup_ort"], "model": f"{sl['criterion']} MACs ÷{sl['macs_ratio']:.2f}",
-              "holds_on_test": sl["holds_on_test"]} if sl else
-             {"speedup_ort": 1.0, "model": "dense (no recovered model passes deploy's rule on val)",
-              "holds_on_test": True})
+    # what deploy ships under its rule: the val-chosen model if it also passes deploy's test gate; else the
+    # dense one (x1.00) — none passes on val, or the chosen one fails the test gate (deploy exits 3, no package)
+    if sl and sl["holds_on_test"]:
+        ships = {"speedup_ort": sl["speedup_ort"], "model": f"{sl['criterion']} MACs ÷{sl['macs_ratio']:.2f}",
+                 "holds_on_test": True}
+    else:
+        why = (f"the val-chosen {sl['criterion']} MACs ÷{sl['macs_ratio']:.2f} (x{sl['speedup_ort']:.2f}) fails "
+               "deploy's test gate: no package" if sl else "no recovered model passes deploy's rule on val")
+        ships = {"speedup_ort": 1.0, "model": f"dense ({why})", "holds_on_test": True}
     return {"best_criterion": best, "best_criterion_rule": "highest mean val balanced accuracy over recovered cells",
             "val_mean_balanced_accuracy": {c: float(np.mean(v)) for c, v in by_crit.items()}, "state": state,
             "rule": "bound", "speedup_lossless": sl, "deploy_ships": ships,

@@ -57,6 +57,9 @@ def test_headline_is_chosen_on_val_and_judged_on_test():
     assert none["speedup_lossless"] is None
     assert none["deploy_ships"]["speedup_ort"] == 1.0 and "dense" in none["deploy_ships"]["model"]
     assert h["deploy_ships"]["speedup_ort"] == h["speedup_lossless"]["speedup_ort"]
+    fails = rep.headline([_row("lrp", 2.0, 0.5, 1.0, 3.0)])  # chosen on val, fails the test gate
+    assert fails["speedup_lossless"]["macs_ratio"] == 2.0 and not fails["speedup_lossless"]["holds_on_test"]
+    assert fails["deploy_ships"]["speedup_ort"] == 1.0 and "fails deploy's test gate" in fails["deploy_ships"]["model"]
 
 
 def test_headline_uses_the_bound_rule_and_shows_the_point_rule_beside_it():
