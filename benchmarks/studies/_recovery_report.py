@@ -373,8 +373,13 @@ def write(doc: dict, runs: list[dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / "recovery.json", "w") as fh:
         json.dump(doc, fh, indent=1, default=str)
+    text = markdown(doc)
+    if doc.get("cell_versions"):  # the reused cells computed by other code (``_recovery_versions``)
+        from ._recovery_versions import markdown as versions_markdown
+
+        text = text.rstrip("\n") + "\n\n" + versions_markdown(doc["cell_versions"])
     with atomic_file(out / "recovery.md", "w") as fh:
-        fh.write(markdown(doc))
+        fh.write(text)
     from ._recovery_plot import plot
 
     with atomic_path(out / "recovery.png") as tmp:

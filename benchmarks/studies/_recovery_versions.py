@@ -89,14 +89,3 @@ def markdown(record: dict) -> str:
                   + ", ".join(f"{s['cell']} ({s['recorded']})" for s in by_reason[OLDER])]
     today = ", ".join(f"{k} `{v}`" for k, v in record["current"].items())
     return "\n".join(lines + ["", f"Today's versions: {today}.", ""])
-
-
-def append_section(md_path: Path, record: dict) -> None:
-    """Add the section to the ``recovery.md`` the report wrote (atomically); nothing when it wrote none."""
-    from toolchain.atomic import atomic_file
-
-    if not md_path.is_file():
-        return
-    text = md_path.read_text()
-    with atomic_file(md_path, "w") as fh:
-        fh.write(text.rstrip("\n") + "\n\n" + markdown(record))

@@ -14,6 +14,7 @@ say what retraining them took, and on which device.
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import subprocess
@@ -108,12 +109,16 @@ def recorded_training(c: Cited, results: Path) -> dict:
         if side and side.get("weights_sha256") == c.sha256:
             train = side["meta"].get("train") or {}
             return {"wall_s": train.get("wall_s"), "device": train.get("device"), "source": "checkpoint sidecar"}
-    runs = json.loads((results / "baselines.json").read_text()).get("runs", []) \
-        if (results / "baselines.json").is_file() else []
-    for r in runs:
+    for r in _baselines_runs(results / "baselines.json"):
         if c.checkpoint and r.get("checkpoint") == c.checkpoint:
             return {"wall_s": r.get("train_wall_s"), "device": r.get("train_device"), "source": "baselines.json"}
     return {"wall_s": None, "device": None, "source": None}
+
+
+@functools.cache
+def _baselines_runs(path: Path) -> list[dict]:
+    """``baselines.json``'s runs, read once per process (looked up for every cited checkpoint)."""
+    return json.loads(path.read_text()).get("runs", []) if path.is_file() else []
 
 
 def retrain(c: Cited) -> tuple[Path, str]:

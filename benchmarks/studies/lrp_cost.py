@@ -88,8 +88,8 @@ def interleaved(first, second, repeats: int) -> tuple[list[float], list[float], 
             fn()
             cpu.append(time.process_time() - c0)
             wall.append(time.perf_counter() - t0)
-    ratios = [o / base for base, o in zip(ca, cb, strict=True)]
-    return a, b, {"cpu_s": [ca, cb], "cpu_ratio_per_pair": ratios, "cpu_ratio_median": statistics.median(ratios)}
+    cpu = _pairs(ca, cb)
+    return a, b, {"cpu_s": [ca, cb], "cpu_ratio_per_pair": cpu["ratio_per_pair"], "cpu_ratio_median": cpu["ratio_median"]}
 
 
 def _pairs(base: list[float], other: list[float]) -> dict:

@@ -154,11 +154,21 @@ def run_cell(ctx, prune, example, target: float, rcfg, threads: int, repeats: in
     return cell
 
 
+def recovery_config(args, model: str):
+    """The study's recovery recipe for ``model`` (its flags over ``RECIPE``), validated."""
+    from toolchain.recovery import RecoveryConfig
+
+    subset = args.recover_subset.get(model, args.recover_subset.get("*", 0))
+    return RecoveryConfig(epochs=args.recover_epochs, train_subset=subset or None, lr=args.recover_lr,
+                          augment=args.recover_augment, kd_weight=args.kd_weight, ce_weight=args.ce_weight,
+                          seed=args.seed, quiet=True).validate()
+
+
 def run_model(model: str, data: str, args, log) -> dict[str, Any]:
     from toolchain.importance import get_criterion
     from toolchain.pipeline import digest
     from toolchain.prune_eval import load_context, reference_inputs
-    from toolchain.recovery import RecoveryConfig, masker_for, pruner_at
+    from toolchain.recovery import masker_for, pruner_at
     from toolchain.units import find_unit_layers
 
     from . import _recovery_versions as versions
@@ -171,10 +181,7 @@ def run_model(model: str, data: str, args, log) -> dict[str, Any]:
     layers = find_unit_layers(ctx.model)
     x, y, idx = reference_inputs(ctx, args.n_per_class, args.sampling, args.seed, pool_per_class=args.pool_per_class)
     example = x[:1].detach()
-    subset = args.recover_subset.get(model, args.recover_subset.get("*", 0))
-    rcfg = RecoveryConfig(epochs=args.recover_epochs, train_subset=subset or None, lr=args.recover_lr,
-                          augment=args.recover_augment, kd_weight=args.kd_weight, ce_weight=args.ce_weight,
-                          seed=args.seed, quiet=True).validate() if args.recover_epochs else None
+    rcfg = recovery_config(args, model) if args.recover_epochs else None
     out = {"model": model, "checkpoint": str(weights), "checkpoint_sha256": ctx.sha256, "train_command": train_cmd,
            "dataset": ctx.ds.name, "dataset_fingerprint": ctx.ds.fingerprint, "reference_indices": idx.tolist(),
            **_dense_probs(ctx),
@@ -343,6 +350,5 @@ def main(argv: list[str] | None = None) -> int:
 
     doc["cell_versions"] = versions.summary(runs)
     report.write(doc, runs, Path(args.out))
-    versions.append_section(Path(args.out) / "recovery.md", doc["cell_versions"])
     log(f"wrote {Path(args.out) / 'recovery.json'}")
     return 0

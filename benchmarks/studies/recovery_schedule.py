@@ -76,18 +76,17 @@ def iterative_cell(model: str, data: str, crit_name: str, target: float, steps: 
     from toolchain.models import count_macs, count_params
     from toolchain.pipeline import digest
     from toolchain.prune_eval import load_context, reference_inputs
-    from toolchain.recovery import Gates, RecoveryConfig, iterative_budget
+    from toolchain.recovery import Gates, iterative_budget
     from toolchain.units import find_unit_layers
 
-    from .recovery_grid import _given, _probs, _write_json
+    from .recovery_grid import _given, _probs, _write_json, recovery_config
 
     weights = _given(dict(c.split("=", 1) for c in base.checkpoint), data, model)
     if not weights:
         raise SystemExit(f"the baseline has no --checkpoint for {data}/{model}")
     ctx = load_context(weights)
     x, y, idx = reference_inputs(ctx, base.n_per_class, base.sampling, base.seed, pool_per_class=base.pool_per_class)
-    rcfg = RecoveryConfig(epochs=epochs, lr=base.recover_lr, augment=base.recover_augment, kd_weight=base.kd_weight,
-                          ce_weight=base.ce_weight, seed=base.seed, quiet=True).validate()
+    rcfg = recovery_config(base, model)  # base carries recover_epochs = epochs (grid_args)
     key = digest({"v": CELL_VERSION, "ckpt": ctx.sha256, "crit": crit_name, "target": target, "steps": steps,
                   "refs": idx.tolist(), "recovery": rcfg.recipe(), "threads": base.threads})
     path = _cache_root() / f"{data}-{model}-{crit_name}-{target:g}-x{steps}-{key[:12]}.json"

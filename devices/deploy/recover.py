@@ -60,10 +60,9 @@ class BudgetRatio(Stage):
             return remove_units(ctx.model, self.evaluator.masks(ratio), self.example, self.granularity,
                                 self.round_to or None, scores=self.scores, strict=False)
 
-        measured = self.budget["kind"] in ("macs", "params") or self.runtime in MEASURED_RUNTIMES
-        label = _label(measured, self.runtime)
+        latency_fn, label = _latency(self.budget, self.runtime)
         found = search_budget(prune, ctx.model, self.example[:1], Budget(**self.budget), max_ratio=self.max_ratio,
-                              latency_fn=None if measured else _macs_as_latency, latency_label=label)
+                              latency_fn=latency_fn, latency_label=label)
         return found.summary()
 
 
@@ -134,15 +133,17 @@ class BudgetCost(Stage):
         from toolchain.models import load_checkpoint
 
         model, _ = load_checkpoint(self.pruned.path / "pruned.safetensors")
-        measured = self.budget["kind"] in ("macs", "params") or self.runtime in MEASURED_RUNTIMES
-        cost = measure(self.budget["kind"], self.ctx.model, model.eval(), self.example[:1],
-                       latency_fn=None if measured else _macs_as_latency)
-        return {"cost": cost, "latency_label": _label(measured, self.runtime)}
+        latency_fn, label = _latency(self.budget, self.runtime)
+        cost = measure(self.budget["kind"], self.ctx.model, model.eval(), self.example[:1], latency_fn=latency_fn)
+        return {"cost": cost, "latency_label": label}
 
 
-def _label(measured: bool, runtime: str) -> str:
-    return ("measured: onnxruntime CPU batch 1, this machine" if measured
-            else f"predicted: MACs ratio ({runtime} is not on this machine)")
+def _latency(budget: dict, runtime: str) -> tuple[Any, str]:
+    """``(latency_fn, label)`` of a budget on ``runtime``: measured here (None: toolchain.budget's ORT timing) when
+    the budget is counted or the runtime runs on this machine, else the MACs ratio standing in for latency."""
+    if budget["kind"] in ("macs", "params") or runtime in MEASURED_RUNTIMES:
+        return None, "measured: onnxruntime CPU batch 1, this machine"
+    return _macs_as_latency, f"predicted: MACs ratio ({runtime} is not on this machine)"
 
 
 def recovery_candidates(cfg) -> list[tuple[str, Any]]:
@@ -197,7 +198,8 @@ def recover_pruned(cfg, pipe, ctx, pr, budget_stage, prune_at, example, profile)
     kind_value = f"{cfg.budget()['kind']} {cfg.budget()['value']:g}"
     at_budget = [a for a in attempts if a["ratio"] == b["ratio"]]
     fails = "; ".join(f"{a['recipe']}: {', '.join(a['failed'])}" for a in at_budget if not a["passes"])
-    if found is None or (found[2]["ratio"] != b["ratio"] and not cfg.ship_best_passing):
+    met_here = found is not None and found[2]["ratio"] == b["ratio"]  # passes at the budget's own ratio
+    if found is None or (not met_here and not cfg.ship_best_passing):
         best = (f"best passing on val: {found[2]['cost']['ratio']:.2f}x (ratio {found[2]['ratio']:.2f}, recovery "
                 f"{found[2]['recipe']}); --ship-best-passing packages it" if found else
                 f"no smaller budget tried passes either (ratios {', '.join(f'{r:.2f}' for r in ratios[1:])})")
@@ -206,7 +208,7 @@ def recover_pruned(cfg, pipe, ctx, pr, budget_stage, prune_at, example, profile)
                         "written")
     rec, pruned, chosen = found
     warnings = [] if b["met"] else [f"budget not reachable up to ratio {b['ratio']:.2f} ({b['cost']['ratio']:.2f}x)"]
-    if chosen["ratio"] != b["ratio"]:
+    if not met_here:
         warnings.append(f"budget {kind_value} not met on val ({fails}); packaged the best budget passing on val "
                         f"(--ship-best-passing): ratio {chosen['ratio']:.2f}, {chosen['cost']['ratio']:.2f}x")
     elif len(attempts) > 1:
@@ -214,7 +216,7 @@ def recover_pruned(cfg, pipe, ctx, pr, budget_stage, prune_at, example, profile)
                         f"{', '.join(CANDIDATES)} that passes the rule; {fails})")
     selection = {"ratio": chosen["ratio"], "mode": "budget", "rule": RULE, "split": "val", "val": rec.data["judge_val"],
                  "warnings": warnings, "attempts": attempts, "recovery_recipe": chosen["recipe"],
-                 "budget": {**cfg.budget(), "met": bool(b["met"] and chosen["ratio"] == b["ratio"]),
-                            "budget_ratio_met": b["met"], "passes_at_budget": chosen["ratio"] == b["ratio"],
+                 "budget": {**cfg.budget(), "met": bool(b["met"] and met_here),
+                            "budget_ratio_met": b["met"], "passes_at_budget": met_here,
                             "cost": chosen["cost"], "latency_label": chosen["latency_label"]}}
     return rec, selection, pruned
