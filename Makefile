@@ -18,7 +18,7 @@ PRECISION ?= default
 OUT ?= dist
 SIGN_KEY ?=
 
-.PHONY: install test lint deploy recovery recovery-schedule bench baselines importance removal export-bench tensorrt-check paper studies clean
+.PHONY: install test lint deploy recovery recovery-schedule recovery-selection bench baselines importance removal export-bench tensorrt-check paper studies clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -43,6 +43,12 @@ recovery: install
 
 recovery-schedule: install
 	$(MEDPRUNE) study recovery_schedule
+
+# the pre-registered selection-split design (benchmarks/results/selection_split_preregistration.md): trains its
+# dense models, computes its cells, writes recovery_selection.* and the headline keys of the complete pairs
+recovery-selection: install
+	$(MEDPRUNE) study recovery_selection --update-headline
+	$(PY) -m benchmarks.headline
 
 bench: install
 	$(MEDPRUNE) study harness_report

@@ -367,20 +367,22 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(doc: dict, runs: list[dict], out: Path) -> None:
+def write(doc: dict, runs: list[dict], out: Path, stem: str = "recovery", preface: list[str] = ()) -> None:
+    """``out/<stem>.{json,md,png}``; ``preface``: Markdown lines put right under the title (a design's own)."""
     from toolchain.atomic import atomic_file, atomic_path
 
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_file(out / "recovery.json", "w") as fh:
+    with atomic_file(out / f"{stem}.json", "w") as fh:
         json.dump(doc, fh, indent=1, default=str)
-    text = markdown(doc)
+    title, _, body = markdown(doc).partition("\n")
+    text = "\n".join([title, "", *preface, body]) if preface else f"{title}\n{body}"
     if doc.get("cell_versions"):  # the reused cells computed by other code (``_recovery_versions``)
         from ._recovery_versions import markdown as versions_markdown
 
         text = text.rstrip("\n") + "\n\n" + versions_markdown(doc["cell_versions"])
-    with atomic_file(out / "recovery.md", "w") as fh:
+    with atomic_file(out / f"{stem}.md", "w") as fh:
         fh.write(text)
     from ._recovery_plot import plot
 
-    with atomic_path(out / "recovery.png") as tmp:
+    with atomic_path(out / f"{stem}.png") as tmp:
         plot(doc, tmp)

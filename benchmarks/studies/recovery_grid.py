@@ -324,11 +324,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.recompute_stale and args.cached_only:
         p.error("--recompute-stale computes cells; it cannot go with --cached-only")
     configure_threads()
-    started = time.strftime("%Y-%m-%dT%H:%M:%S")
 
     def log(msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
+    doc, runs = assemble(args, command_line("recovery", argv), log)
+    report.write(doc, runs, Path(args.out))
+    log(f"wrote {Path(args.out) / 'recovery.json'}")
+    return 0
+
+
+def assemble(args, command: str, log) -> tuple[dict[str, Any], list[dict]]:
+    """``(doc, runs)``: every dataset x model of ``args`` run (or read, ``--cached-only``) and reported; the
+    document ``_recovery_report.write`` writes (also the recovery_selection study's, under its own names)."""
+    from . import _recovery_report as report
+
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
     pairs = [(d, m) for d in args.data for m in args.models]
     given = dict(c.split("=", 1) for c in args.checkpoint or [])
     # --cached-only computes nothing: a dataset x model without a --checkpoint would be trained, so it is skipped
@@ -336,8 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     for pair in skipped:
         log(f"{pair}: not assembled (--cached-only and no --checkpoint for it)")
     runs = [run_model(m, d, args, log) for d, m in pairs if f"{d}/{m}" not in skipped]
-    doc = report.build(runs, vars(args) | {"out": str(args.out), "skipped_pairs": skipped},
-                       command_line("recovery", argv), started)
+    doc = report.build(runs, vars(args) | {"out": str(args.out), "skipped_pairs": skipped}, command, started)
     if args.runtimes:  # INT8 columns: the dense model and the val-chosen recovered model, per dataset x model
         from ._recovery_quant import quant_for_run
 
@@ -349,6 +359,4 @@ def main(argv: list[str] | None = None) -> int:
     from . import _recovery_versions as versions
 
     doc["cell_versions"] = versions.summary(runs)
-    report.write(doc, runs, Path(args.out))
-    log(f"wrote {Path(args.out) / 'recovery.json'}")
-    return 0
+    return doc, runs

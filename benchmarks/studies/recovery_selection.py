@@ -1,0 +1,169 @@
+"""Recovery with a larger selection split: the pre-registered design (selection_split_preregistration.md).
+
+    medprune study recovery_selection [--checkpoint pneumoniamnist/vgg19=PATH ...] [--cached-only] [--runtimes]
+        [--update-headline]
+
+Deploy's lossless rule (upper 95 % paired-bootstrap bounds on val) cannot pass on PneumoniaMNIST or
+chest_xray_224 as the recovery study splits them: losing one image of the ~135-image normal val class
+bounds that class's sensitivity drop at 2.2 pts > 2. The design, fixed before any model of it existed
+(``PREREGISTRATION``), carves a larger selection split from train *before dense training* (``SPLIT``)
+and otherwise reuses the recovery study unchanged: its recipe (the committed ``recovery.json``'s own
+arguments, ``--baseline``), its cells, cache and report (``recovery_grid.assemble``,
+``_recovery_report``), with the design's criteria and MACs levels in the pre-registered order
+(``CRITERIA``, ``LEVELS``). ``recovery_selection.{json,md,png}`` starts with the design, the val n per
+class, the rule's val resolution and the earlier study's figures for the same dataset x model
+(``_selection_report``).
+
+Dense models: ``--checkpoint data/model=PATH`` (its recorded training split must be the design's), else
+trained here with ``recovery_grid.train_recipe`` plus the design's split. Headline (pre-registered): a
+dataset x model whose first ``HEADLINE_LEVELS`` MACs levels are complete for every criterion takes
+``recovery/<dataset>/<model>/{speedup_lossless,best_criterion}`` from this design whatever the result
+(``--update-headline`` writes them into headline.json); otherwise its headline stays on the earlier study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from toolchain.errors import ConfigError
+
+from .registry import RESULTS, StudyParser, command_line, study
+
+PREREGISTRATION = RESULTS / "selection_split_preregistration.md"
+# the selection split of each dataset (TrainConfig fields): PneumoniaMNIST keeps its official val and adds a
+# stratified 20 % of train; chest_xray_224 (no official val) cuts 25 % of train instead of 10 %
+SPLIT: dict[str, dict[str, float]] = {"pneumoniamnist": {"val_from_train": 0.2},
+                                      "chest_xray_224": {"val_fraction": 0.25}}
+CRITERIA = ("lrp", "dlb", "ig", "taylor", "tp-taylor", "tp-hessian", "tp-magnitude")
+LEVELS = {"vgg19": (5.0, 3.0, 8.0), "resnet50": (3.0, 2.0, 5.0)}  # MACs ÷S in the order they are computed
+HEADLINE_LEVELS = 2
+HEADLINE = RESULTS / "headline.json"
+
+
+def check_split(path: str, data: str) -> None:
+    """ConfigError unless the checkpoint at ``path`` records the design's split of ``data``."""
+    from toolchain.models.checkpoint import read_sidecar
+
+    _, meta = read_sidecar(path)
+    cfg = meta.get("train_config") or {}
+    wrong = {k: cfg.get(k) for k, v in SPLIT[data].items() if cfg.get(k) != v}
+    if wrong:
+        raise ConfigError(f"checkpoint {path} was not trained with the design's split of {data} "
+                          f"({SPLIT[data]}; it records {wrong})")
+
+
+def design_checkpoint(model: str, data: str, given: dict[str, str]) -> str:
+    """The design's dense checkpoint of ``data/model``: the given one (split checked), else trained here with
+    the recovery study's recipe plus the design's split (cached like every ``medprune train``)."""
+    from toolchain.train import TrainConfig, train
+
+    from .recovery_grid import train_recipe
+
+    path = given.get(f"{data}/{model}")
+    if path:
+        check_split(path, data)
+        return path
+    return str(train(TrainConfig(**train_recipe(model, data), **SPLIT[data], device="auto")))
+
+
+def grid_args(baseline: dict, args: argparse.Namespace, checkpoints: list[str]) -> argparse.Namespace:
+    """The recovery study's arguments as its committed results recorded them, with the design's models, data,
+    criteria, levels and checkpoints; the assembly flags of this run."""
+    a = {k: v for k, v in baseline.items() if k not in ("out", "skipped_pairs")}
+    a.update(models=list(args.models), data=list(args.data), criteria=list(CRITERIA),
+             model_macs={m: list(LEVELS[m]) for m in args.models}, checkpoint=checkpoints,
+             cached_only=args.cached_only, runtimes=args.runtimes, retime=False, recompute_stale=False,
+             out=args.out)
+    return argparse.Namespace(**a)
+
+
+def _relative(path: Path) -> str:
+    return path.name if path.parent == RESULTS else str(path)
+
+
+def add_sections(doc: dict, runs: list[dict], earlier: dict, baseline_path: Path) -> None:
+    """The design's own figures in ``doc`` (``doc["design"]``, ``models[*]["selection"]``)."""
+    from . import _selection_report as sel
+
+    doc["design"] = {"preregistration": _relative(PREREGISTRATION), "split": SPLIT, "criteria": list(CRITERIA),
+                     "levels": {m: list(ts) for m, ts in LEVELS.items() if m in doc["args"]["models"]},
+                     "headline_levels": HEADLINE_LEVELS, "earlier": _relative(baseline_path)}
+    for run in runs:
+        label = f"{run['dataset']}:{run['model']}"
+        doc["models"][label]["selection"] = sel.section(
+            doc["models"][label], run["labels"]["val"], list(CRITERIA), list(LEVELS[run["model"]]),
+            HEADLINE_LEVELS, SPLIT[run["dataset"]], earlier.get("models", {}).get(label))
+
+
+def update_headline(entries: dict[str, dict], path: Path) -> None:
+    """Load-modify-dump ``entries`` into headline.json (written atomically; other keys untouched)."""
+    from benchmarks import headline as hl
+    from toolchain.atomic import atomic_file
+
+    current = hl.load(path)
+    current.update(entries)
+    with atomic_file(path, "w") as fh:
+        fh.write(json.dumps(current, indent=1, ensure_ascii=False) + "\n")
+
+
+@study("recovery_selection", outputs=("recovery_selection.json", "recovery_selection.md", "recovery_selection.png"))
+def main(argv: list[str] | None = None) -> int:
+    from toolchain.train import configure_threads
+
+    from . import _recovery_report as report
+    from . import _selection_report as sel
+    from .recovery_grid import assemble
+
+    p = StudyParser("recovery_selection", __doc__)
+    p.add_list("--models", default="vgg19,resnet50", choices=list(LEVELS))
+    p.add_list("--data", default="pneumoniamnist,chest_xray_224", choices=list(SPLIT))
+    p.add_argument("--checkpoint", action="append", default=[],
+                   help="data/model=path of a dense checkpoint trained with the design's split (repeatable)")
+    p.add_argument("--baseline", type=Path, default=RESULTS / "recovery.json",
+                   help="the earlier recovery study's results: its recipe is reused and its figures compared")
+    p.add_argument("--cached-only", action="store_true", help="report the cells already computed, compute none")
+    p.add_argument("--runtimes", action="store_true", help="ORT/OpenVINO FP32 and INT8 columns (as the study's)")
+    p.add_argument("--update-headline", action="store_true",
+                   help="write the headline keys of the complete dataset x model pairs into headline.json")
+    p.add_out()
+    args = p.parse_args(argv)
+    if not args.baseline.is_file():
+        p.error(f"--baseline {args.baseline} not found (run `medprune study recovery` first)")
+    given = dict(c.split("=", 1) for c in args.checkpoint if "=" in c)
+    if len(given) != len(args.checkpoint):
+        p.error("--checkpoint takes data/model=path")
+    earlier = json.loads(args.baseline.read_text())
+    source = _source(Path(args.out) / "recovery_selection.json") if args.update_headline else None
+    configure_threads()
+
+    def log(msg: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+    pairs = [(d, m) for d in args.data for m in args.models]
+    # --cached-only trains nothing: a pair without a --checkpoint is left out (the grid says so)
+    found = {f"{d}/{m}": design_checkpoint(m, d, given) for d, m in pairs
+             if f"{d}/{m}" in given or not args.cached_only}
+    if not found:
+        p.error("--cached-only without a --checkpoint data/model=PATH of the selected pairs: nothing to report")
+    doc, runs = assemble(grid_args(earlier["args"], args, [f"{k}={v}" for k, v in found.items()]),
+                         command_line("recovery_selection", argv), log)
+    add_sections(doc, runs, earlier, args.baseline)
+    report.write(doc, runs, Path(args.out), stem="recovery_selection",
+                 preface=sel.preface(doc, doc["design"]["preregistration"]))
+    log(f"wrote {Path(args.out) / 'recovery_selection.json'}")
+    if args.update_headline:
+        entries = sel.headline_entries(doc, source)
+        update_headline(entries, HEADLINE)
+        log(f"headline.json: {', '.join(entries) or 'no pair complete, nothing'} updated")
+    return 0
+
+
+def _source(path: Path) -> str:
+    """A results file as headline.json names it (relative to the repository)."""
+    try:
+        return str(path.resolve().relative_to(RESULTS.parents[1]))
+    except ValueError:
+        raise ConfigError(f"--update-headline needs --out inside the repository, got {path}") from None
