@@ -76,6 +76,9 @@ def markdown(doc: dict) -> str:
     for k, v in (s.get("per_sampling", {}) if multi else {}).items():
         lines.append(f"| attribution cells, {k} sampling | {_frac(v['bound_rule'])} | {_frac(v['point_rule'])} "
                      f"| {v['dense_selected']} |")
+    for k, v in (s.get("per_model", {}) if len(s.get("per_model", {})) > 1 else {}).items():
+        lines.append(f"| attribution cells, {k.replace('/', ' x ')} | {_frac(v['bound_rule'])} | "
+                     f"{_frac(v['point_rule'])} | {v['dense_selected']} |")
     lines += ["", "k/n = fraction [exact 95 % interval]. A cell that chose ratio 0 (dense) holds trivially; "
               "the last column counts them.", ""]
     made = _baseline_shas()
@@ -89,6 +92,7 @@ def markdown(doc: dict) -> str:
                   f"epochs {(m['train_config'] or {}).get('epochs')}, train subset "
                   f"{(m['train_config'] or {}).get('train_subset')}"
                   f"{' (**make baselines**)' if m['sha256'] in made else ''}.", "",
+                  *[line for w in resolution(m, doc) for line in (f"**Val resolution:** {w}.", "")],
                   "| criterion | val-selected ratio | MACs / params at it | test acc. drop, pts [95 %] | "
                   "holds | point-rule ratio | holds |", "|---|---|---|---|---|---|---|"]
         for c in m["cells"]:
@@ -117,6 +121,20 @@ def markdown(doc: dict) -> str:
         lines.append("")
     lines += ["## The paper's claims, re-judged from this run", ""] + [f"- {t}" for t in claims(doc)] + [""]
     return "\n".join(lines)
+
+
+def resolution(m: dict, doc: dict) -> list[str]:
+    """Where one val image moves accuracy or a class's sensitivity by more than its tolerance (the rule can then
+    pass only ratios that lose no val image of it), from the val class counts recorded with the cells."""
+    import numpy as np
+
+    from toolchain.lossless import resolution_warnings
+
+    support = next((p["val"]["support"] for c in m["cells"] for p in c.get("points", [])), None)
+    if not support:
+        return []
+    labels = np.repeat(np.arange(len(support)), [support[name] for name in m["class_names"]])
+    return resolution_warnings(labels, m["class_names"], doc["tolerance_pts"], doc["sens_tolerance_pts"])
 
 
 def claims(doc: dict) -> list[str]:

@@ -76,8 +76,8 @@ def cell_id(cell: Mapping) -> tuple:
 
 
 def summarise(models: Sequence[Mapping]) -> dict:
-    """Per criterion (and normalisation, all samplings pooled), per sampling of the attribution cells and over
-    all attribution cells: how many val choices hold on test."""
+    """Per criterion (and normalisation, all samplings pooled), per sampling of the attribution cells, per
+    ``dataset/model`` (its checkpoints pooled) and over all attribution cells: how many val choices hold on test."""
     cells = [c for m in models for c in m["cells"]]
     attr = [c for c in cells if c["attribution"]]
 
@@ -92,5 +92,9 @@ def summarise(models: Sequence[Mapping]) -> dict:
         groups.setdefault(f"{c['criterion']}/{c['normalize']}", []).append(c)
     for c in attr:
         samplings.setdefault(str(c.get("sampling")), []).append(c)
+    per_model: dict[str, list] = {}
+    for m in models:
+        per_model.setdefault(f"{m.get('dataset')}/{m['model']}", []).extend(c for c in m["cells"] if c["attribution"])
     return {"per_criterion": {k: fractions(v) for k, v in groups.items()},
-            "per_sampling": {k: fractions(v) for k, v in samplings.items()}, "attribution": fractions(attr)}
+            "per_sampling": {k: fractions(v) for k, v in samplings.items()},
+            "per_model": {k: fractions(v) for k, v in per_model.items() if v}, "attribution": fractions(attr)}

@@ -241,3 +241,32 @@ def test_attribution_vs_data_free_claim_compares_per_checkpoint():
     assert _attribution_beats_data_free({"models": [above, below]}, ("lrp", "ig")).endswith("-> PARTIAL")
     assert _attribution_beats_data_free({"models": [below]}, ("lrp", "ig")).endswith("-> REFUTED")
     assert "NOT JUDGED" in _attribution_beats_data_free({"models": [{**below, "cells": below["cells"][:1]}]}, ("lrp",))
+
+
+def test_summary_counts_attribution_cells_per_dataset_and_model():
+    """Checkpoints of one dataset x model pool; data-free cells and other datasets do not count in a group."""
+    a, b, c = _doc("vgg19", [True, False])["models"][0], _doc("vgg19", [True], sha="t")["models"][0], \
+        _doc("vit_b16", [False])["models"][0]
+    c["dataset"] = "e"
+    b["cells"].append({"criterion": "magnitude", "normalize": "none", "attribution": False,
+                       "selected": {"holds": False, "dense": False}, "selected_point_rule": {"holds": False, "dense": False}})
+    per = rules.summarise([a, b, c])["per_model"]
+    assert set(per) == {"d/vgg19", "e/vit_b16"}
+    assert (per["d/vgg19"]["bound_rule"]["k"], per["d/vgg19"]["bound_rule"]["n"]) == (2, 3)
+    assert (per["e/vit_b16"]["bound_rule"]["k"], per["e/vit_b16"]["bound_rule"]["n"]) == (0, 1)
+
+
+def test_report_states_the_val_resolution_of_a_small_class():
+    """78 val images with 21 of one class (BreastMNIST): one image is 4.76 sensitivity points > 2, 1.28
+    accuracy points > 1; a 524-image val split with 135/389 is fine."""
+    from benchmarks.studies._protocol_report import resolution
+
+    doc = {"tolerance_pts": 1.0, "sens_tolerance_pts": 2.0}
+
+    def model(support: dict) -> dict:
+        return {"class_names": list(support), "cells": [{"points": [{"val": {"support": support}}]}]}
+
+    small = resolution(model({"malignant": 21, "normal_benign": 57}), doc)
+    assert len(small) == 2 and "1.28 accuracy points" in small[0] and "malignant" in small[1] and "4.76" in small[1]
+    assert resolution(model({"normal": 135, "pneumonia": 389}), doc) == []
+    assert resolution({"class_names": ["a"], "cells": [{"points": []}]}, doc) == []
