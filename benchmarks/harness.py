@@ -166,9 +166,11 @@ def _run_rows(backend: Backend, x: np.ndarray) -> np.ndarray:
 def measure_accuracy(backend: Backend, chw: tuple[int, int, int], meta: dict, config: BenchConfig) -> dict:
     """Accuracy, per-class sensitivity/specificity and AUC on ``config.split`` through ``backend``."""
     from toolchain.data import Preprocess, load_dataset, make_loader
+    from toolchain.data.splits import split_kwargs
     from toolchain.metrics import compute_metrics
 
-    ds = load_dataset(config.data, config.data_dir)
+    # the splits the model was trained with (its val may hold train images it was trained without)
+    ds = load_dataset(config.data, config.data_dir, **split_kwargs(meta.get("train_config") or {}))
     if meta.get("preprocess"):
         pre = Preprocess.from_dict(meta["preprocess"])
     else:

@@ -70,6 +70,7 @@ class TrainConfig:
     select_metric: str = "balanced_accuracy"
     seed: int = 0
     val_fraction: float = 0.1  # only used by datasets without an official val split
+    val_from_train: float = 0.0  # stratified fraction of train moved into an official val split (toolchain.data.splits)
     load_size: int | None = None
     train_subset: int | None = None  # stratified subset of the train split (quick trials, tests)
     build_args: dict[str, Any] = field(default_factory=dict)
@@ -94,14 +95,20 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.patience < 0:
             raise ConfigError(f"patience must be >= 0, got {self.patience}")
+        from .data import check_split_fraction
+
+        check_split_fraction("--val-fraction", self.val_fraction)
+        check_split_fraction("--val-from-train", self.val_from_train)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def cache_key(self, fingerprint: str) -> str:
-        # class_names=None and ordinal=False are left out so that adding them kept every earlier cache key
+        # class_names=None, ordinal=False and val_from_train=0 are left out so that adding them kept every
+        # earlier cache key
         payload = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED
-                   and not (k == "class_names" and v is None) and not (k == "ordinal" and not v)}
+                   and not (k == "class_names" and v is None) and not (k == "ordinal" and not v)
+                   and not (k == "val_from_train" and not v)}
         payload["dataset_fingerprint"] = fingerprint
         payload["device"] = settings.resolve_device("auto") if self.device == "auto" else self.device
         payload["code_version"] = training_code_version()
@@ -222,8 +229,8 @@ def train(cfg: TrainConfig, force: bool = False) -> Path:
 
     cfg.validate()
     console = _console(cfg.quiet)
-    ds = load_dataset(cfg.data, cfg.data_dir, load_size=cfg.load_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                      allow_missing_class=cfg.allow_missing_class)
+    ds = load_dataset(cfg.data, cfg.data_dir, load_size=cfg.load_size, val_fraction=cfg.val_fraction,
+                      val_from_train=cfg.val_from_train, seed=cfg.seed, allow_missing_class=cfg.allow_missing_class)
     source_names = rename_classes(ds, cfg.class_names)
     mark_ordinal(ds, cfg.ordinal)  # before any evaluation: val/test metrics then carry QWK and grade MAE
     out_dir = checkpoint_dir(cfg, ds.name, ds.fingerprint)

@@ -282,7 +282,8 @@ def cached_weights(key: str) -> Path | None:
     from toolchain.train import checkpoint_dir
 
     cfg = make_config(key)
-    ds = load_dataset(cfg.data, load_size=cfg.load_size, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    ds = load_dataset(cfg.data, load_size=cfg.load_size, val_fraction=cfg.val_fraction,
+                      val_from_train=cfg.val_from_train, seed=cfg.seed)
     weights = checkpoint_dir(cfg, ds.name, ds.fingerprint) / "model.safetensors"
     return weights if weights.exists() else None
 

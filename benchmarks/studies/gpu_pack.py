@@ -45,10 +45,11 @@ def pack(cache: str, pattern: str, parts: str, part_mib: int) -> None:
 def _reevaluate(model, meta: dict) -> dict:
     """Test/val metrics recomputed here after the fp16 round trip (the GPU's are kept as *_cuda)."""
     from toolchain.data import Preprocess, load_dataset
+    from toolchain.data.splits import split_kwargs
     from toolchain.evaluate import evaluate
 
     metrics = {f"{k}_cuda": v for k, v in (meta.get("metrics") or {}).items()}
-    ds = load_dataset(meta["dataset"]["name"])
+    ds = load_dataset(meta["dataset"]["name"], **split_kwargs(meta.get("train_config") or {}))
     if ds.fingerprint != meta["dataset"]["fingerprint"]:
         raise SystemExit(f"dataset fingerprint differs for {meta['dataset']['name']}")
     pre = Preprocess.from_dict(meta["preprocess"])

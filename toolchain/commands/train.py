@@ -30,7 +30,12 @@ def register(app: typer.Typer) -> None:
         label_smoothing: float = typer.Option(0.0, "--label-smoothing"),
         train_subset: int = typer.Option(0, "--train-subset", help="train on a stratified subset of N images"),
         load_size: int = typer.Option(0, "--load-size", help="resize images to this side while loading (0: off)"),
-        seed: int = typer.Option(0, "--seed"),
+        seed: int = typer.Option(0, "--seed", help="seed of the weights, batch order and every split cut"),
+        val_fraction: float = typer.Option(0.1, "--val-fraction",
+                                           help="fraction of train cut into val when the data has no val split"),
+        val_from_train: float = typer.Option(0.0, "--val-from-train",
+                                             help="move this stratified fraction of train into the official val "
+                                             "split (a larger selection split; 0: off)"),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
         build_arg: list[str] = typer.Option(None, "--build-arg", help="architecture override key=value (repeatable)"),
         class_names: str = typer.Option(None, "--class-names",
@@ -55,10 +60,12 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer.lower(),
             warmup_epochs=warmup_epochs, patience=patience, select_metric=select, class_weighting=class_weights,
             augment=augment, label_smoothing=label_smoothing, train_subset=train_subset or None,
-            load_size=load_size or None, seed=seed, device=device, build_args=parse_build_args(build_arg),
+            load_size=load_size or None, seed=seed, val_fraction=val_fraction, val_from_train=val_from_train,
+            device=device, build_args=parse_build_args(build_arg),
             data_dir=data_dir, quiet=quiet, allow_missing_class=allow_missing_class,
             class_names=parse_class_names(class_names), ordinal=ordinal,
         )
+        cfg.validate()  # a bad flag fails in one line before the cache folder is touched
         _check_outputs(out)
         weights = train(cfg, force=force)
         meta = checkpoint_meta(weights)

@@ -78,6 +78,21 @@ class Dataset:
         }
 
 
+# A fraction of train moved into val must leave most of train to learn from (and 0 means "off").
+MAX_SPLIT_FRACTION = 0.9
+
+
+def check_split_fraction(flag: str, value: float) -> float:
+    """``value`` as a float in [0, MAX_SPLIT_FRACTION), or a one-line DataError naming ``flag``."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{flag} must be a number in [0, {MAX_SPLIT_FRACTION}), got {value!r}") from None
+    if not 0.0 <= value < MAX_SPLIT_FRACTION:
+        raise DataError(f"{flag} must be in [0, {MAX_SPLIT_FRACTION}), got {value:g}")
+    return value
+
+
 def stratified_cut(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (keep, cut) so ``cut`` holds ~``fraction`` of every class; same seed, same cut.
 

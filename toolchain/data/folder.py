@@ -26,6 +26,7 @@ from .dataset import Dataset, Split, stratified_cut
 from .fingerprint import fingerprint_files
 from .labels import folder_classes
 from .resize import resize_image
+from .splits import VAL_FROM_TRAIN, no_val_to_enlarge
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}  # .dcm: see dicom.py
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
@@ -97,7 +98,7 @@ def scan(root: Path, allow_missing_class: bool = False) -> tuple[str, list[Entry
 
 
 def assign_splits(layout: str, entries: Sequence[Entry], classes: list[str], val_fraction: float,
-                  seed: int) -> tuple[dict[str, np.ndarray], dict]:
+                  seed: int, val_from_train: float = 0.0) -> tuple[dict[str, np.ndarray], dict]:
     """Indices into ``entries`` per split, plus the split parameters that the fingerprint must cover."""
     labels = np.array([classes.index(e.cls) for e in entries], dtype=np.int64)
     by_split = {s: np.array([i for i, e in enumerate(entries) if e.split == s], dtype=np.int64)
@@ -109,6 +110,13 @@ def assign_splits(layout: str, entries: Sequence[Entry], classes: list[str], val
         keep, cut = stratified_cut(labels[by_split["train"]], TEST_FRACTION, seed)
         by_split["test"], by_split["train"] = by_split["train"][cut], by_split["train"][keep]
         params["test_cut_from_train"] = {"fraction": TEST_FRACTION, "seed": seed}
+    if len(by_split["val"]) and val_from_train:  # recorded only when set: earlier fingerprints are unchanged
+        keep, cut = stratified_cut(labels[by_split["train"]], val_from_train, seed)
+        by_split["val"] = np.concatenate([by_split["val"], by_split["train"][cut]])
+        by_split["train"] = by_split["train"][keep]
+        params[VAL_FROM_TRAIN] = {"fraction": val_from_train, "seed": seed}
+    elif val_from_train:
+        raise no_val_to_enlarge(f"image folder ({layout} layout)", val_fraction)
     if not len(by_split["val"]):
         keep, cut = stratified_cut(labels[by_split["train"]], val_fraction, seed)
         by_split["val"], by_split["train"] = by_split["train"][cut], by_split["train"][keep]
@@ -225,10 +233,10 @@ def _write_cache(path: Path, splits: dict[str, Split], classes: list[str], chann
 
 
 def load_folder(root: Path, *, name: str | None = None, load_size: int | None = None, val_fraction: float = 0.1,
-                seed: int = 0, cache: bool = True, progress: bool | None = None,
+                val_from_train: float = 0.0, seed: int = 0, cache: bool = True, progress: bool | None = None,
                 allow_missing_class: bool = False) -> Dataset:
     layout, entries, classes, empty = scan(root, allow_missing_class)
-    indices, params = assign_splits(layout, entries, classes, val_fraction, seed)
+    indices, params = assign_splits(layout, entries, classes, val_fraction, seed, val_from_train)
     if empty:  # an allowed empty class changes the class list, so the fingerprint must see it
         params["empty_class_folders"] = empty
     if load_size:

@@ -13,6 +13,7 @@ from .fingerprint import fingerprint_arrays
 from .labels import npz_num_classes
 from .locate import medmnist_class_names
 from .resize import resize_batch
+from .splits import move_to_val, no_val_to_enlarge
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -63,7 +64,7 @@ def _as_labels(labels: np.ndarray, key: str, n: int, path: Path) -> np.ndarray:
 
 
 def load_npz(path: Path, *, name: str | None = None, load_size: int | None = None, val_fraction: float = 0.1,
-             seed: int = 0, allow_missing_class: bool = False) -> Dataset:
+             val_from_train: float = 0.0, seed: int = 0, allow_missing_class: bool = False) -> Dataset:
     arrays = _read_arrays(path)
     name = name or path.stem
     splits: dict[str, Split] = {}
@@ -85,10 +86,16 @@ def load_npz(path: Path, *, name: str | None = None, load_size: int | None = Non
     # The fingerprint covers the arrays as stored plus every choice made while loading them.
     params: dict = {"classes_without_train_images": missing} if missing else {}
     if "val" not in splits:
+        if val_from_train:
+            raise no_val_to_enlarge(f"npz file {path}", val_fraction)
         keep, cut = stratified_cut(splits["train"].labels, val_fraction, seed)
         train = splits["train"]
         splits = {"train": train.subset(keep), "val": train.subset(cut), "test": splits["test"]}
         params.update(val_cut_from_train={"fraction": val_fraction, "seed": seed})
+    elif val_from_train:  # recorded only when set, so every fingerprint from before the option is unchanged
+        train, val, moved = move_to_val(splits["train"], splits["val"], val_from_train, seed)
+        splits = {"train": train, "val": val, "test": splits["test"]}
+        params.update(moved)
     if load_size:
         params["load_size"] = int(load_size)
         splits = {k: Split(resize_batch(s.images, int(load_size)), s.labels) for k, s in splits.items()}

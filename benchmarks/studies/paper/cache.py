@@ -116,6 +116,7 @@ def _base_spec(dataset: str, info: dict, grid: Grid) -> dict:
     data = (info.get("train_config") or {}).get("data") or dataset
     return {"data": data, "data_dir": grid.data_dir, "load_size": info["load_size"],
             "val_fraction": info["val_fraction"], "data_seed": info["data_seed"], "fingerprint": info["fingerprint"],
+            **({"val_from_train": info["val_from_train"]} if info.get("val_from_train") else {}),
             "preprocess": info["preprocess"], "checkpoint": info["checkpoint"], "sha256": info["sha256"],
             "seed": s.seed,
             "batch_size": s.batch_size, "test_limit": s.test_limit, "val_limit": s.val_limit}

@@ -46,7 +46,8 @@ def load_data(spec: dict):
     from toolchain.data import Preprocess, load_dataset
 
     ds = load_dataset(spec["data"], spec.get("data_dir"), load_size=spec.get("load_size"),
-                      val_fraction=spec.get("val_fraction", 0.1), seed=spec.get("data_seed", 0), progress=False)
+                      val_fraction=spec.get("val_fraction", 0.1), val_from_train=spec.get("val_from_train", 0.0),
+                      seed=spec.get("data_seed", 0), progress=False)
     if spec.get("fingerprint") and ds.fingerprint != spec["fingerprint"]:
         from toolchain.errors import DataError
 

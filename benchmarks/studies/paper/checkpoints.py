@@ -115,8 +115,8 @@ def _cached_checkpoint(cfg) -> Path | None:
     from toolchain.data import load_dataset
     from toolchain.train import checkpoint_dir
 
-    ds = load_dataset(cfg.data, cfg.data_dir, load_size=cfg.load_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                      progress=False)
+    ds = load_dataset(cfg.data, cfg.data_dir, load_size=cfg.load_size, val_fraction=cfg.val_fraction,
+                      val_from_train=cfg.val_from_train, seed=cfg.seed, progress=False)
     weights = checkpoint_dir(cfg, ds.name, ds.fingerprint) / "model.safetensors"
     return weights if weights.exists() else None
 
@@ -148,6 +148,8 @@ def checkpoint_info(path: str | os.PathLike, source: str) -> dict:
         "preprocess": meta["preprocess"],
         "load_size": cfg.get("load_size"),
         "val_fraction": cfg.get("val_fraction", 0.1),
+        # only when set, so the specs (and cell keys) of every checkpoint from before the option are unchanged
+        **({"val_from_train": cfg["val_from_train"]} if cfg.get("val_from_train") else {}),
         "data_seed": cfg.get("seed", 0),
         "fingerprint": (meta.get("dataset") or {}).get("fingerprint"),
         "train_metrics": meta.get("metrics"),
