@@ -57,7 +57,7 @@ def dataset_for_checkpoint(meta: dict[str, Any], data: str | None = None, data_d
     with the training run's split settings, and the preprocessing stored with the model."""
     from .data import Preprocess, load_dataset
     from .data.class_names import apply_recorded_names
-    from .data.splits import check_split, split_kwargs
+    from .data.splits import check_split, split_kwargs, split_kwargs_for
 
     # imported models record how their evaluation data is loaded as data_config (they were not trained here)
     cfg = meta.get("train_config") or meta.get("data_config") or {}
@@ -66,9 +66,11 @@ def dataset_for_checkpoint(meta: dict[str, Any], data: str | None = None, data_d
         raise DataError("checkpoint does not record its dataset: pass --data")
     if allow_missing_class is None:  # as the model was trained
         allow_missing_class = bool(cfg.get("allow_missing_class", False))
+    split = split_kwargs_for(cfg, spec)  # val as trained: with the train images moved there, if any
     ds = load_dataset(spec, data_dir, load_size=cfg.get("load_size"), allow_missing_class=allow_missing_class,
-                      **split_kwargs(cfg))  # val as trained: with the train images it moved there, if any
-    check_split(cfg, ds)
+                      **split)
+    if split == split_kwargs(cfg):  # its own dataset: never judged on another split than it was trained with
+        check_split(cfg, ds)
     apply_recorded_names(ds, meta)
     from .ordinal import ORDINAL_KEY, mark_ordinal
 

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import write_tiny_npz
 from tests.toolchain.test_data_folder import write_folder
 from toolchain.data import load_dataset
-from toolchain.data.splits import check_split, split_kwargs
+from toolchain.data.splits import check_split, split_kwargs, split_kwargs_for
 from toolchain.errors import DataError
 
 
@@ -120,6 +120,9 @@ def test_guard_refuses_a_split_other_than_the_trained_one(tmp_path):
     with pytest.raises(DataError, match="val_fraction=0.25"):
         check_split({"val_fraction": 0.25}, load_dataset(noval))
     assert split_kwargs({}) == {"val_fraction": 0.1, "val_from_train": 0.0, "seed": 0}
+    trained = {"data": "pneumoniamnist", "val_from_train": 0.2}
+    assert split_kwargs_for(trained, "/data/medmnist/pneumoniamnist.npz")["val_from_train"] == 0.2  # same data
+    assert split_kwargs_for(trained, "breastmnist")["val_from_train"] == 0.0
 
 
 def test_checkpoint_consumers_load_the_trained_split(tmp_path, monkeypatch):
@@ -140,5 +143,8 @@ def test_checkpoint_consumers_load_the_trained_split(tmp_path, monkeypatch):
     assert len(ctx.ds.split("val")) == 18 and ctx.ds.fingerprint == meta["dataset"]["fingerprint"]
     metrics, _ = evaluate_checkpoint(weights, split="val")
     assert metrics["n"] == 18
+    # another dataset (an external set without val) keeps its own split: nothing of it was moved
+    other = _no_val(write_tiny_npz(tmp_path / "external.npz", n=(40, 8, 8), seed=3))
+    assert evaluate_checkpoint(weights, data=str(other), split="val")[0]["n"] == 4
     assert "--val-from-train 0.25" in train_command(meta["train_config"], "")
     assert "--val-" not in train_command({**meta["train_config"], "val_from_train": 0.0}, "")

@@ -12,6 +12,7 @@ shrink val or, worse, put images it trained on into val. ``check_split`` refuses
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +29,20 @@ def split_kwargs(config: Mapping) -> dict:
     configs older than ``val_from_train`` moved nothing."""
     return {"val_fraction": float(config.get("val_fraction", DEFAULT_VAL_FRACTION)),
             "val_from_train": float(config.get("val_from_train") or 0.0), "seed": int(config.get("seed", 0))}
+
+
+def split_kwargs_for(config: Mapping, spec) -> dict:
+    """``split_kwargs(config)`` for the dataset ``config`` trained on; another dataset (``spec`` named otherwise,
+    e.g. an external test set) keeps its own val: the images moved into val came from the training data only."""
+    kwargs = split_kwargs(config)
+    if spec is not None and _name(spec) != _name(config.get("data") or spec):
+        kwargs["val_from_train"] = 0.0
+    return kwargs
+
+
+def _name(spec) -> str:
+    name = Path(str(spec)).name
+    return name[:-4] if name.lower().endswith(".npz") else name
 
 
 def move_to_val(train: Split, val: Split, fraction: float, seed: int) -> tuple[Split, Split, dict]:
