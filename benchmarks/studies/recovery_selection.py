@@ -45,10 +45,9 @@ HEADLINE = RESULTS / "headline.json"
 
 def check_split(path: str, data: str) -> None:
     """ConfigError unless the checkpoint at ``path`` records the design's split of ``data``."""
-    from toolchain.models.checkpoint import read_sidecar
+    from toolchain.models.checkpoint import checkpoint_meta
 
-    _, meta = read_sidecar(path)
-    cfg = meta.get("train_config") or {}
+    cfg = checkpoint_meta(path).get("train_config") or {}
     wrong = {k: cfg.get(k) for k, v in SPLIT[data].items() if cfg.get(k) != v}
     if wrong:
         raise ConfigError(f"checkpoint {path} was not trained with the design's split of {data} "

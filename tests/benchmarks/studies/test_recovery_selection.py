@@ -119,8 +119,8 @@ def test_report_is_written_under_the_designs_names_with_the_preface(monkeypatch,
 def test_a_checkpoint_without_the_designs_split_is_refused(monkeypatch):
     from toolchain.models import checkpoint
 
-    monkeypatch.setattr(checkpoint, "read_sidecar", lambda p: (p, {"train_config": {"val_fraction": 0.1}}))
+    monkeypatch.setattr(checkpoint, "checkpoint_meta", lambda p: {"train_config": {"val_fraction": 0.1}})
     with pytest.raises(ConfigError, match="design's split of chest_xray_224"):
         rs.check_split("x.safetensors", "chest_xray_224")
-    monkeypatch.setattr(checkpoint, "read_sidecar", lambda p: (p, {"train_config": {"val_from_train": 0.2}}))
+    monkeypatch.setattr(checkpoint, "checkpoint_meta", lambda p: {"train_config": {"val_from_train": 0.2}})
     rs.check_split("x.safetensors", "pneumoniamnist")
