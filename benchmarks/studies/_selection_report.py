@@ -78,7 +78,9 @@ def preface(doc: dict, prereg: str) -> list[str]:
     lines = [f"**Pre-registered selection-split design** ([{prereg}]({prereg}), committed before any model or cell "
              "of it): the recovery study unchanged (recipe, criteria, report) on dense models trained with a larger "
              "selection split: " + "; ".join(f"{ds}: {split_text(s)}" for ds, s in d["split"].items())
-             + ". Test splits unchanged, read once per chosen model. Criteria: " + ", ".join(d["criteria"])
+             + ". Test splits unchanged, read once per chosen model. Cells are the recovery study's own (same cache "
+             "keys: checkpoint, criterion, MACs target, references, recipe), computed level by level in the "
+             "pre-registered order. Criteria: " + ", ".join(d["criteria"])
              + "; MACs levels in the pre-registered order: "
              + ", ".join(f"{m} ÷" + "/÷".join(f"{t:g}" for t in ts) for m, ts in d["levels"].items())
              + f". Headline rule: a dataset x model whose first {d['headline_levels']} levels are complete for all "
