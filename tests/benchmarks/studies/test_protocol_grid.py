@@ -270,3 +270,15 @@ def test_report_states_the_val_resolution_of_a_small_class():
     assert len(small) == 2 and "1.28 accuracy points" in small[0] and "malignant" in small[1] and "4.76" in small[1]
     assert resolution(model({"normal": 135, "pneumonia": 389}), doc) == []
     assert resolution({"class_names": ["a"], "cells": [{"points": []}]}, doc) == []
+
+
+def test_claims_count_a_load_size_variant_as_its_dataset():
+    from benchmarks.studies._protocol_report import claims
+
+    def model(dataset: str) -> dict:
+        return {"model": "vgg19", "dataset": dataset, "sha256": "s" * 8, "cells": []}
+
+    doc = {"ratios": [0.1, 0.3], "sampling": "clustering",
+           "models": [model("breastmnist_64"), model("chest_xray_224"), model("pneumoniamnist")]}
+    assert not any(t.startswith("Datasets not in this run") for t in claims(doc))
+    assert "Datasets not in this run: breastmnist" in "\n".join(claims({**doc, "models": doc["models"][1:]}))
