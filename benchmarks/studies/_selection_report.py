@@ -17,8 +17,8 @@ NICE = {"pneumoniamnist": "PneumoniaMNIST"}
 def split_text(split: dict[str, float]) -> str:
     """``{"val_from_train": 0.2}`` → words for the selection split (Markdown and headline labels)."""
     if "val_from_train" in split:
-        return f"val = official val + a stratified {split['val_from_train']:.0%} of train (carved before training)"
-    return f"val = a stratified {split['val_fraction']:.0%} of train (carved before training)"
+        return f"val = official val + a stratified {100 * split['val_from_train']:.0f} % of train, cut before training"
+    return f"val = a stratified {100 * split['val_fraction']:.0f} % of train, cut before training"
 
 
 def completeness(rows: list[dict], criteria: list[str], levels: list[float], state: str) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def test_preface_states_the_design_val_resolution_and_the_earlier_study():
     assert s["val_n_per_class"] == {"normal": 100, "pneu": 200} and s["earlier"]["rows"] == 1
     text = "\n".join(sel.preface(doc, "selection_split_preregistration.md"))
     assert "Pre-registered selection-split design" in text and "(selection_split_preregistration.md)" in text
-    assert "300 (normal 100, pneu 200)" in text and "official val + a stratified 20% of train" in text
+    assert "300 (normal 100, pneu 200)" in text and "official val + a stratified 20 % of train, cut before" in text
     one_lost = doc["models"]["pneumoniamnist:resnet50"]["val_resolution"]["normal"]
     assert f"normal {one_lost:.1f}" in text and one_lost > 1.0
     assert "headline stays on the earlier study; missing for it: lrp ÷2" in text
