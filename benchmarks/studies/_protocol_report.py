@@ -255,7 +255,8 @@ def _vit_most_robust(doc: dict, attribution) -> str:
 
 def _checkpoints_note(doc: dict) -> str:
     src = doc.get("checkpoints_source")
-    if src:
+    made = _baseline_shas()  # a merge of --from-baselines runs with runs given by path: mark each model instead
+    if src and all(m["sha256"] in made for m in doc["models"]):
         return (f"**Checkpoints.** From `{src}` (`make baselines`: one CPU schedule for every model, each model's "
                 "learning rate chosen on val by the hyper-parameter policy); each model section names its weights "
                 "sha256.")

@@ -282,3 +282,13 @@ def test_claims_count_a_load_size_variant_as_its_dataset():
            "models": [model("breastmnist_64"), model("chest_xray_224"), model("pneumoniamnist")]}
     assert not any(t.startswith("Datasets not in this run") for t in claims(doc))
     assert "Datasets not in this run: breastmnist" in "\n".join(claims({**doc, "models": doc["models"][1:]}))
+
+
+def test_checkpoints_note_says_from_baselines_only_when_every_model_is(monkeypatch):
+    from benchmarks.studies import _protocol_report as report
+
+    monkeypatch.setattr(report, "_baseline_shas", lambda: {"made"})
+    doc = {"checkpoints_source": "baselines_cpu.json", "models": [{"sha256": "made"}]}
+    assert report._checkpoints_note(doc).startswith("**Checkpoints.** From `baselines_cpu.json`")
+    mixed = {**doc, "models": [{"sha256": "made"}, {"sha256": "other"}]}
+    assert "were not trained under the policy" in report._checkpoints_note(mixed)
