@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, ModelError
 from ..units import UnitLayer, get_module, reduce_to_units
 from ._dlb_mode import DLBMode
+from ._hooks import frozen_params
 from .base import Criterion, register
 
 Start = Literal["one", "logit"]
@@ -63,20 +64,16 @@ def prepared(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` itself set up as ``prepare`` sets up its copy; every module's mode, parameter flag and
     attention path restored on exit (DLBMode computes every op out of place, so nothing else changes)."""
     modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
     unfused = [m for m in model.modules() if getattr(m, "fused_attn", None) is False]
     model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
     for m in unfused:
         m.fused_attn = True
     try:
-        yield model
+        with frozen_params(model):
+            yield model
     finally:
         for m in unfused:
             m.fused_attn = False
-        for p, flag in flags:
-            p.requires_grad_(flag)
         for m, mode in modes:
             m.training = mode
 

@@ -27,7 +27,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..units import UnitLayer, get_module, reduce_to_units
-from ._hooks import batches, capture, frozen_params, model_device, no_inplace, resolve_targets
+from ._eval_batchnorm import affine_backward
+from ._hooks import batches, frozen_params, model_device, no_inplace, resolve_targets
 from .base import Criterion, register
 
 METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right")
@@ -113,43 +114,40 @@ class IntegratedGradients(Criterion):
         all) rides in the first chunk's batch: a separate one-image pass cost ~3 % of a VGG19 call
         (mkldnn repacks every weight for a new batch size). Steps 1..n go through the model in chunks of
         at most ``internal_batch_size`` images (whole steps, so a chunk's activations line up with the
-        previous one).
+        previous one). Each layer's step differences are taken when its tensor is made and multiplied by
+        its gradient in a hook when the backward pass reaches it (``_Conductance``): the model runs on no
+        copies, and each layer's differences and gradient are freed there instead of every layer's being
+        held to the end of the pass; the pass stops at the first unit layers (the image needs no
+        gradient). Parameters are frozen inside.
         """
         n = len(inputs)
         base = make_baseline(inputs, self.baseline)
         b = 1 if self.baseline != "mean" else n
-        attrs: dict[str, torch.Tensor] = {}
-        previous: dict[str, torch.Tensor] = {}
-        # the model runs on copies: timm's residual x += shortcut would overwrite a captured BatchNorm output
-        with capture(model, layers, copy=True) as acts:
+        acc = _Conductance(n)
+        # eval BatchNorms: one multiply for their input gradient (``_eval_batchnorm``); each layer's step
+        # differences are taken as its tensor is made, before an in-place op after it (timm's residual
+        # x += shortcut after bn3, an in-place ReLU) can change it (``_Conductance``)
+        with frozen_params(model), affine_backward(model), acc.hooked(model, layers):
+            lead = b  # rows of the baseline in front of the first chunk's steps
             if targets is None:
+                acc.lead = b  # the no-grad pass records the baseline's rows as step 0
                 with torch.no_grad():
                     logits = model(torch.cat([base[:b], inputs]))
-                previous = {ly.name: acts[ly.name][:b].detach() for ly in layers}
-                targets = logits[b:].argmax(1)
-            for steps in self._chunks(n, 0 if previous else b, inputs.dtype):
+                targets, lead = logits[b:].argmax(1), 0
+            for i, steps in enumerate(self._chunks(n, lead, inputs.dtype)):
                 alphas = (steps / self.n_steps).to(inputs.device).view(-1, *([1] * inputs.dim()))
                 x = (base + alphas * (inputs - base)).reshape(-1, *inputs.shape[1:])
-                lead = 0 if previous else b  # rows of the baseline in front of this chunk's steps
-                if lead:
+                acc.lead = lead if i == 0 else 0
+                acc.steps, acc.last = len(steps), int(steps[-1]) == self.n_steps
+                if acc.lead:
                     x = torch.cat([base[:b], x])
-                logits = model(x.requires_grad_(True))
-                picked = logits[lead:].gather(1, targets.repeat(len(steps)).unsqueeze(1)).sum()
-                grads = list(torch.autograd.grad(picked, [acts[ly.name] for ly in layers], allow_unused=True))
-                for i, ly in enumerate(layers):
-                    full = acts.pop(ly.name).detach()
-                    if lead:
-                        previous[ly.name] = full[:lead]
-                    a = full[lead:].reshape(len(steps), n, *full.shape[1:])
-                    g, grads[i] = grads[i], None  # released layer by layer
-                    if g is not None:  # sum_i (a_i - a_{i-1}) * g_i, one temporary per layer
-                        step = torch.empty_like(a)
-                        torch.sub(a[0], previous[ly.name], out=step[0])
-                        torch.sub(a[1:], a[:-1], out=step[1:])
-                        term = step.mul_(g[lead:].reshape(a.shape)).sum(0)
-                        attrs[ly.name] = attrs[ly.name].add_(term) if ly.name in attrs else term
-                    previous[ly.name] = a[-1]
-        return {ly.name: attrs.get(ly.name, torch.zeros_like(previous[ly.name])) for ly in layers}
+                acc.starts = []
+                logits = model(x)
+                picked = logits[acc.lead:].gather(1, targets.repeat(len(steps)).unsqueeze(1)).sum()
+                if acc.starts:  # the backward pass stops at the first unit layers (``_Conductance._seen``)
+                    torch.autograd.grad(picked, acc.starts, allow_unused=True)
+        return {ly.name: acc.attrs[ly.name] if ly.name in acc.attrs else inputs.new_zeros(n, *acc.shapes[ly.name])
+                for ly in layers}
 
     def _chunks(self, n: int, lead: int, dtype: torch.dtype) -> Iterator[torch.Tensor]:
         """Steps 1..n_steps in chunks of whole steps, at most ``internal_batch_size`` images each (the
@@ -172,7 +170,7 @@ class IntegratedGradients(Criterion):
         # ``path="input"``: chunks of images small enough that one step of a chunk fits an internal batch
         chunk = max(1, self.batch_size) if self.path == "layer" else max(1, self.internal_batch_size)
         try:
-            # the input path needs no module switched: it captures copies (``capture(copy=True)``)
+            # the input path needs no module switched: it reads each hooked tensor before any in-place op
             keep_inplace = contextlib.nullcontext() if self.path == "input" else no_inplace(model)
             with keep_inplace, frozen_params(model):
                 if self.path == "input":
@@ -198,6 +196,76 @@ class IntegratedGradients(Criterion):
             f"IntegratedGradients(n_steps={self.n_steps}, baseline={self.baseline!r}, "
             f"method={self.method!r}, path={self.path!r}, internal_batch_size={self.internal_batch_size})"
         )
+
+
+class _Conductance:
+    """Each layer's ``sum_i (a_i - a_{i-1}) * g_i``: the step differences taken by a forward hook when the layer's
+    tensor is made, multiplied by its gradient in a hook on that tensor when the backward pass reaches it.
+
+    The model runs on the hooked tensors themselves, as in a plain input-gradient call: the differences are
+    taken before any in-place op after the hook (an in-place ReLU, timm's residual ``x += shortcut`` after a
+    BatchNorm) can change the values, and a tensor hook registered before such an op gets the gradient with
+    respect to the tensor before it. ``lead`` (baseline rows in front of the current batch), ``steps`` (whole
+    steps in it) and ``last`` (whether it holds the final step) describe the batch going through the model;
+    ``previous`` holds each layer's activation at the step before the batch.
+    """
+
+    def __init__(self, n: int):
+        self.n, self.lead, self.steps, self.last = n, 0, 0, True
+        self.attrs: dict[str, torch.Tensor] = {}
+        self.previous: dict[str, torch.Tensor] = {}
+        self.shapes: dict[str, torch.Size] = {}
+        self.starts: list[torch.Tensor] = []  # graph leaves made at hooked tensors in the current batch
+
+    @contextlib.contextmanager
+    def hooked(self, model: nn.Module, layers: Sequence[UnitLayer]) -> Iterator[None]:
+        """Forward hooks at every layer (output or input port)."""
+        handles = []
+        for layer in layers:
+            module = get_module(model, layer.hook)
+            if layer.port == "output":
+                handles.append(module.register_forward_hook(
+                    lambda _m, _i, out, name=layer.name: self._seen(name, out)))
+            else:
+                handles.append(module.register_forward_pre_hook(
+                    lambda _m, inp, name=layer.name: (self._seen(name, inp[0]), *inp[1:])))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _seen(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """What the model goes on with: ``t`` itself, or a copy of the leaf made from it."""
+        self.shapes[name] = t.shape[1:]
+        if not torch.is_grad_enabled():  # the no-grad pass: only the baseline's rows are kept
+            self.previous[name] = t[: self.lead].clone()
+            return t
+        leaf = not t.requires_grad
+        if leaf:
+            # the image and the parameters need no gradient, so no graph reaches this tensor: it becomes a
+            # leaf the backward pass stops at (the layers before the first unit layer are not gone through)
+            t = t.detach().requires_grad_(True)
+            self.starts.append(t)
+        held = [self._differences(name, t.detach())]  # dropped by the hook: freed once its term is added
+        lead = self.lead
+        t.register_hook(lambda g: self._add(name, held.pop(), g, lead))
+        return t.clone() if leaf else t  # an in-place op after the hook must not write to a leaf
+
+    def _differences(self, name: str, full: torch.Tensor) -> torch.Tensor:
+        """``a_i - a_{i-1}`` for the batch's steps, ``(steps, n, ...)``; the last step is kept for the next batch."""
+        lead = self.lead
+        a = full[lead:].reshape(self.steps, self.n, *full.shape[1:])
+        step = torch.empty_like(a)
+        torch.sub(a[0], full[:lead] if lead else self.previous[name], out=step[0])
+        torch.sub(a[1:], a[:-1], out=step[1:])
+        if not self.last:
+            self.previous[name] = a[-1].clone()  # a copy: the model may change ``full`` in place
+        return step
+
+    def _add(self, name: str, step: torch.Tensor, g: torch.Tensor, lead: int) -> None:
+        term = step.mul_(g[lead:].reshape(step.shape)).sum(0)
+        self.attrs[name] = self.attrs[name].add_(term) if name in self.attrs else term
 
 
 class _CopyOutput(nn.Module):

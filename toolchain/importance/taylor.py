@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..units import UnitLayer, reduce_to_units
-from ._hooks import batches, capture, frozen_params, model_device, no_inplace, resolve_targets
+from ._hooks import batches, capture, frozen_params, model_device, resolve_targets
 from .base import Criterion, register
 
 
@@ -37,10 +37,11 @@ class Taylor(Criterion):
         model.eval()
         totals = {layer.name: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
         try:
-            with no_inplace(model), frozen_params(model):
+            with frozen_params(model):
                 tgt = resolve_targets(model, inputs, targets, self.batch_size)
                 # the model runs on copies: timm's residual ``x += shortcut`` would overwrite a captured
-                # BatchNorm output in place, so |a x g| would read bn3 + shortcut instead of bn3 (as IG did)
+                # BatchNorm output in place, so |a x g| would read bn3 + shortcut instead of bn3 (as IG did);
+                # an in-place activation after a hooked layer changes the copy too, so none is switched off
                 with capture(model, layers, copy=True) as acts:
                     for sl in batches(len(inputs), self.batch_size):
                         # the input must be in the graph: parameters are frozen
