@@ -43,7 +43,7 @@ HEADLINE_LEVELS = 2
 HEADLINE = RESULTS / "headline.json"
 
 
-def check_split(path: str, data: str) -> None:
+def check_design_split(path: str, data: str) -> None:
     """ConfigError unless the checkpoint at ``path`` records the design's split of ``data``."""
     from toolchain.models.checkpoint import checkpoint_meta
 
@@ -63,7 +63,7 @@ def design_checkpoint(model: str, data: str, given: dict[str, str]) -> str:
 
     path = given.get(f"{data}/{model}")
     if path:
-        check_split(path, data)
+        check_design_split(path, data)
         return path
     return str(train(TrainConfig(**train_recipe(model, data), **SPLIT[data], device="auto")))
 

@@ -97,7 +97,7 @@ def test_report_is_written_under_the_designs_names_with_the_preface(monkeypatch,
         return _doc(run) | {"command": command}, [run]
 
     monkeypatch.setattr(recovery_grid, "assemble", fake_assemble)
-    monkeypatch.setattr(rs, "check_split", lambda path, data: None)
+    monkeypatch.setattr(rs, "check_design_split", lambda path, data: None)
     baseline = tmp_path / "recovery.json"
     baseline.write_text(json.dumps({"args": {"pool_per_class": 64, "recover_epochs": 2, "align": True,
                                              "skipped_pairs": ["x"], "out": "old"}, "models": {}}))
@@ -121,6 +121,6 @@ def test_a_checkpoint_without_the_designs_split_is_refused(monkeypatch):
 
     monkeypatch.setattr(checkpoint, "checkpoint_meta", lambda p: {"train_config": {"val_fraction": 0.1}})
     with pytest.raises(ConfigError, match="design's split of chest_xray_224"):
-        rs.check_split("x.safetensors", "chest_xray_224")
+        rs.check_design_split("x.safetensors", "chest_xray_224")
     monkeypatch.setattr(checkpoint, "checkpoint_meta", lambda p: {"train_config": {"val_from_train": 0.2}})
-    rs.check_split("x.safetensors", "pneumoniamnist")
+    rs.check_design_split("x.safetensors", "pneumoniamnist")
