@@ -68,7 +68,9 @@ NOT_A_STUDY = {"headline.json": "python -m benchmarks.headline",
                "baselines_cuda_run.*": "benchmarks/studies/gpu_baselines.sh on a CUDA machine",
                "dlb_check.md": "written by hand from dlb_check.json (the study's before/after runs at two commits)",
                "selection_split_preregistration.md": "written by hand before the recovery_selection study ran "
-                                                     "(its design, fixed in advance)"}
+                                                     "(its design, fixed in advance)",
+               "recovery_long_preregistration.md": "written by hand before any cell of recovery_selection's long "
+                                                   "recovery arm was computed (the arm, fixed in advance)"}
 
 
 def test_every_committed_result_is_declared_by_the_study_that_writes_it():
