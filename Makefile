@@ -36,7 +36,8 @@ lint: install
 deploy: install
 	$(MEDPRUNE) deploy --model $(MODEL) --target $(TARGET) --data $(DATA) --criterion $(CRITERION) \
 	  --sampling $(SAMPLING) --ratio $(RATIO) --granularity $(GRANULARITY) --precision $(PRECISION) --out $(OUT) \
-	  $(if $(SIGN_KEY),--sign-key $(SIGN_KEY)) $(if $(SPEEDUP),--speedup $(SPEEDUP))
+	  $(if $(SIGN_KEY),--sign-key $(SIGN_KEY)) $(if $(SPEEDUP),--speedup $(SPEEDUP)) \
+	  $(if $(VAL_FROM_TRAIN),--val-from-train $(VAL_FROM_TRAIN)) $(if $(VAL_FRACTION),--val-fraction $(VAL_FRACTION))
 
 recovery: install
 	$(MEDPRUNE) study recovery

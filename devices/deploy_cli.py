@@ -37,6 +37,13 @@ def deploy_cmd(
     img_size: int = typer.Option(None, help="model input side in pixels [default: the checkpoint's, else 32]"),
     epochs: int = typer.Option(3, help="training epochs when no cached checkpoint exists"),
     seed: int = typer.Option(0),
+    val_from_train: float = typer.Option(None, "--val-from-train",
+                                         help="as `medprune train`: move this stratified fraction of train into the "
+                                              "official val split before training (a larger selection split) "
+                                              "[default: the checkpoint's, else 0]"),
+    val_fraction: float = typer.Option(None, "--val-fraction",
+                                       help="as `medprune train`: fraction of train cut into val when the data has "
+                                            "no val split [default: the checkpoint's, else 0.1]"),
     tolerance: float = typer.Option(1.0, help="max accuracy drop (points): bound of the val drop when choosing, "
                                               "the test drop at the final gate"),
     sens_tolerance: float = typer.Option(2.0, help="max sensitivity drop (points) of any class, as --tolerance"),
@@ -93,8 +100,8 @@ def deploy_cmd(
     cfg = DeployConfig(model=model, target=target, data=data, criterion=criterion, sampling=sampling,
                        n_per_class=n_per_class, pool_per_class=pool_per_class or None, ratio=ratio,
                        granularity=granularity, precision=precision, out=out, img_size=img_size, epochs=epochs,
-                       seed=seed, tolerance=tolerance, sens_tolerance=sens_tolerance, max_ratio=max_ratio,
-                       search_margin=search_margin,
+                       seed=seed, val_from_train=val_from_train, val_fraction=val_fraction, tolerance=tolerance,
+                       sens_tolerance=sens_tolerance, max_ratio=max_ratio, search_margin=search_margin,
                        ordinal=ordinal, qwk_tolerance=qwk_tolerance, data_description=data_description,
                        round_to=None if round_to < 0 else round_to, fidelity_images=fidelity_images,
                        calibrate=calibrate,

@@ -37,6 +37,9 @@ class DeployConfig:
     epochs: int = 3
     lr: float | None = None
     seed: int = 0
+    # the selection split (toolchain.data.splits), as `medprune train`: None = the checkpoint's, else 0 / 0.1
+    val_from_train: float | None = None  # stratified fraction of train moved into an official val split
+    val_fraction: float | None = None  # the fraction of train cut into val when the data has no val split
     tolerance: float = 1.0  # accuracy drop allowed, points
     sens_tolerance: float = 2.0  # per-class sensitivity drop allowed, points
     ordinal: bool = False  # classes are ordered grades (else as the checkpoint was trained): QWK/MAE reported
@@ -100,8 +103,14 @@ class DeployConfig:
         profile = load_profile(cfg.target)
         if cfg.model is not None:
             resolve_arch(cfg.model)  # unknown names fail here, before any data is read
+        cfg._check_split_fractions()
         if cfg.checkpoint:
             cfg._from_checkpoint()
+        else:  # deploy trains its own dense model with this split
+            from toolchain.data.splits import DEFAULT_VAL_FRACTION
+
+            cfg.val_from_train = cfg.val_from_train or 0.0
+            cfg.val_fraction = DEFAULT_VAL_FRACTION if cfg.val_fraction is None else cfg.val_fraction
         cfg.model = cfg.model or DEFAULT_MODEL
         cfg.data = cfg.data or DEFAULT_DATA
         cfg.img_size = cfg.img_size or DEFAULT_IMG_SIZE
@@ -125,6 +134,8 @@ class DeployConfig:
         if cfg.name is not None and (not cfg.name or Path(cfg.name).name != cfg.name or cfg.name.startswith(".")):
             raise ConfigError(f"package name must be a plain file name, got {cfg.name!r}")
         cfg._check_outputs()
+        if cfg.checkpoint:
+            cfg._check_checkpoint_split()  # may read the data: after every check that does not
         if cfg.data_description is not None:
             from .description import read_description
 
@@ -177,6 +188,39 @@ class DeployConfig:
             raise ConfigError("bench-runs and samples must be >= 1, fidelity-images >= 0")
         if not 0.0 < self.max_ratio < 1.0 or not 0.0 < self.search_margin <= 1.0:
             raise ConfigError("max-ratio must be in (0, 1) and search-margin in (0, 1]")
+
+    def _check_split_fractions(self) -> None:
+        """--val-from-train / --val-fraction: the same range and one-line error as `medprune train`."""
+        from toolchain.data import check_split_fraction
+
+        for flag, value in (("--val-fraction", self.val_fraction), ("--val-from-train", self.val_from_train)):
+            if value is not None:
+                check_split_fraction(flag, value)
+
+    def _check_checkpoint_split(self) -> None:
+        """With --checkpoint, a split flag must be the split it was trained with: the data is loaded the way the
+        flags ask and the loaders' guard (toolchain.data.splits.check_split) judges it, so a val holding images
+        the model trained on (or missing its selection images) stops here. Then both hold the checkpoint's."""
+        from toolchain.data.splits import check_split, split_kwargs
+        from toolchain.errors import DataError
+        from toolchain.models.checkpoint import checkpoint_meta
+
+        train_config = checkpoint_meta(self.checkpoint).get("train_config") or {}
+        recorded = split_kwargs(train_config)
+        asked = {k: float(v) for k, v in (("val_from_train", self.val_from_train),
+                                          ("val_fraction", self.val_fraction)) if v is not None}
+        if asked:
+            from toolchain.data import load_dataset
+
+            ds = load_dataset(self.data, self.data_dir, load_size=train_config.get("load_size"),
+                              allow_missing_class=self.allow_missing_class
+                              or bool(train_config.get("allow_missing_class")), **{**recorded, **asked})
+            try:
+                check_split(train_config, ds)
+            except DataError as exc:
+                raise ConfigError(f"{exc} (deploy judges a checkpoint on its own split: drop --val-from-train / "
+                                  "--val-fraction or pass the values it was trained with)") from None
+        self.val_from_train, self.val_fraction = recorded["val_from_train"], recorded["val_fraction"]
 
     def _check_outputs(self) -> None:
         """--out and the stage cache must be writable folders before any stage runs (OutputError, exit 2)."""

@@ -66,7 +66,8 @@ def build_manifest(cfg, profile, ctx, *, exported: str, pr, exp, bench, fid: dic
         "dataset": {"name": ctx.ds.name, "fingerprint": ctx.ds.fingerprint,
                     "source": Path(str(getattr(ctx.ds, "source", "") or "")).name or None,
                     # the card's Data section: this dataset's own description, or a line saying there is none
-                    "description": dataset_description(ctx.ds, cfg.data_description)},
+                    "description": dataset_description(ctx.ds, cfg.data_description),
+                    "split": split_record(ctx.ds)},
         "training": training,
         # what the training images looked like: predict.py and medprune predict warn about inputs far from it
         "input_profile": input_profile_for(ctx),
@@ -108,6 +109,38 @@ def recovery_record(pruned: dict, selection: dict) -> dict | None:
             "recipe": rec.get("recipe"), "key": rec.get("key"), "version": rec.get("version"),
             "fit": (pruned.get("recovery") or {}).get("summary"),
             "val_rule": {k: (selection.get("val") or {}).get(k) for k in ("passes", "failed")}}
+
+
+def split_record(ds) -> dict:
+    """How the val split every choice was made on came about (the checkpoint's training split, as loaded):
+    the official one, enlarged by a fraction of train (``--val-from-train``), or cut from train
+    (``--val-fraction``, data without a val split); with the images per split."""
+    from toolchain.data.splits import VAL_CUT, VAL_FROM_TRAIN
+
+    moved, cut = ds.params.get(VAL_FROM_TRAIN), ds.params.get(VAL_CUT)
+    return {"val": "official + moved from train" if moved else "cut from train" if cut else "official",
+            VAL_FROM_TRAIN: moved, VAL_CUT: cut, "n": {name: len(ds.splits[name]) for name in ds.splits}}
+
+
+def _split_line(split: dict | None) -> str:
+    """The model card's sentence on the val split (manifest ``dataset.split``)."""
+    from toolchain.data.splits import VAL_CUT, VAL_FROM_TRAIN
+
+    if not split:
+        return ""
+    n = split["n"]
+    if split.get(VAL_FROM_TRAIN):
+        how = (f"the official val split plus {split[VAL_FROM_TRAIN]['fraction']:.0%} of train moved there "
+               f"(stratified, seed {split[VAL_FROM_TRAIN]['seed']}; `--val-from-train`)")
+    elif split.get(VAL_CUT):
+        how = (f"{split[VAL_CUT]['fraction']:.0%} of train cut from it (stratified, seed {split[VAL_CUT]['seed']}; "
+               "the data has no val split; `--val-fraction`)")
+    else:
+        how = "the official val split"
+    caveat = ("" if split["val"] == "official" else " A val carved from train shares its distribution: it cannot "
+              "show a shift to the test set's or another site's images.")
+    return (f" Val (n={n.get('val')}), where every choice was made, is {how}; train n={n.get('train')}, "
+            f"test n={n.get('test')}.{caveat}")
 
 
 def input_profile_for(ctx) -> dict:
@@ -204,7 +237,8 @@ def model_card(cfg, ctx, manifest: dict, profile) -> str:
         model=cfg.model, dataset=ctx.ds.name, target=profile.name, runtime=profile.runtime,
         precision=manifest["precision"], classes=", ".join(ctx.ds.class_names),
         runtime_line=RUNTIME_LINES.get(profile.runtime, DEFAULT_RUNTIME_LINE),
-        fingerprint=ctx.ds.fingerprint[:16], data_description=manifest["dataset"]["description"]["text"],
+        fingerprint=ctx.ds.fingerprint[:16], split_line=_split_line(manifest["dataset"].get("split")),
+        data_description=manifest["dataset"]["description"]["text"],
         img_size=ctx.meta["img_size"], in_chans=ctx.meta["in_chans"],
         epochs=train.get("epochs", cfg.epochs), seed=train.get("seed", cfg.seed), criterion=cfg.criterion,
         n_per_class=cfg.n_per_class, sampling=cfg.sampling, ratio_pct=f"{manifest['pruning']['ratio']:.0%}",

@@ -41,7 +41,8 @@ def train_checkpoint(cfg: DeployConfig, console) -> Trained:
         tc = TrainConfig(model=cfg.model, data=cfg.data, img_size=cfg.img_size, epochs=cfg.epochs, seed=cfg.seed,
                          lr=cfg.lr or (recipe.lr if recipe else TrainConfig.lr), device=cfg.device,
                          data_dir=cfg.data_dir, build_args=dict(recipe.build_args) if recipe else {},
-                         allow_missing_class=cfg.allow_missing_class, ordinal=cfg.ordinal)
+                         allow_missing_class=cfg.allow_missing_class, ordinal=cfg.ordinal,
+                         val_from_train=cfg.val_from_train, val_fraction=cfg.val_fraction)
         weights = train(tc)
         config, source = tc.to_dict(), "train (cached by its config)"
     sha = recorded_sha256(weights)
