@@ -12,7 +12,11 @@
 3. Every other checkpoint a committed result cites (``benchmarks.studies.cited_checkpoints``: the
    recovery study's, the paper grid's, ...) is retrained with its own ``medprune train`` command and its
    sha256 compared with the cited one (``--cited list``: listed with the training time it recorded, not
-   retrained; the full-length ones take hours on 2 cores).
+   retrained; the full-length ones take hours on 2 cores). Checkpoints trained on CUDA are not retrained
+   on a CPU (no CPU retrain can match them). Run it with ``MEDPRUNE_CACHE`` set to an empty folder, or the
+   training cache hands back the cited checkpoints themselves (the report then says NOT retrained).
+   ``--finished DIR --cited train --cited-subset SHA,...`` retrains a few more for a finished run and keeps
+   the retrains its earlier cited section recorded.
 
 The whole command is timed: wall clock, CPU time of the process (all its threads) and the 1-min load
 average sampled every 15 s, with the machine's CPU, cores and torch threads, so the minutes can be read
@@ -244,7 +248,9 @@ def _add_cited(finished: Path, out: Path, command: str, train: bool | tuple[str,
     if not all(p.is_file() for p in paths):
         raise ConfigError(f"--finished: {finished} lacks baselines_cpu.json or hparam_policy.json")
     doc, policy = (json.loads(p.read_text()) for p in paths)
-    doc["cited"] = cc.section(RESULTS, produced_by(policy, doc["runs"]), train=train, log=hp.log)
+    # retrains an earlier --finished run recorded are kept (with that command) unless retrained again
+    doc["cited"] = cc.section(RESULTS, produced_by(policy, doc["runs"]), train=train, log=hp.log,
+                              earlier=doc.get("cited", []), earlier_by=doc.get("cited_added_by"))
     doc["cited_added_by"] = command
     out.mkdir(parents=True, exist_ok=True)
     hp.write(policy, out)

@@ -9,11 +9,19 @@ policy and grid runs, so they need no command here.
 
 The training time each checkpoint recorded when it was trained is looked up (its sidecar in the local
 cache, else ``baselines.json``'s ``train_wall_s``), so a command that does not retrain them can still
-say what retraining them took, and on which device.
+say what retraining them took, and on which device. A checkpoint trained on another device than this
+machine's is not retrained by ``--cited train`` (CPU and CUDA kernels give different weights, so the
+retrain could not match; naming it in ``--cited-subset`` retrains it anyway).
+
+A retrain is proved a retrain, not a cache hit: its checkpoint must be another file than the cited one
+(run with ``MEDPRUNE_CACHE`` set to an empty folder), and its record says whether this call trained it
+or found it in that folder's cache, with the thread count, torch build and cache key it was trained
+with, beside the cited checkpoint's (what to suspect when the sha256 differs).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import functools
 import json
 import shlex
@@ -61,6 +69,10 @@ def scan(results: Path) -> dict[str, Cited]:
             doc = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
+        if path.name in OWN and isinstance(doc, dict):
+            # make baselines' own cited section repeats the others' citations and names its retrained
+            # checkpoints: read back, a DIFFERENT retrain would become a cited checkpoint of its own
+            doc = {k: v for k, v in doc.items() if k != "cited"}
         for entry in _entries(doc):
             sha = entry.get("checkpoint_sha256") or entry.get("weights_sha256") or entry.get("sha256")
             c = cited.setdefault(sha, Cited(sha))
@@ -98,21 +110,36 @@ def uncovered(cited: dict[str, Cited]) -> list[Cited]:
 
 def recorded_training(c: Cited, results: Path) -> dict:
     """What training this checkpoint took when it was trained: seconds, device and where that is read."""
-    from toolchain.models import read_sidecar
 
-    path = Path(c.checkpoint) if c.checkpoint else None
-    if path is not None and path.is_file():
-        try:
-            _, side = read_sidecar(path)
-        except Exception:  # an unreadable sidecar is a missing record, not a failure of the report
-            side = None
-        if side and side.get("weights_sha256") == c.sha256:
-            train = side["meta"].get("train") or {}
-            return {"wall_s": train.get("wall_s"), "device": train.get("device"), "source": "checkpoint sidecar"}
+    side = _sidecar(c.checkpoint)
+    if side and side.get("weights_sha256") == c.sha256:
+        return {**_how_trained(side), "source": "checkpoint sidecar"}
     for r in _baselines_runs(results / "baselines.json"):
         if c.checkpoint and r.get("checkpoint") == c.checkpoint:
             return {"wall_s": r.get("train_wall_s"), "device": r.get("train_device"), "source": "baselines.json"}
     return {"wall_s": None, "device": None, "source": None}
+
+
+def _sidecar(path: str | Path | None) -> dict | None:
+    """The checkpoint's sidecar, or None when it is absent or unreadable (a missing record, not a failure)."""
+    from toolchain.models import read_sidecar
+
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        return read_sidecar(path)[1]
+    except Exception:
+        return None
+
+
+# what a checkpoint's sidecar says about how it was trained (the cache key's hash covers config, data
+# fingerprint, device and training-code version)
+HOW = ("wall_s", "device", "threads", "torch", "cache_key")
+
+
+def _how_trained(side: dict) -> dict:
+    train = side["meta"].get("train") or {}
+    return {k: train.get(k) for k in HOW}
 
 
 @functools.cache
@@ -135,56 +162,146 @@ def retrain(c: Cited) -> tuple[Path, str]:
     return weights, side["weights_sha256"]
 
 
-def section(results: Path, produced: dict[str, str], *, train: bool | tuple[str, ...], log) -> list[dict]:
+def section(results: Path, produced: dict[str, str], *, train: bool | tuple[str, ...], log,
+            earlier: list[dict] = (), earlier_by: str | None = None) -> list[dict]:
     """One entry per cited checkpoint: made by this command's own runs (``produced``: sha256 -> run), else
-    retrained with its command when ``train`` (True: all; a tuple: those whose sha256 starts with one of its
-    prefixes) and compared with the cited sha256, else listed with the training time it recorded."""
+    retrained with its command when ``train`` (True: all trained on this machine's device; a tuple: those
+    whose sha256 starts with one of its prefixes) and compared with the cited sha256, else the retrain an
+    ``earlier`` section recorded (made by ``earlier_by``), else listed with the training time it recorded."""
+    from toolchain import settings
+
+    here = settings.resolve_device("auto")
+    before = {r["sha256"]: r["retrained"] for r in earlier if r.get("retrained")}
     rows = []
     for c in scan(results).values():
         row = {**c.to_dict(), "recorded": recorded_training(c, results), "made_by": produced.get(c.sha256)}
-        wanted = train is True or (bool(train) and c.sha256.startswith(tuple(train)))
-        if row["made_by"] is None and wanted and c.command and not set(c.files) <= set(OWN):
-            log(f"== cited {c.sha256[:16]} ({', '.join(c.files)}): {c.command}")
-            t0 = time.perf_counter()
-            weights, sha = retrain(c)
-            row.update(retrained={"checkpoint": str(weights), "sha256": sha, "seconds": round(time.perf_counter() - t0, 1)})
-            log(f"== cited {c.sha256[:16]}: retrained, sha256 {sha[:16]} ({'same' if sha == c.sha256 else 'DIFFERENT'})")
+        named = bool(train) and train is not True and c.sha256.startswith(tuple(train))
+        other_device = row["recorded"]["device"] not in (None, here)
+        if row["made_by"] is None and c.command and not set(c.files) <= set(OWN):
+            if other_device and not named:
+                row["skipped"] = f"trained on {row['recorded']['device']}, this machine trains on {here}"
+            if named or (train is True and not other_device):
+                log(f"== cited {c.sha256[:16]} ({', '.join(c.files)}): {c.command}")
+                t0 = time.time()
+                weights, sha = retrain(c)
+                row["retrained"] = retrained_record(c, weights, sha, t0)
+                log(f"== cited {c.sha256[:16]}: {status(row)}")
+            elif c.sha256 in before:
+                row["retrained"] = {"by": earlier_by, **before[c.sha256]}
         rows.append(row)
     return rows
+
+
+def retrained_record(c: Cited, weights: Path, sha: str, t0: float) -> dict:
+    """What a retrain of ``c`` (started at ``t0``, epoch seconds) made and how, beside how ``c`` was trained."""
+    side, stat = _sidecar(weights), weights.stat() if weights.is_file() else None
+    cited = _sidecar(c.checkpoint)
+    cited = cited if cited and cited.get("weights_sha256") == c.sha256 else None
+    return {"checkpoint": str(weights), "sha256": sha, "seconds": round(time.time() - t0, 1),
+            "same_file": bool(c.checkpoint) and stat is not None and Path(c.checkpoint).is_file()
+            and weights.resolve() == Path(c.checkpoint).resolve(),
+            # an earlier retrain into the same (separate) cache is returned as is: still a retrain, not this call's
+            "trained_by_this_call": stat is not None and stat.st_mtime >= t0,
+            "written": _dt.datetime.fromtimestamp(stat.st_mtime, _dt.timezone.utc).isoformat(timespec="seconds")
+            if stat else None,
+            "how": _how_trained(side) if side else None, "cited_how": _how_trained(cited) if cited else None,
+            "config_differs": _config_differs(side, cited) if side and cited else None}
+
+
+# TrainConfig fields that do not change the weights (training's own _NOT_HASHED)
+_SAME_WEIGHTS = ("device", "data_dir", "quiet", "allow_missing_class")
+
+
+def _config_differs(side: dict, cited: dict) -> list[str]:
+    """Recorded train_config fields (and the data fingerprint) that differ between two checkpoints."""
+    a, b = side["meta"].get("train_config") or {}, cited["meta"].get("train_config") or {}
+    out = sorted(k for k in set(a) | set(b) if k not in _SAME_WEIGHTS and a.get(k) != b.get(k))
+    if (side["meta"].get("dataset") or {}).get("fingerprint") != (cited["meta"].get("dataset") or {}).get("fingerprint"):
+        out.append("dataset fingerprint")
+    return out
+
+
+def differences(retrained: dict) -> list[str]:
+    """How the retrain was trained unlike the cited checkpoint (thread count, torch, device, code version)."""
+    now, then = retrained.get("how") or {}, retrained.get("cited_how") or {}
+    out = [f"{k} {then[k]} -> {now[k]}" for k in ("threads", "torch", "device") if then.get(k) != now.get(k)
+           and then.get(k) is not None]
+    if retrained.get("config_differs"):
+        out.append("recorded config differs: " + ", ".join(retrained["config_differs"]))
+    elif then.get("cache_key") and now.get("cache_key") and then["cache_key"] != now["cache_key"]:
+        # same config, data and device: the key's remaining input is the training code's version
+        out.append("training-code version differs (cache key)")
+    return out
 
 
 def status(row: dict) -> str:
     """How this command stands to one cited checkpoint, in words."""
     if row["made_by"]:
         return f"reproduced (same sha256) by {row['made_by']}"
-    if row.get("retrained"):
-        same = row["retrained"]["sha256"] == row["sha256"]
-        return "retrained, same sha256" if same else f"retrained, DIFFERENT sha256 `{row['retrained']['sha256'][:16]}`"
+    r = row.get("retrained")
+    if r:
+        if r.get("same_file"):
+            return "NOT retrained: the training cache returned the cited checkpoint itself (use an empty MEDPRUNE_CACHE)"
+        how = r.get("how") or {}
+        said = ", ".join(filter(None, [
+            f"{how['wall_s']:.0f} s training" if how.get("wall_s") is not None else None,
+            f"{how['threads']} thread{'s' if how['threads'] != 1 else ''}" if how.get("threads") else None,
+            None if r.get("trained_by_this_call", True) else f"found in its cache, written {r.get('written')}",
+            f"by an earlier `{r['by']}`" if r.get("by") else None]))
+        said = f" ({said})" if said else ""
+        if r["sha256"] == row["sha256"]:
+            return f"retrained, same sha256{said}"
+        why = differences(r)
+        return (f"retrained, DIFFERENT sha256 `{r['sha256'][:16]}`{said}; trained unlike the cited one: "
+                + ("; ".join(why) if why else "no recorded difference (same threads, torch, device, code)"))
+    if row.get("skipped"):
+        return f"not retrained: {row['skipped']} (a retrain cannot be bit-identical)"
     if set(row["files"]) <= set(OWN):
         return "NOT reproduced: an earlier run of this command made it; this run's weights differ"
     return "not retrained by this run"
+
+
+def _reproduced(r: dict) -> bool:
+    retrained = r.get("retrained") or {}
+    return bool(r["made_by"]) or (retrained.get("sha256") == r["sha256"] and not retrained.get("same_file"))
+
+
+def _minutes(rows: list[dict]) -> str:
+    """The training time these checkpoints recorded when trained, summed per device."""
+    by_device: dict[str, float] = {}
+    for r in rows:
+        if r["recorded"]["wall_s"] is not None:
+            dev = r["recorded"]["device"] or "unknown device"
+            by_device[dev] = by_device.get(dev, 0.0) + r["recorded"]["wall_s"] / 60
+    return ", ".join(f"{m:.1f} min on {d}" for d, m in sorted(by_device.items())) or "none recorded"
 
 
 def markdown_lines(rows: list[dict]) -> list[str]:
     """The report's section on the checkpoints the committed results cite."""
     if not rows:
         return []
-    same = sum(1 for r in rows if r["made_by"] or (r.get("retrained") or {}).get("sha256") == r["sha256"])
-    listed = [r for r in rows if not r["made_by"] and not r.get("retrained") and not set(r["files"]) <= set(OWN)]
-    by_device: dict[str, float] = {}
-    for r in listed:
-        if r["recorded"]["wall_s"] is not None:
-            dev = r["recorded"]["device"] or "unknown device"
-            by_device[dev] = by_device.get(dev, 0.0) + r["recorded"]["wall_s"] / 60
+    same = sum(map(_reproduced, rows))
+    differ = [r for r in rows if r.get("retrained") and not _reproduced(r)]
+    skipped = [r for r in rows if r.get("skipped") and not r.get("retrained")]
+    listed = [r for r in rows if not r["made_by"] and not r.get("retrained") and not r.get("skipped")
+              and not set(r["files"]) <= set(OWN)]
     lines = ["", "## Checkpoints the committed results cite", "",
              f"{len(rows)} checkpoints are cited by sha256 in `benchmarks/results/*.json` (this command's own "
-             f"previous outputs included); **{same} reproduced bit-identically** by this run."]
+             f"previous outputs included); **{same} reproduced bit-identically** (by this command's own runs, or "
+             f"retrained with their own command into a separate training cache); {len(differ)} retrained with "
+             "a DIFFERENT sha256."]
+    if skipped:
+        files = sorted({f for r in skipped for f in r["files"] if f not in OWN})
+        lines.append(f"{len(skipped)} were trained on another device ({_minutes(skipped)} recorded) and are not "
+                     "retrained here: CPU and CUDA kernels give different weights, so no retrain on this machine "
+                     "can match them. Running their command here gives a checkpoint of the same recipe trained "
+                     "on this device (the device is part of the training cache key), with other weights and other "
+                     f"figures than {', '.join(f'`{f}`' for f in files)} report; this command's own runs (table "
+                     "above) are the CPU-trained alternative (`protocol_grid --from-baselines`).")
     if listed:
-        lines.append(f"{len(listed)} were not retrained by this run (`--cited list` or `--cited-subset`); the training "
-                     "time each recorded when it was trained: " + ", ".join(
-                         f"{m:.1f} min on {d}" for d, m in sorted(by_device.items())) + " (different machines and "
-                     "loads; a CPU retrain of a checkpoint trained on cuda takes far longer).")
-    lines += ["", "| sha256 | cited by | this run | recorded training | command |", "|---|---|---|---|---|"]
+        lines.append(f"{len(listed)} were not retrained by this run (`--cited list` or `--cited-subset`; "
+                     f"{_minutes(listed)} recorded when trained, on different machines and loads).")
+    lines += ["", "| sha256 | cited by | reproduced? | recorded training | command |", "|---|---|---|---|---|"]
     for r in rows:
         rec = r["recorded"]
         took = f"{rec['wall_s']:.0f} s on {rec['device']}" if rec["wall_s"] is not None else "n/a"

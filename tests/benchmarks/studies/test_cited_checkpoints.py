@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -74,4 +75,94 @@ def test_section_retrains_only_the_selected_checkpoints_and_compares_sha256(tmp_
     monkeypatch.setattr(cc, "retrain", lambda c: called.append(c.sha256) or (tmp_path / "w", "f" * 64))
     rows = {r["sha256"]: r for r in cc.section(tmp_path, {}, train=("bbbb",), log=print)}
     assert called == [b] and "retrained" not in rows[a]
+    assert cc.status(rows[b]).startswith("retrained, DIFFERENT sha256")
+
+
+def test_the_selection_split_design_checkpoints_are_cited_with_their_split_flags():
+    retrain = {c.sha256: c.command for c in cc.to_retrain(cc.scan(RESULTS))}
+    models = json.loads((RESULTS / "recovery_selection.json").read_text())["models"]
+    assert models
+    for m in models.values():  # the command that retrains each must carry the split its checkpoint records
+        split = m["selection"]["split"]
+        flags = [f"--{k.replace('_', '-')} {v:g}" for k, v in split.items()]
+        assert flags and retrain[m["checkpoint_sha256"]] == m["train_command"]
+        assert all(f in m["train_command"] for f in flags), (m["train_command"], flags)
+
+
+def test_scan_does_not_read_back_its_own_cited_section(tmp_path):
+    own, other, retrained = "a" * 64, "b" * 64, "c" * 64
+    _write(tmp_path, "baselines_cpu.json", {
+        "runs": [{"key": "vgg19:x", "checkpoint": "/a", "weights_sha256": own}],
+        "cited": [{"sha256": other, "checkpoint": "/old/b", "command": "medprune train --model x", "files": ["r.json"],
+                   "retrained": {"checkpoint": "/r", "sha256": retrained}}]})
+    _write(tmp_path, "recovery.json", {"m": {"checkpoint": "/b", "checkpoint_sha256": other, "train_command": "y"}})
+    cited = cc.scan(tmp_path)
+    assert set(cited) == {own, other}  # a DIFFERENT retrain is not a citation
+    assert cited[other].files == ["recovery.json"] and cited[other].checkpoint == "/b"
+
+
+def test_a_checkpoint_trained_on_another_device_is_listed_not_retrained_unless_named(tmp_path, monkeypatch):
+    import toolchain.settings
+
+    a = "a" * 64
+    _write(tmp_path, "paper_grid.json", {"m": [{"checkpoint": "/gpu", "checkpoint_sha256": a, "train_command": "x"}]})
+    _write(tmp_path, "baselines.json", {"runs": [{"checkpoint": "/gpu", "train_wall_s": 17.4, "train_device": "cuda"}]})
+    monkeypatch.setattr(toolchain.settings, "resolve_device", lambda device="auto": "cpu")
+    called = []
+    monkeypatch.setattr(cc, "retrain", lambda c: called.append(c.sha256) or (tmp_path / "w", "f" * 64))
+    [row] = cc.section(tmp_path, {}, train=True, log=print)
+    assert called == [] and cc.status(row).startswith("not retrained: trained on cuda, this machine trains on cpu")
+    text = "\n".join(cc.markdown_lines([row]))
+    assert "1 were trained on another device (0.3 min on cuda recorded)" in text and "`paper_grid.json`" in text
+    cc.section(tmp_path, {}, train=("aaaa",), log=print)
+    assert called == [a]
+
+
+def _train_tiny(npz, cache):
+    from toolchain.train import TrainConfig, train
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDPRUNE_CACHE", str(cache))
+        mp.setenv("MEDPRUNE_THREADS", "1")
+        return train(TrainConfig(model="test_resnet", data=str(npz), img_size=16, epochs=2, batch_size=16, lr=3e-3,
+                                 augment=False, patience=0, device="cpu", quiet=True))
+
+
+def test_a_retrain_is_told_from_a_cache_hit_and_its_differences_are_named(tmp_path):
+    from tests.conftest import write_tiny_npz
+    from toolchain.models import read_sidecar
+
+    npz = write_tiny_npz(tmp_path / "tinymnist.npz", n=(32, 16, 16))
+    cited_w = _train_tiny(npz, tmp_path / "a")
+    sha = read_sidecar(cited_w)[1]["weights_sha256"]
+    c = cc.Cited(sha, checkpoint=str(cited_w), command="medprune train")
+    row = {**c.to_dict(), "made_by": None, "recorded": {"wall_s": None, "device": None}}
+    t0 = time.time()
+    again = _train_tiny(npz, tmp_path / "b")  # the same command into an empty cache
+    fresh = cc.retrained_record(c, again, read_sidecar(again)[1]["weights_sha256"], t0)
+    assert fresh["sha256"] == sha and not fresh["same_file"] and fresh["trained_by_this_call"]
+    assert fresh["how"]["threads"] == fresh["cited_how"]["threads"] == 1
+    assert fresh["config_differs"] == [] and cc.differences(fresh) == []
+    assert cc.status({**row, "retrained": fresh}).startswith("retrained, same sha256 (")
+    later = cc.retrained_record(c, again, sha, time.time() + 1)  # found in that cache by a later call
+    assert not later["trained_by_this_call"] and "found in its cache" in cc.status({**row, "retrained": later})
+    hit = cc.retrained_record(c, cited_w, sha, t0)  # the cited checkpoint itself: no retrain at all
+    assert hit["same_file"] and cc.status({**row, "retrained": hit}).startswith("NOT retrained")
+    assert "**0 reproduced bit-identically**" in "\n".join(cc.markdown_lines([{**row, "retrained": hit}]))
+    other = {**fresh, "sha256": "f" * 64, "how": {**fresh["how"], "threads": 2, "cache_key": "x-1"}}
+    said = cc.status({**row, "retrained": other})
+    assert said.startswith("retrained, DIFFERENT sha256") and "threads 1 -> 2" in said and "training-code" in said
+    assert "config differs: lr" in cc.status({**row, "retrained": {**other, "config_differs": ["lr"]}})
+
+
+def test_section_keeps_the_retrains_an_earlier_run_recorded(tmp_path, monkeypatch):
+    a, b = "a" * 64, "b" * 64
+    _write(tmp_path, "recovery.json", {"m": [{"checkpoint": "/x", "checkpoint_sha256": a, "train_command": "x"},
+                                             {"checkpoint": "/y", "checkpoint_sha256": b, "train_command": "y"}]})
+    earlier = [{"sha256": a, "retrained": {"checkpoint": "/r/a", "sha256": a}}, {"sha256": b}]
+    monkeypatch.setattr(cc, "retrain", lambda c: (tmp_path / "w", "f" * 64))
+    rows = {r["sha256"]: r for r in cc.section(tmp_path, {}, train=("bbbb",), log=print, earlier=earlier,
+                                               earlier_by="medprune study baselines_cpu --finished d")}
+    assert rows[a]["retrained"]["by"] == "medprune study baselines_cpu --finished d"
+    assert cc.status(rows[a]).startswith("retrained, same sha256 (by an earlier `medprune study baselines_cpu")
     assert cc.status(rows[b]).startswith("retrained, DIFFERENT sha256")
