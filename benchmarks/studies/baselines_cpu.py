@@ -150,8 +150,8 @@ def markdown(doc: dict) -> str:
         lines += ["", f"**Not run** (of `make baselines`' {len(DATASETS) * len(hp.MODELS)} runs): " + ", ".join(missing)]
     lines += cc.markdown_lines(doc.get("cited", []))
     if doc.get("cited_added_by"):
-        lines += ["", f"(Cited-checkpoint section added to this finished run by `{doc['cited_added_by']}`, "
-                  "which trained nothing.)"]
+        lines += ["", f"(Cited-checkpoint section added to this finished run by `{doc['cited_added_by']}`; "
+                  "the runs above were not redone.)"]
     lines += ["", "## Reproduce each run", "", *[f"- {r['key']}: `{r['command']}`" for r in doc["runs"]], ""]
     return "\n".join(lines)
 

@@ -247,7 +247,7 @@ def status(row: dict) -> str:
             f"{how['wall_s']:.0f} s training" if how.get("wall_s") is not None else None,
             f"{how['threads']} thread{'s' if how['threads'] != 1 else ''}" if how.get("threads") else None,
             None if r.get("trained_by_this_call", True) else f"found in its cache, written {r.get('written')}",
-            f"by an earlier `{r['by']}`" if r.get("by") else None]))
+            "by an earlier run" if r.get("by") else None]))
         said = f" ({said})" if said else ""
         if r["sha256"] == row["sha256"]:
             return f"retrained, same sha256{said}"
@@ -307,4 +307,9 @@ def markdown_lines(rows: list[dict]) -> list[str]:
         took = f"{rec['wall_s']:.0f} s on {rec['device']}" if rec["wall_s"] is not None else "n/a"
         lines.append(f"| `{r['sha256'][:16]}` | {', '.join(r['files'])} | {status(r)} | {took} | "
                      f"{'`' + r['command'] + '`' if r['command'] else 'made by the policy / grid runs'} |")
+    earlier: dict[str, list[str]] = {}
+    for r in rows:
+        if (r.get("retrained") or {}).get("by"):
+            earlier.setdefault(r["retrained"]["by"], []).append(f"`{r['sha256'][:8]}`")
+    lines += [f"\nRetrained by an earlier run, `{by}`: {', '.join(shas)}." for by, shas in earlier.items()]
     return lines

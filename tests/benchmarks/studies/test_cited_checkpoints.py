@@ -164,5 +164,7 @@ def test_section_keeps_the_retrains_an_earlier_run_recorded(tmp_path, monkeypatc
     rows = {r["sha256"]: r for r in cc.section(tmp_path, {}, train=("bbbb",), log=print, earlier=earlier,
                                                earlier_by="medprune study baselines_cpu --finished d")}
     assert rows[a]["retrained"]["by"] == "medprune study baselines_cpu --finished d"
-    assert cc.status(rows[a]).startswith("retrained, same sha256 (by an earlier `medprune study baselines_cpu")
+    assert cc.status(rows[a]) == "retrained, same sha256 (by an earlier run)"
+    assert "Retrained by an earlier run, `medprune study baselines_cpu --finished d`: `aaaaaaaa`." in "\n".join(
+        cc.markdown_lines(list(rows.values())))
     assert cc.status(rows[b]).startswith("retrained, DIFFERENT sha256")
