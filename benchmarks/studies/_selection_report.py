@@ -121,25 +121,29 @@ def _verdicts(s: dict) -> str:
     return " ".join(f"{k} {v[k]}" for k in ("win", "tie", "lose") if v.get(k)) or "none"
 
 
-def headline_entries(doc: dict, source: str) -> dict[str, dict]:
+def headline_entries(doc: dict, source: str, part: str = "headline",
+                     arm: str = "") -> dict[str, dict]:
     """``recovery/<dataset>/<model>/{speedup_lossless,best_criterion}`` of the pairs the rule lets through
-    (headline levels complete), read from this design's document at ``source`` (checked by benchmarks.headline)."""
+    (headline levels complete), read from this design's document at ``source`` (checked by benchmarks.headline):
+    from each model's ``part`` (``headline``; ``arms``: the long arm's pooled choice), ``arm`` naming it."""
     out: dict[str, dict] = {}
     for label, m in doc["models"].items():
         s = m.get("selection")
-        if not s or not s["headline"]["complete"]:
+        if not s or not s["headline"]["complete"] or part not in m:
             continue
         ds, model = label.split(":")
-        h, base = m["headline"], {"source": source, "command": doc["command"]}
-        design = f"{NICE.get(ds, ds)} {model}, pre-registered selection-split design ({split_text(s['split'])})"
+        h, base = m[part], {"source": source, "command": doc["command"]}
+        design = (f"{NICE.get(ds, ds)} {model}, pre-registered selection-split design ({split_text(s['split'])})"
+                  + (f", {arm}" if arm else ""))
         out[f"recovery/{ds}/{model}/best_criterion"] = {
-            "value": h["best_criterion"], "unit": "text", **base, "path": f"models/{label}/headline/best_criterion",
+            "value": h["best_criterion"], "unit": "text", **base, "path": f"models/{label}/{part}/best_criterion",
             "label": f"{design}: best criterion after recovery (mean val balanced accuracy)"}
         sl = h["speedup_lossless"]
         if sl:
-            what = (f"most compressed recovered model passing deploy's lossless rule on val ({sl['criterion']}, "
+            which = f"{sl['criterion']}" + (f" {sl['arm']} arm" if sl.get("arm") else "")
+            what = (f"most compressed recovered model passing deploy's lossless rule on val ({which}, "
                     f"MACs ÷{sl['macs_ratio']:.2f})" if sl["holds_on_test"] else
-                    f"x1.00: the model chosen on val by deploy's rule ({sl['criterion']}, MACs ÷{sl['macs_ratio']:.2f}, "
+                    f"x1.00: the model chosen on val by deploy's rule ({which}, MACs ÷{sl['macs_ratio']:.2f}, "
                     f"x{sl['speedup_ort']:.2f}) FAILS the gates on test, so the dense model stays")
             a, w = sl["test_accuracy_drop_pts"], sl["test_worst_sensitivity_drop_pts"]
             note = (f"holds on test: {sl['holds_on_test']}; test accuracy drop {a['value']:.2f} pts "
@@ -147,9 +151,9 @@ def headline_entries(doc: dict, source: str) -> dict[str, dict]:
                     f"{[round(x, 2) for x in w['ci']]} (n={m['rows'][0]['test']['n']})")
         else:
             what = "no recovered model passes deploy's lossless rule on val, so the dense model stays (x1.00)"
-            note = f"val n {s['this']['val_n']}; cells passing the val rule: 0 of {s['this']['rows']}"
+            note = f"val n {s['this']['val_n']}; cells passing the val rule: 0 of {h.get('rows', s['this']['rows'])}"
         out[f"recovery/{ds}/{model}/speedup_lossless"] = {
             "value": h["deploy_ships"]["speedup_ort"], "unit": "×", **base,
-            "path": f"models/{label}/headline/deploy_ships/speedup_ort",
+            "path": f"models/{label}/{part}/deploy_ships/speedup_ort",
             "label": f"{design}: measured ORT batch-1 speedup, {what}", "note": note}
     return out

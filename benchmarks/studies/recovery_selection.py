@@ -19,6 +19,11 @@ trained here with ``recovery_grid.train_recipe`` plus the design's split. Headli
 dataset x model whose first ``HEADLINE_LEVELS`` MACs levels are complete for every criterion takes
 ``recovery/<dataset>/<model>/{speedup_lossless,best_criterion}`` from this design whatever the result
 (``--update-headline`` writes them into headline.json); otherwise its headline stays on the earlier study.
+
+``--arm long`` assembles the pre-registered longer-recovery arm (``LONG_PREREGISTRATION``, ``_selection_arms``):
+the same VGG19 cells recovered for ``LONG_EPOCHS`` KD epochs at MACs ``LONG_LEVELS``, into
+``recovery_selection_long.{json,md,png}``, with the headline chosen over both arms (``--design``: the 2-epoch arm's
+results) once every long level is complete; the 2-epoch assembly then leaves those keys to it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from toolchain.errors import ConfigError
 from .registry import RESULTS, StudyParser, command_line, study
 
 PREREGISTRATION = RESULTS / "selection_split_preregistration.md"
+LONG_PREREGISTRATION = RESULTS / "recovery_long_preregistration.md"
 # the selection split of each dataset (TrainConfig fields): PneumoniaMNIST keeps its official val and adds a
 # stratified 20 % of train; chest_xray_224 (no official val) cuts 25 % of train instead of 10 %
 SPLIT: dict[str, dict[str, float]] = {"pneumoniamnist": {"val_from_train": 0.2},
@@ -68,12 +74,24 @@ def design_checkpoint(model: str, data: str, given: dict[str, str]) -> str:
     return str(train(TrainConfig(**train_recipe(model, data), **SPLIT[data], device="auto")))
 
 
+def arm_levels(arm: str) -> dict[str, tuple[float, ...]]:
+    """MACs levels per model of an arm, in the order they are computed (``long``: its pre-registered ones)."""
+    from ._selection_arms import LONG_LEVELS
+
+    return LONG_LEVELS if arm == "long" else LEVELS
+
+
 def grid_args(baseline: dict, args: argparse.Namespace, checkpoints: list[str]) -> argparse.Namespace:
     """The recovery study's arguments as its committed results recorded them, with the design's models, data,
-    criteria, levels and checkpoints; the assembly flags of this run."""
+    criteria, levels and checkpoints (and, ``--arm long``, its recovery epochs); the assembly flags of this run."""
+    from ._selection_arms import LONG_EPOCHS
+
+    arm = getattr(args, "arm", "design")
     a = {k: v for k, v in baseline.items() if k not in ("out", "skipped_pairs")}
+    if arm == "long":
+        a["recover_epochs"] = LONG_EPOCHS  # the only recipe field the long arm changes (its cache keys follow)
     a.update(models=list(args.models), data=list(args.data), criteria=list(CRITERIA),
-             model_macs={m: list(LEVELS[m]) for m in args.models}, checkpoint=checkpoints,
+             model_macs={m: list(arm_levels(arm)[m]) for m in args.models}, checkpoint=checkpoints,
              cached_only=args.cached_only, runtimes=args.runtimes, retime=False, recompute_stale=False,
              out=args.out)
     return argparse.Namespace(**a)
@@ -83,18 +101,23 @@ def _relative(path: Path) -> str:
     return path.name if path.parent == RESULTS else str(path)
 
 
-def add_sections(doc: dict, runs: list[dict], earlier: dict, baseline_path: Path) -> None:
-    """The design's own figures in ``doc`` (``doc["design"]``, ``models[*]["selection"]``)."""
+def add_sections(doc: dict, runs: list[dict], earlier: dict, baseline_path: Path, arm: str = "design") -> None:
+    """The design's own figures in ``doc`` (``doc["design"]``, ``models[*]["selection"]``); for the long arm every
+    one of its levels is a headline level, and ``earlier`` is the 2-epoch arm's results."""
     from . import _selection_report as sel
 
+    levels = arm_levels(arm)
+    need = HEADLINE_LEVELS if arm == "design" else max(len(ts) for ts in levels.values())
     doc["design"] = {"preregistration": _relative(PREREGISTRATION), "split": SPLIT, "criteria": list(CRITERIA),
-                     "levels": {m: list(ts) for m, ts in LEVELS.items() if m in doc["args"]["models"]},
-                     "headline_levels": HEADLINE_LEVELS, "earlier": _relative(baseline_path)}
+                     "levels": {m: list(ts) for m, ts in levels.items() if m in doc["args"]["models"]},
+                     "headline_levels": need, "earlier": _relative(baseline_path), "arm": arm}
+    if arm == "long":
+        doc["design"]["arm_preregistration"] = _relative(LONG_PREREGISTRATION)
     for run in runs:
         label = f"{run['dataset']}:{run['model']}"
         doc["models"][label]["selection"] = sel.section(
-            doc["models"][label], run["labels"]["val"], list(CRITERIA), list(LEVELS[run["model"]]),
-            HEADLINE_LEVELS, SPLIT[run["dataset"]], earlier.get("models", {}).get(label))
+            doc["models"][label], run["labels"]["val"], list(CRITERIA), list(levels[run["model"]]),
+            need, SPLIT[run["dataset"]], earlier.get("models", {}).get(label))
 
 
 def update_headline(entries: dict[str, dict], path: Path) -> None:
@@ -108,16 +131,22 @@ def update_headline(entries: dict[str, dict], path: Path) -> None:
         fh.write(json.dumps(current, indent=1, ensure_ascii=False) + "\n")
 
 
-@study("recovery_selection", outputs=("recovery_selection.json", "recovery_selection.md", "recovery_selection.png"))
+@study("recovery_selection", outputs=("recovery_selection.json", "recovery_selection.md", "recovery_selection.png",
+                                     "recovery_selection_long.json", "recovery_selection_long.md",
+                                     "recovery_selection_long.png"))
 def main(argv: list[str] | None = None) -> int:
     from toolchain.train import configure_threads
 
     from . import _recovery_report as report
+    from . import _selection_arms as arms
     from . import _selection_report as sel
     from .recovery_grid import assemble
 
     p = StudyParser("recovery_selection", __doc__)
-    p.add_list("--models", default="vgg19,resnet50", choices=list(LEVELS))
+    p.add_argument("--arm", choices=("design", "long"), default="design",
+                   help="design: the pre-registered 2-epoch cells; long: its longer-recovery arm (VGG19, "
+                        "recovery_long_preregistration.md) → recovery_selection_long.*")
+    p.add_list("--models", default=None, choices=list(LEVELS), help="[default: vgg19,resnet50; --arm long: vgg19]")
     p.add_list("--data", default="pneumoniamnist,chest_xray_224", choices=list(SPLIT))
     p.add_argument("--checkpoint", action="append", default=[],
                    help="data/model=path of a dense checkpoint trained with the design's split (repeatable)")
@@ -125,17 +154,28 @@ def main(argv: list[str] | None = None) -> int:
                    help="the earlier recovery study's results: its recipe is reused and its figures compared")
     p.add_argument("--cached-only", action="store_true", help="report the cells already computed, compute none")
     p.add_argument("--runtimes", action="store_true", help="ORT/OpenVINO FP32 and INT8 columns (as the study's)")
+    p.add_argument("--design", type=Path, default=RESULTS / "recovery_selection.json",
+                   help="--arm long: the 2-epoch arm's results, pooled with the long arm for the headline")
     p.add_argument("--update-headline", action="store_true",
                    help="write the headline keys of the complete dataset x model pairs into headline.json")
     p.add_out()
     args = p.parse_args(argv)
+    levels = arm_levels(args.arm)
+    args.models = args.models or list(levels)
+    if set(args.models) - set(levels):
+        p.error(f"--arm {args.arm} has levels for {', '.join(levels)} only, not {', '.join(args.models)}")
     if not args.baseline.is_file():
         p.error(f"--baseline {args.baseline} not found (run `medprune study recovery` first)")
+    if args.arm == "long" and not args.design.is_file():
+        p.error(f"--design {args.design} not found (assemble the 2-epoch arm first: `medprune study "
+                "recovery_selection`)")
     given = dict(c.split("=", 1) for c in args.checkpoint if "=" in c)
     if len(given) != len(args.checkpoint):
         p.error("--checkpoint takes data/model=path")
     earlier = json.loads(args.baseline.read_text())
-    source = _source(Path(args.out) / "recovery_selection.json") if args.update_headline else None
+    design = json.loads(args.design.read_text()) if args.arm == "long" else None
+    stem = "recovery_selection_long" if args.arm == "long" else "recovery_selection"
+    source = _source(Path(args.out) / f"{stem}.json") if args.update_headline else None
     configure_threads()
 
     def log(msg: str) -> None:
@@ -149,12 +189,23 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--cached-only without a --checkpoint data/model=PATH of the selected pairs: nothing to report")
     doc, runs = assemble(grid_args(earlier["args"], args, [f"{k}={v}" for k, v in found.items()]),
                          command_line("recovery_selection", argv), log)
-    add_sections(doc, runs, earlier, args.baseline)
-    report.write(doc, runs, Path(args.out), stem="recovery_selection",
-                 preface=sel.preface(doc, doc["design"]["preregistration"]))
-    log(f"wrote {Path(args.out) / 'recovery_selection.json'}")
+    if design is None:
+        add_sections(doc, runs, earlier, args.baseline)
+        preface = sel.preface(doc, doc["design"]["preregistration"])
+    else:
+        add_sections(doc, runs, design, args.design, arm="long")
+        arms.add_arms(doc, design)
+        preface = arms.preface(doc, design, doc["design"]["arm_preregistration"], list(CRITERIA))
+    report.write(doc, runs, Path(args.out), stem=stem, preface=preface)
+    log(f"wrote {Path(args.out) / f'{stem}.json'}")
     if args.update_headline:
-        entries = sel.headline_entries(doc, source)
+        if design is None:  # pairs whose long arm is complete take their headline from it (pre-registered)
+            long_path = RESULTS / "recovery_selection_long.json"
+            owned = arms.superseded(json.loads(long_path.read_text()) if long_path.is_file() else None)
+            entries = {k: v for k, v in sel.headline_entries(doc, source).items() if k not in owned}
+        else:
+            entries = sel.headline_entries(doc, source, part="arms", arm="pooled over its 2- and "
+                                           f"{arms.LONG_EPOCHS}-epoch KD recovery arms (recovery_long_preregistration.md)")
         update_headline(entries, HEADLINE)
         log(f"headline.json: {', '.join(entries) or 'no pair complete, nothing'} updated")
     return 0
