@@ -49,6 +49,7 @@ recovery-schedule: install
 # dense models, computes its cells, writes recovery_selection.* and the headline keys of the complete pairs
 recovery-selection: install
 	$(MEDPRUNE) study recovery_selection --update-headline
+	$(MEDPRUNE) study recovery_selection --arm long --update-headline
 	$(PY) -m benchmarks.headline
 
 bench: install
