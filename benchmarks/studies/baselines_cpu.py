@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 _write(doc, out)  # after every run: a stopped command keeps what finished
                 hp.log(f"== {key}: weights sha256 {doc['runs'][-1]['weights_sha256']}")
         doc["cited"] = cc.section(RESULTS, produced_by(policy, doc["runs"]), train=_cited_train(a), log=hp.log)
+        doc["cited_summary"] = cc.summary(doc["cited"])
     doc["timing"], doc["trained"] = _timing(wall0, cpu0, load), trained_minutes(policy, doc["runs"])
     _write(doc, out)
     hp.log(f"wrote {out / 'baselines_cpu.json'}: {doc['timing']['wall_min']:.1f} min wall")
@@ -251,6 +252,7 @@ def _add_cited(finished: Path, out: Path, command: str, train: bool | tuple[str,
     # retrains an earlier --finished run recorded are kept (with that command) unless retrained again
     doc["cited"] = cc.section(RESULTS, produced_by(policy, doc["runs"]), train=train, log=hp.log,
                               earlier=doc.get("cited", []), earlier_by=doc.get("cited_added_by"))
+    doc["cited_summary"] = cc.summary(doc["cited"])
     doc["cited_added_by"] = command
     out.mkdir(parents=True, exist_ok=True)
     hp.write(policy, out)

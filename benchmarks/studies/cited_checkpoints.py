@@ -276,20 +276,36 @@ def _minutes(rows: list[dict]) -> str:
     return ", ".join(f"{m:.1f} min on {d}" for d, m in sorted(by_device.items())) or "none recorded"
 
 
+def _groups(rows: list[dict]) -> dict[str, list[dict]]:
+    """The cited checkpoints by how this command stands to them (each row in at most one group)."""
+    return {"reproduced": [r for r in rows if _reproduced(r)],
+            "different": [r for r in rows if r.get("retrained") and not _reproduced(r)],
+            "other_device": [r for r in rows if r.get("skipped") and not r.get("retrained")],
+            "not_retrained": [r for r in rows if not r["made_by"] and not r.get("retrained") and not r.get("skipped")
+                              and not set(r["files"]) <= set(OWN)]}
+
+
+def summary(rows: list[dict]) -> dict:
+    """Counts of the cited section (headline figures read them), with the retrains' own training minutes."""
+    g = _groups(rows)
+    retrained = [r["retrained"] for r in rows if r.get("retrained") and not r["retrained"].get("same_file")]
+    walls = [(r.get("how") or {}).get("wall_s") for r in retrained]
+    return {"cited": len(rows), **{k: len(v) for k, v in g.items()}, "retrained": len(retrained),
+            "retrain_minutes": round(sum(w for w in walls if w is not None) / 60, 1),
+            "retrain_minutes_known": sum(w is not None for w in walls)}
+
+
 def markdown_lines(rows: list[dict]) -> list[str]:
     """The report's section on the checkpoints the committed results cite."""
     if not rows:
         return []
-    same = sum(map(_reproduced, rows))
-    differ = [r for r in rows if r.get("retrained") and not _reproduced(r)]
-    skipped = [r for r in rows if r.get("skipped") and not r.get("retrained")]
-    listed = [r for r in rows if not r["made_by"] and not r.get("retrained") and not r.get("skipped")
-              and not set(r["files"]) <= set(OWN)]
+    g = _groups(rows)
+    skipped, listed = g["other_device"], g["not_retrained"]
     lines = ["", "## Checkpoints the committed results cite", "",
              f"{len(rows)} checkpoints are cited by sha256 in `benchmarks/results/*.json` (this command's own "
-             f"previous outputs included); **{same} reproduced bit-identically** (by this command's own runs, or "
-             f"retrained with their own command into a separate training cache); {len(differ)} retrained with "
-             "a DIFFERENT sha256."]
+             f"previous outputs included); **{len(g['reproduced'])} reproduced bit-identically** (by this command's "
+             "own runs, or retrained with their own command into a separate training cache); "
+             f"{len(g['different'])} retrained with a DIFFERENT sha256."]
     if skipped:
         files = sorted({f for r in skipped for f in r["files"] if f not in OWN})
         lines.append(f"{len(skipped)} were trained on another device ({_minutes(skipped)} recorded) and are not "

@@ -76,6 +76,8 @@ def test_section_retrains_only_the_selected_checkpoints_and_compares_sha256(tmp_
     rows = {r["sha256"]: r for r in cc.section(tmp_path, {}, train=("bbbb",), log=print)}
     assert called == [b] and "retrained" not in rows[a]
     assert cc.status(rows[b]).startswith("retrained, DIFFERENT sha256")
+    counts = cc.summary(list(rows.values()))
+    assert (counts["cited"], counts["reproduced"], counts["different"], counts["not_retrained"]) == (2, 0, 1, 1)
 
 
 def test_the_selection_split_design_checkpoints_are_cited_with_their_split_flags():
@@ -168,3 +170,7 @@ def test_section_keeps_the_retrains_an_earlier_run_recorded(tmp_path, monkeypatc
     assert "Retrained by an earlier run, `medprune study baselines_cpu --finished d`: `aaaaaaaa`." in "\n".join(
         cc.markdown_lines(list(rows.values())))
     assert cc.status(rows[b]).startswith("retrained, DIFFERENT sha256")
+    counts = cc.summary(list(rows.values()))
+    assert (counts["cited"], counts["reproduced"], counts["different"], counts["retrained"]) == (2, 1, 1, 2)
+    counts = cc.summary(list(rows.values()))
+    assert (counts["cited"], counts["reproduced"], counts["different"], counts["retrained"]) == (2, 1, 1, 2)
