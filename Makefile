@@ -18,7 +18,7 @@ PRECISION ?= default
 OUT ?= dist
 SIGN_KEY ?=
 
-.PHONY: install test lint deploy recovery recovery-schedule recovery-selection bench baselines importance removal export-bench tensorrt-check paper studies clean
+.PHONY: install test lint deploy recovery recovery-schedule recovery-selection split-shift bench baselines importance removal export-bench tensorrt-check paper studies clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -51,6 +51,10 @@ recovery-selection: install
 	$(MEDPRUNE) study recovery_selection --update-headline
 	$(MEDPRUNE) study recovery_selection --arm long --update-headline
 	$(PY) -m benchmarks.headline
+
+# the selection-split design's dense models on val vs test (a report: benchmarks/results/split_shift.md)
+split-shift: install
+	$(MEDPRUNE) study split_shift
 
 bench: install
 	$(MEDPRUNE) study harness_report
