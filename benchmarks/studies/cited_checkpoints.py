@@ -249,9 +249,9 @@ def status(row: dict) -> str:
             None if r.get("trained_by_this_call", True) else f"found in its cache, written {r.get('written')}",
             "by an earlier run" if r.get("by") else None]))
         said = f" ({said})" if said else ""
-        if r["sha256"] == row["sha256"]:
-            return f"retrained, same sha256{said}"
         why = differences(r)
+        if r["sha256"] == row["sha256"]:  # a difference here did not change the weights
+            return f"retrained, same sha256{said}" + (f"; trained unlike the cited one: {'; '.join(why)}" if why else "")
         return (f"retrained, DIFFERENT sha256 `{r['sha256'][:16]}`{said}; trained unlike the cited one: "
                 + ("; ".join(why) if why else "no recorded difference (same threads, torch, device, code)"))
     if row.get("skipped"):

@@ -155,6 +155,9 @@ def test_a_retrain_is_told_from_a_cache_hit_and_its_differences_are_named(tmp_pa
     said = cc.status({**row, "retrained": other})
     assert said.startswith("retrained, DIFFERENT sha256") and "threads 1 -> 2" in said and "training-code" in said
     assert "config differs: lr" in cc.status({**row, "retrained": {**other, "config_differs": ["lr"]}})
+    newer_code = {**fresh, "how": {**fresh["how"], "cache_key": "x-1"}}  # same weights from changed code
+    assert cc.status({**row, "retrained": newer_code}).endswith(
+        "; trained unlike the cited one: training-code version differs (cache key)")
 
 
 def test_section_keeps_the_retrains_an_earlier_run_recorded(tmp_path, monkeypatch):
