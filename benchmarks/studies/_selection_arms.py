@@ -139,8 +139,9 @@ def preface(doc: dict, design_doc: dict, prereg: str, criteria: list[str]) -> li
              f"recovered with KD for {doc['args']['recover_epochs']} epochs instead of "
              f"{design_doc['args']['recover_epochs']}. Headline rule: for a pair whose long levels are all complete, "
              "the most compressed recovered model of **both arms** passing deploy's rule on val, judged once on test "
-             "(test was read once before, for the 2-epoch arm's choice). The report body below is the long arm alone "
-             "(its own val choice is shown there for reference; it is not the headline).", "",
+             "(test was read once before, for the 2-epoch arm's choice). The report body below is the long arm alone: "
+             "its `speedup_lossless` and `Target` lines are the long arm's own val choice, shown for reference only; "
+             "they are neither the pre-registered rule nor the headline, which is stated here.", "",
              "Per level and criterion: val verdict of deploy's rule (upper 95 % bounds: accuracy drop / worst "
              "class's sensitivity drop, pts; gates 1 / 2), and measured ORT batch-1 speedup (MACs ÷). Recovered "
              "(KD) rows.", ""]
