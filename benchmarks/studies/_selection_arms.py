@@ -93,10 +93,20 @@ def _ci(d: dict) -> str:
     return f"{d['value']:.1f} [{d['ci'][0]:.1f}, {d['ci'][1]:.1f}]"
 
 
+def _kept_line(label: str, design: dict, missing: list[str]) -> str:
+    """An incomplete long arm: the pair keeps the 2-epoch arm's headline (its test reading, already made)."""
+    h = design["headline"]
+    sl, kept = h["speedup_lossless"], f"×{h['deploy_ships']['speedup_ort']:.2f}"
+    if sl:
+        kept += (f" ({sl['criterion']} MACs ÷{sl['macs_ratio']:.2f}; test accuracy drop "
+                 f"{_ci(sl['test_accuracy_drop_pts'])} pts, worst per-class sensitivity drop "
+                 f"{_ci(sl['test_worst_sensitivity_drop_pts'])} pts, n={design['rows'][0]['test']['n']})")
+    return (f"- {label}: long levels incomplete ({len(missing)} cells missing: {', '.join(missing)}) — no pooled "
+            f"headline; the pair keeps the 2-epoch arm's {kept} (recovery_selection.md). The long rows above are "
+            "reported as they are.")
+
+
 def _chosen_line(label: str, a: dict, target: float | None) -> str:
-    if not a["complete"]:
-        return (f"- {label}: long levels incomplete — no pooled headline; the pair keeps the 2-epoch arm's "
-                "(recovery_selection.md). The long rows above are reported as they are.")
     sl, ships = a["speedup_lossless"], a["deploy_ships"]
     if not sl:
         return f"- {label}: no recovered model of either arm passes deploy's rule on val: x1.00."
@@ -164,5 +174,6 @@ def preface(doc: dict, design_doc: dict, prereg: str, criteria: list[str]) -> li
             f"{arm} {p['passing_val']} of {p['rows']} (most compressed: {p['most_compressed_passing'] or 'none'})"
             for arm, p in per.items()) + ".", ""]
         target = TARGETS.get((m["dataset"], m["model"]))
-        tail += [_chosen_line(label, a, target), _limits(label, d, m, target)]
+        tail += [_chosen_line(label, a, target) if a["complete"] else
+                 _kept_line(label, d, m["selection"]["headline"]["missing"]), _limits(label, d, m, target)]
     return lines + ["Pooled headline (pre-registered):", "", *[t for t in tail if t], ""]

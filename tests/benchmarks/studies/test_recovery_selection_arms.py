@@ -81,7 +81,8 @@ def test_an_incomplete_long_arm_chooses_nothing_and_owns_no_headline_key():
     assert arms.superseded(long) == set()
     assert sel.headline_entries(long, "r/long.json", part="arms") == {}
     text = "\n".join(arms.preface(long, design, "p.md", list(rs.CRITERIA)))
-    assert "long levels incomplete — no pooled headline" in text and "| 8 | lrp | fail" in text
+    assert "long levels incomplete (7 cells missing: lrp ÷8, dlb ÷8" in text and "| 8 | lrp | fail" in text
+    assert "keeps the 2-epoch arm's ×2.40 (lrp MACs ÷3.00; test accuracy drop 0.0 [0.0, 0.0] pts" in text
 
 
 def test_the_arms_must_share_the_dense_checkpoint():
