@@ -246,7 +246,8 @@ def status(row: dict) -> str:
         said = ", ".join(filter(None, [
             f"{how['wall_s']:.0f} s training" if how.get("wall_s") is not None else None,
             f"{how['threads']} thread{'s' if how['threads'] != 1 else ''}" if how.get("threads") else None,
-            None if r.get("trained_by_this_call", True) else f"found in its cache, written {r.get('written')}",
+            None if r.get("trained_by_this_call", True) else  # <cache>/checkpoints/<key>/model.safetensors
+            f"found in its training cache `{Path(r['checkpoint']).parent.parent.parent}`, written {r.get('written')}",
             "by an earlier run" if r.get("by") else None]))
         said = f" ({said})" if said else ""
         why = differences(r)

@@ -147,7 +147,8 @@ def test_a_retrain_is_told_from_a_cache_hit_and_its_differences_are_named(tmp_pa
     assert fresh["config_differs"] == [] and cc.differences(fresh) == []
     assert cc.status({**row, "retrained": fresh}).startswith("retrained, same sha256 (")
     later = cc.retrained_record(c, again, sha, time.time() + 1)  # found in that cache by a later call
-    assert not later["trained_by_this_call"] and "found in its cache" in cc.status({**row, "retrained": later})
+    assert not later["trained_by_this_call"]
+    assert f"found in its training cache `{tmp_path / 'b'}`" in cc.status({**row, "retrained": later})
     hit = cc.retrained_record(c, cited_w, sha, t0)  # the cited checkpoint itself: no retrain at all
     assert hit["same_file"] and cc.status({**row, "retrained": hit}).startswith("NOT retrained")
     assert "**0 reproduced bit-identically**" in "\n".join(cc.markdown_lines([{**row, "retrained": hit}]))
