@@ -329,4 +329,7 @@ def markdown_lines(rows: list[dict]) -> list[str]:
         if (r.get("retrained") or {}).get("by"):
             earlier.setdefault(r["retrained"]["by"], []).append(f"`{r['sha256'][:8]}`")
     lines += [f"\nRetrained by an earlier run, `{by}`: {', '.join(shas)}." for by, shas in earlier.items()]
+    if any((r.get("retrained") or {}).get("trained_by_this_call") is False for r in rows):
+        lines += ["", "A retrain \"found in its training cache\" was trained there by the same `medprune train` "
+                  "command before this run, and is another file than the cited checkpoint."]
     return lines

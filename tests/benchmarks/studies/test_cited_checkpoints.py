@@ -149,6 +149,7 @@ def test_a_retrain_is_told_from_a_cache_hit_and_its_differences_are_named(tmp_pa
     later = cc.retrained_record(c, again, sha, time.time() + 1)  # found in that cache by a later call
     assert not later["trained_by_this_call"]
     assert f"found in its training cache `{tmp_path / 'b'}`" in cc.status({**row, "retrained": later})
+    assert "trained there by the same `medprune train` command" in "\n".join(cc.markdown_lines([{**row, "retrained": later}]))
     hit = cc.retrained_record(c, cited_w, sha, t0)  # the cited checkpoint itself: no retrain at all
     assert hit["same_file"] and cc.status({**row, "retrained": hit}).startswith("NOT retrained")
     assert "**0 reproduced bit-identically**" in "\n".join(cc.markdown_lines([{**row, "retrained": hit}]))
