@@ -71,9 +71,10 @@ def _resolution(s: dict) -> str:
     return ", ".join(f"{c} {v:.1f}" for c, v in res.items()) or "n/a"
 
 
-def preface(doc: dict, prereg: str) -> list[str]:
+def preface(doc: dict, prereg: str, owned: set[str] = frozenset()) -> list[str]:
     """Markdown put under the report's title: the design, then per dataset x model the val n, the rule's val
-    resolution, the headline status and the earlier study's figures."""
+    resolution, the headline status and the earlier study's figures. ``owned``: headline keys the complete
+    long-recovery arm carries instead (``_selection_arms.superseded``)."""
     d = doc["design"]
     lines = [f"**Pre-registered selection-split design** ([{prereg}]({prereg}), committed before any model or cell "
              "of it): the recovery study unchanged (recipe, criteria, report) on dense models trained with a larger "
@@ -110,6 +111,9 @@ def preface(doc: dict, prereg: str) -> list[str]:
         if s and not s["headline"]["complete"]:
             lines.append(f"- {label}: the headline stays on the earlier study; missing for it: "
                          + ", ".join(s["headline"]["missing"]) + ".")
+        elif s and f"recovery/{label.replace(':', '/')}/speedup_lossless" in owned:
+            lines.append(f"- {label}: the headline is the pre-registered long-recovery arm's, pooled with this "
+                         "design's rows (its levels are complete; recovery_selection_long.md).")
         elif s:
             lines.append(f"- {label}: the headline is this design's (levels "
                          + "/".join(f"÷{v:g}" for v in s["headline"]["levels"]) + " complete).")

@@ -189,9 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--cached-only without a --checkpoint data/model=PATH of the selected pairs: nothing to report")
     doc, runs = assemble(grid_args(earlier["args"], args, [f"{k}={v}" for k, v in found.items()]),
                          command_line("recovery_selection", argv), log)
+    long_path = RESULTS / "recovery_selection_long.json"
     if design is None:
         add_sections(doc, runs, earlier, args.baseline)
-        preface = sel.preface(doc, doc["design"]["preregistration"])
+        # pairs whose pre-registered long arm is complete take their headline from it: the preface says so
+        owned = arms.superseded(json.loads(long_path.read_text()) if long_path.is_file() else None)
+        preface = sel.preface(doc, doc["design"]["preregistration"], owned)
     else:
         add_sections(doc, runs, design, args.design, arm="long")
         arms.add_arms(doc, design)
@@ -200,8 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     log(f"wrote {Path(args.out) / f'{stem}.json'}")
     if args.update_headline:
         if design is None:  # pairs whose long arm is complete take their headline from it (pre-registered)
-            long_path = RESULTS / "recovery_selection_long.json"
-            owned = arms.superseded(json.loads(long_path.read_text()) if long_path.is_file() else None)
             entries = {k: v for k, v in sel.headline_entries(doc, source).items() if k not in owned}
         else:
             entries = sel.headline_entries(doc, source, part="arms", arm="pooled over its 2- and "

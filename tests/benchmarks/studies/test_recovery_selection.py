@@ -124,3 +124,13 @@ def test_a_checkpoint_without_the_designs_split_is_refused(monkeypatch):
         rs.check_design_split("x.safetensors", "chest_xray_224")
     monkeypatch.setattr(checkpoint, "checkpoint_meta", lambda p: {"train_config": {"val_from_train": 0.2}})
     rs.check_design_split("x.safetensors", "pneumoniamnist")
+
+
+def test_preface_names_the_pairs_whose_headline_the_long_arm_carries():
+    doc = _doc(_run(criteria=rs.CRITERIA, targets=(3.0,)))
+    doc["models"]["pneumoniamnist:resnet50"]["selection"]["headline"]["complete"] = True
+    mine = "\n".join(sel.preface(doc, "p.md"))
+    assert "pneumoniamnist:resnet50: the headline is this design's" in mine
+    owned = {"recovery/pneumoniamnist/resnet50/speedup_lossless"}
+    theirs = "\n".join(sel.preface(doc, "p.md", owned))
+    assert "the headline is this design's" not in theirs and "long-recovery arm's" in theirs
