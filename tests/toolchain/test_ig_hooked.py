@@ -128,19 +128,3 @@ def test_first_unit_layer_enters_the_graph_without_a_copy(monkeypatch, family):
     copied = _scores(model, x, targets)
     for name, s in copied.items():
         assert torch.equal(in_place[name], s), name
-
-
-@pytest.mark.parametrize("options", [{}, {"internal_batch_size": 5}])
-def test_scores_reduced_in_the_hook_equal_the_returned_conductance_reduced_after(options):
-    """``attribute`` reduces each layer to unit scores when its last step is added (``finish``); the scores equal,
-    to the bit, those reduced from ``conductance``'s per-element output after the pass (one chunk of images)."""
-    model = _resnet_with_real_batchnorms()
-    layers = find_unit_layers(model)
-    torch.manual_seed(8)
-    x, targets = torch.randn(3, 1, 16, 16), torch.tensor([1, 0, 1])
-    ig = get_criterion("ig", n_steps=4, method="riemann_right", **options)
-    scores = ig(model, x, targets, layers)
-    conductance = ig.conductance(model, x, targets, layers)
-    for ly in layers:
-        after = reduce_to_units(conductance[ly.name].abs().sum(0, keepdim=True), ly, absolute=False)[0]
-        assert torch.equal(scores[ly.name], after.double().float()), ly.name

@@ -20,7 +20,7 @@ replaces every hooked layer at once, which cuts the gradient path to earlier lay
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -105,12 +105,9 @@ class IntegratedGradients(Criterion):
             )
 
     def conductance(
-        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None, layers: Sequence[UnitLayer],
-        finish: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None, layers: Sequence[UnitLayer]
     ) -> dict[str, torch.Tensor]:
-        """Per-element conductance at every layer's hook along the image path (``path="input"``), or
-        ``finish(layer name, conductance)`` of it, applied as soon as a layer's last step is added (its
-        per-element tensor is then freed during the backward pass instead of held to the end).
+        """Per-element conductance at every layer's hook along the image path (``path="input"``).
 
         ``targets`` None: the model's predicted class for each image (one no-grad pass, which also gives
         the baseline's activations). Otherwise the baseline (step 0, one image when it is the same for
@@ -126,7 +123,7 @@ class IntegratedGradients(Criterion):
         n = len(inputs)
         base = make_baseline(inputs, self.baseline)
         b = 1 if self.baseline != "mean" else n
-        acc = _Conductance(n, finish)
+        acc = _Conductance(n)
         # eval BatchNorms: one multiply for their input gradient (``_eval_batchnorm``); each layer's step
         # differences are taken as its tensor is made, before an in-place op after it (timm's residual
         # x += shortcut after bn3, an in-place ReLU) can change it (``_Conductance``)
@@ -149,8 +146,8 @@ class IntegratedGradients(Criterion):
                 picked = logits[acc.lead:].gather(1, targets.repeat(len(steps)).unsqueeze(1)).sum()
                 if acc.starts:  # the backward pass stops at the first unit layers (``_Conductance._seen``)
                     torch.autograd.grad(picked, acc.starts, allow_unused=True)
-        return {ly.name: acc.attrs[ly.name] if ly.name in acc.attrs else acc.finished(
-                    ly.name, inputs.new_zeros(n, *acc.shapes[ly.name])) for ly in layers}
+        return {ly.name: acc.attrs[ly.name] if ly.name in acc.attrs else inputs.new_zeros(n, *acc.shapes[ly.name])
+                for ly in layers}
 
     def _chunks(self, n: int, lead: int, dtype: torch.dtype) -> Iterator[torch.Tensor]:
         """Steps 1..n_steps in chunks of whole steps, at most ``internal_batch_size`` images each (the
@@ -178,18 +175,12 @@ class IntegratedGradients(Criterion):
             with keep_inplace, frozen_params(model):
                 if self.path == "input":
                     tgt = None if targets is None else resolve_targets(model, inputs, targets, self.batch_size)
-                    by_name = {layer.name: layer for layer in layers}
-
-                    def unit_scores(name: str, conductance: torch.Tensor) -> torch.Tensor:
-                        # |conductance| summed over images first, then positions: one small tensor to reduce
-                        summed = conductance.abs_().sum(0, keepdim=True)
-                        return reduce_to_units(summed, by_name[name], absolute=False)[0]
-
                     for sl in batches(len(inputs), chunk):
-                        scores = self.conductance(model, inputs[sl], None if tgt is None else tgt[sl], layers,
-                                                  finish=unit_scores)
+                        attrs = self.conductance(model, inputs[sl], None if tgt is None else tgt[sl], layers)
                         for layer in layers:
-                            totals[layer.name] += scores[layer.name].double().cpu()
+                            # |conductance| summed over images first, then positions: one small tensor to reduce
+                            summed = attrs.pop(layer.name).abs_().sum(0, keepdim=True)
+                            totals[layer.name] += reduce_to_units(summed, layer, absolute=False)[0].double().cpu()
                 else:
                     tgt = resolve_targets(model, inputs, targets, self.batch_size)
                     for layer in layers:
@@ -219,9 +210,8 @@ class _Conductance:
     ``previous`` holds each layer's activation at the step before the batch.
     """
 
-    def __init__(self, n: int, finish: Callable[[str, torch.Tensor], torch.Tensor] | None = None):
+    def __init__(self, n: int):
         self.n, self.lead, self.steps, self.last = n, 0, 0, True
-        self.finish = finish
         self.attrs: dict[str, torch.Tensor] = {}
         self.previous: dict[str, torch.Tensor] = {}
         self.shapes: dict[str, torch.Size] = {}
@@ -265,8 +255,8 @@ class _Conductance:
                 self.starts.append(self.anchor)
             t = _Enter.apply(t, self.anchor)
         held = [self._differences(name, t.detach())]  # dropped by the hook: freed once its term is added
-        lead, last = self.lead, self.last
-        t.register_hook(lambda g: self._add(name, held.pop(), g, lead, last))
+        lead = self.lead
+        t.register_hook(lambda g: self._add(name, held.pop(), g, lead))
         return t.clone() if copied else t
 
     def _differences(self, name: str, full: torch.Tensor) -> list[tuple[slice, torch.Tensor]]:
@@ -285,7 +275,7 @@ class _Conductance:
             self.previous[name] = a[-1].clone()  # a copy: the model may change ``full`` in place
         return pieces
 
-    def _add(self, name: str, pieces: list[tuple[slice, torch.Tensor]], g: torch.Tensor, lead: int, last: bool) -> None:
+    def _add(self, name: str, pieces: list[tuple[slice, torch.Tensor]], g: torch.Tensor, lead: int) -> None:
         steps = pieces[0][1].shape[0]
         g = g[lead:].reshape(steps, self.n, *g.shape[1:])
         if len(pieces) == 1:
@@ -295,11 +285,7 @@ class _Conductance:
             while pieces:  # each piece freed once its images' sum is written
                 sl, step = pieces.pop()
                 torch.sum(step.mul_(g[:, sl]), 0, out=term[sl])
-        total = self.attrs[name].add_(term) if name in self.attrs else term
-        self.attrs[name] = self.finished(name, total) if last else total
-
-    def finished(self, name: str, conductance: torch.Tensor) -> torch.Tensor:
-        return conductance if self.finish is None else self.finish(name, conductance)
+        self.attrs[name] = self.attrs[name].add_(term) if name in self.attrs else term
 
 
 # glibc maps an allocation above its mmap threshold (32 MiB at most) afresh, page-faulting every page of it, on
