@@ -53,14 +53,17 @@ def _root_of(name: str, file: Path) -> Path:
     return file.parents[len(name.split(".")) - (0 if file.name == "__init__.py" else 1)]
 
 
-def _locate(root: Path, name: str) -> list[tuple[str, Path]]:
+def _locate(root: Path, name: str, leaves: tuple[str, ...] = ()) -> list[tuple[str, Path]]:
     """Files an import of ``name`` executes or can reach: parent ``__init__``s, the module, and for a
-    package every module in it (packages such as the criterion registry discover their modules)."""
+    package every module in it (packages such as the criterion registry discover their modules), or
+    only its ``__init__`` for a package in ``leaves``."""
     parts = name.split(".")
     found = [(".".join(parts[:i]), root.joinpath(*parts[:i], "__init__.py")) for i in range(1, len(parts))]
     path = root.joinpath(*parts)
     if path.with_suffix(".py").is_file():
         found.append((name, path.with_suffix(".py")))
+    elif name in leaves:
+        found.append((name, path / "__init__.py"))
     elif (path / "__init__.py").is_file():
         found += [(name if f.name == "__init__.py" else f"{name}.{f.stem}", f) for f in sorted(path.glob("*.py"))]
     return [(n, f) for n, f in found if f.is_file()]
@@ -89,11 +92,15 @@ def _imports(name: str, file: Path) -> list[str]:
     return _PARSED[cache_key]
 
 
-def source_files(*objs: Any, follow_imports: bool = True) -> list[Path]:
+def source_files(*objs: Any, follow_imports: bool = True, leaves: tuple[str, ...] = (),
+                 skip: frozenset[Path] = frozenset()) -> list[Path]:
     """The source files ``objs`` depend on: each one's module (every module of a package) and, with
     ``follow_imports``, transitively every first-party module it imports (``FIRST_PARTY`` and the
     object's own top-level package). Following imports errs on the side of including too much: a
-    superfluous file costs a rerun, a missing one a stale cache."""
+    superfluous file costs a rerun, a missing one a stale cache. A package named in ``leaves`` (dotted
+    name) counts as its ``__init__`` and what that imports, not every module in it: for a registry
+    whose one module in use the caller names itself; files in ``skip`` are neither hashed nor followed
+    (``criterion_source_files``)."""
     seen: dict[Path, str] = {}
     todo: list[tuple[str, Path, Path, tuple[str, ...]]] = []
     for obj in objs:
@@ -104,17 +111,58 @@ def source_files(*objs: Any, follow_imports: bool = True) -> list[Path]:
         root = _root_of(name, file)
         installed = {"site-packages", "dist-packages"} & set(file.parts)  # a library: hash its module only
         tops = FIRST_PARTY if installed else tuple({*FIRST_PARTY, name.split(".")[0]})
-        todo += [(n, f, root, tops) for n, f in _locate(root, name)]
+        todo += [(n, f, root, tops) for n, f in _locate(root, name, leaves)]
     while todo:
         name, file, root, tops = todo.pop()
-        if file in seen:
+        if file in seen or file in skip:
             continue
         seen[file] = name
         if follow_imports:
             for imported in _imports(name, file):
                 if imported.split(".")[0] in tops:
-                    todo += [(n, f, root, tops) for n, f in _locate(root, imported) if f not in seen]
+                    todo += [(n, f, root, tops) for n, f in _locate(root, imported, leaves) if f not in seen]
     return sorted(seen)
+
+
+# The criterion registry: importing it as a whole reaches every criterion module (``_locate``), so
+# without care every criterion's version would hold the code of all of them.
+CRITERION_REGISTRY = "toolchain.importance"
+
+
+def criterion_source_files(criterion: Any, *objs: Any, leaves: tuple[str, ...] = ()) -> list[Path]:
+    """The source files that compute ``criterion``'s scores (a ``Criterion`` subclass or instance), with
+    those of ``objs``: its module and the first-party modules it imports (``base``, shared helpers such
+    as ``_hooks``), the registry's ``__init__`` but not every module in it, and another registered
+    criterion's module only where a module of the registry package that it uses imports it by name
+    (``dlb`` importing from ``lrp``, say), so an edit to one criterion leaves the others' versions alone.
+    Criteria reached only through other packages (``toolchain.fidelity`` draws heatmaps with LRP, and
+    ``toolchain.models`` imports it) are left out with the helpers only they import: if ``objs`` compute
+    with another criterion, pass its class in ``objs`` too. ``leaves``: more registry packages whose
+    modules count only where imported by name (``source_files``)."""
+    from .importance import Criterion, registered
+
+    cls = criterion if isinstance(criterion, type) else type(criterion)
+    if not issubclass(cls, Criterion):
+        raise TypeError(f"expected a Criterion subclass or instance, got {criterion!r}")
+    named = [cls] + [o if isinstance(o, type) else type(o) for o in objs
+                     if isinstance(o, Criterion) or (isinstance(o, type) and issubclass(o, Criterion))]
+    skip = {_module_of(c)[1] for c in registered().values()} - {_module_of(c)[1] for c in named}
+    while wanted := skip & _imported_by_registry(source_files(*named, leaves=(CRITERION_REGISTRY,),
+                                                              skip=frozenset(skip))):
+        skip -= wanted  # a criterion module imported by one the criterion uses: part of its code
+    return source_files(cls, *objs, leaves=(CRITERION_REGISTRY, *leaves), skip=frozenset(skip))
+
+
+def _imported_by_registry(files: Iterable[Path]) -> set[Path]:
+    """Files that the registry package's modules among ``files`` import by name."""
+    name, init = _module_of(CRITERION_REGISTRY)
+    root, found = _root_of(name, init), set()
+    for file in files:
+        if file.parent == init.parent:
+            module = name if file.name == "__init__.py" else f"{name}.{file.stem}"
+            found |= {f for imported in _imports(module, file)
+                      for _, f in _locate(root, imported, (CRITERION_REGISTRY,))}
+    return found
 
 
 def code_version(*objs: Any, follow_imports: bool = True) -> str:

@@ -8,6 +8,11 @@ with the first-party modules of those areas they import), and assembly lists, in
 reused cell whose recorded version differs from today's or that predates the record, so reuse is never
 silent. ``--recompute-stale`` recomputes those cells instead.
 
+A criterion's version holds its own code only (``toolchain.pipeline.criterion_source_files``: its module,
+``base`` and the helpers it imports, not the other criteria that the registry package reaches), so an edit
+to ``ig.py`` leaves the lrp and taylor cells current. Versions recorded before this narrowing hashed every
+criterion's module; such cells are listed as computed by an older code version once, until recomputed.
+
     version = cell_code_version("lrp")
     reason = staleness(cell, version)  # None, "older" or "unrecorded"
 """
@@ -35,13 +40,13 @@ def cell_code_version(criterion: str) -> str:
     """sha256 of the criterion's, removal's and recovery's source (``toolchain.pipeline.code_version``)."""
     from toolchain.budget import search_budget
     from toolchain.importance import available, get_criterion
-    from toolchain.pipeline import code_version, source_files
+    from toolchain.pipeline import code_version, criterion_source_files
     from toolchain.recovery import recover_cached
     from toolchain.removal import remove_units
 
     if criterion not in available():
         raise ValueError(f"unknown criterion {criterion!r}")
-    files = source_files(type(get_criterion(criterion)), remove_units, search_budget, recover_cached)
+    files = criterion_source_files(type(get_criterion(criterion)), remove_units, search_budget, recover_cached)
     return code_version(*[f for f in files if _in_scope(f)])
 
 

@@ -252,13 +252,17 @@ def _model_entry(model_name: str, ctx, dense: dict, ref_idx, cells: list[dict], 
 
 def _cell_key(sha256: str, criterion: str, options: dict, normalize, crit, a) -> str:
     """Everything that changes a cell: checkpoint, criterion (and its code), protocol settings, this code."""
-    from toolchain.pipeline import code_version, digest
+    from toolchain.pipeline import code_version, criterion_source_files, digest
 
+    # the criterion's own code, not its siblings', and the studies this module imports by name, not every
+    # study the study registry discovers: an edit to one criterion or study leaves the others' cells cached
+    # (keys made before this narrowing hashed more files, so those cells are computed again once)
+    code = code_version(*criterion_source_files(crit, rules, run_cell, _test_point, leaves=("benchmarks.studies",)))
     return digest({"sha256": sha256, "criterion": criterion, "options": options, "normalize": normalize,
                    "sampling": a.sampling if crit.needs_data else None, "n_per_class": a.n_per_class,
                    "pool": a.pool_per_class, "seed": a.seed, "ratios": sorted(a.ratios), "budgets": a.budgets,
                    "tol": [a.tolerance, a.sens_tolerance], "n_boot": a.n_boot, "device": "cpu",
-                   "full_curves": a.full_curves, "code": code_version(type(crit), rules, run_cell, _test_point)})[:20]
+                   "full_curves": a.full_curves, "code": code})[:20]
 
 
 def _cache_path(key: str) -> Path:

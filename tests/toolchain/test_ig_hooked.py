@@ -83,3 +83,48 @@ def test_eval_batchnorm_backward_is_torchs():
     model.train()
     with frozen_params(model), affine_backward(model):
         assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def _scores(model, x, targets, **options):
+    layers = find_unit_layers(model)
+    return get_criterion("ig", n_steps=4, method="riemann_right", **options)(model, x, targets, layers)
+
+
+@pytest.mark.parametrize("family", ["vgg", "resnet", "vit"])
+@pytest.mark.parametrize("options", [{}, {"internal_batch_size": 5, "baseline": "mean"}, {"internal_batch_size": 7}])
+def test_pieces_do_not_change_a_bit(monkeypatch, family, options):
+    """Differences kept in pieces of one image (``_PIECE_BYTES`` tiny) give the very scores of one piece per layer:
+    the same element-wise differences and products, each image's steps summed by the same reduction. Crosses
+    chunk borders (``internal_batch_size``) and per-image baselines."""
+    from toolchain.importance import ig
+
+    model = _resnet_with_real_batchnorms() if family == "resnet" else tiny_model(family)
+    torch.manual_seed(5)
+    x, targets = torch.randn(3, 1, 16, 16), torch.tensor([0, 1, 1])
+    monkeypatch.setattr(ig, "_PIECE_BYTES", 1 << 40)
+    whole = _scores(model, x, targets, **options)
+    monkeypatch.setattr(ig, "_PIECE_BYTES", 1)
+    assert len(ig._pieces(torch.empty(2, 3, 4))) == 3  # one image a piece
+    pieces = _scores(model, x, targets, **options)
+    for name, s in whole.items():
+        assert torch.equal(pieces[name], s), name
+
+
+@pytest.mark.parametrize("family", ["vgg", "resnet"])
+def test_first_unit_layer_enters_the_graph_without_a_copy(monkeypatch, family):
+    """The first unit layers' outputs go into the graph in place (``_Enter``), not as a copied leaf, and the
+    scores are those of the copied leaf to the bit; the model's in-place ReLU after them still works."""
+    from toolchain.importance import ig
+
+    model = _resnet_with_real_batchnorms() if family == "resnet" else tiny_model(family)
+    torch.manual_seed(6)
+    x, targets = torch.randn(2, 1, 16, 16), torch.tensor([1, 0])
+    entered = []
+    forward = ig._Enter.forward
+    monkeypatch.setattr(ig._Enter, "forward", staticmethod(lambda ctx, t, anchor: entered.append(t) or forward(ctx, t, anchor)))
+    in_place = _scores(model, x, targets)
+    assert len(entered) == 1  # the first unit layer only; the later ones already hang from it
+    monkeypatch.setattr(ig, "_own", lambda out, inputs: False)
+    copied = _scores(model, x, targets)
+    for name, s in copied.items():
+        assert torch.equal(in_place[name], s), name

@@ -8,6 +8,6 @@ Every module in this package that defines a ``Criterion`` subclass decorated wit
 is discovered automatically, so adding a criterion is adding one file.
 """
 
-from .base import Criterion, available, get_criterion, register
+from .base import Criterion, available, get_criterion, register, registered
 
-__all__ = ["Criterion", "available", "get_criterion", "register"]
+__all__ = ["Criterion", "available", "get_criterion", "register", "registered"]

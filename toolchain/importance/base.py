@@ -77,6 +77,12 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def registered() -> dict[str, type[Criterion]]:
+    """Every registered criterion class by name (a copy: registering goes through ``register``)."""
+    _discover()
+    return dict(_REGISTRY)
+
+
 def get_criterion(name: str, **options) -> Criterion:
     _discover()
     if name not in _REGISTRY:

@@ -116,9 +116,9 @@ class IntegratedGradients(Criterion):
         at most ``internal_batch_size`` images (whole steps, so a chunk's activations line up with the
         previous one). Each layer's step differences are taken when its tensor is made and multiplied by
         its gradient in a hook when the backward pass reaches it (``_Conductance``): the model runs on no
-        copies, and each layer's differences and gradient are freed there instead of every layer's being
-        held to the end of the pass; the pass stops at the first unit layers (the image needs no
-        gradient). Parameters are frozen inside.
+        copies (the first unit layers' outputs join the graph in place, ``_Enter``), and each layer's
+        differences and gradient are freed there instead of every layer's being held to the end of the pass;
+        the pass stops at the first unit layers (the image needs no gradient). Parameters are frozen inside.
         """
         n = len(inputs)
         base = make_baseline(inputs, self.baseline)
@@ -141,7 +141,7 @@ class IntegratedGradients(Criterion):
                 acc.steps, acc.last = len(steps), int(steps[-1]) == self.n_steps
                 if acc.lead:
                     x = torch.cat([base[:b], x])
-                acc.starts = []
+                acc.starts, acc.anchor = [], None
                 logits = model(x)
                 picked = logits[acc.lead:].gather(1, targets.repeat(len(steps)).unsqueeze(1)).sum()
                 if acc.starts:  # the backward pass stops at the first unit layers (``_Conductance._seen``)
@@ -215,7 +215,8 @@ class _Conductance:
         self.attrs: dict[str, torch.Tensor] = {}
         self.previous: dict[str, torch.Tensor] = {}
         self.shapes: dict[str, torch.Size] = {}
-        self.starts: list[torch.Tensor] = []  # graph leaves made at hooked tensors in the current batch
+        self.starts: list[torch.Tensor] = []  # where the current batch's backward pass stops (graph leaves)
+        self.anchor: torch.Tensor | None = None  # the leaf behind the tensors ``_Enter`` put into the graph
 
     @contextlib.contextmanager
     def hooked(self, model: nn.Module, layers: Sequence[UnitLayer]) -> Iterator[None]:
@@ -225,47 +226,103 @@ class _Conductance:
             module = get_module(model, layer.hook)
             if layer.port == "output":
                 handles.append(module.register_forward_hook(
-                    lambda _m, _i, out, name=layer.name: self._seen(name, out)))
+                    lambda _m, inp, out, name=layer.name: self._seen(name, out, _own(out, inp))))
             else:
                 handles.append(module.register_forward_pre_hook(
-                    lambda _m, inp, name=layer.name: (self._seen(name, inp[0]), *inp[1:])))
+                    lambda _m, inp, name=layer.name: (self._seen(name, inp[0], False), *inp[1:])))
         try:
             yield
         finally:
             for h in handles:
                 h.remove()
 
-    def _seen(self, name: str, t: torch.Tensor) -> torch.Tensor:
-        """What the model goes on with: ``t`` itself, or a copy of the leaf made from it."""
+    def _seen(self, name: str, t: torch.Tensor, own: bool) -> torch.Tensor:
+        """What the model goes on with: ``t`` itself (put into the graph in place when ``own``), or a copy of
+        the leaf made from it."""
         self.shapes[name] = t.shape[1:]
         if not torch.is_grad_enabled():  # the no-grad pass: only the baseline's rows are kept
             self.previous[name] = t[: self.lead].clone()
             return t
-        leaf = not t.requires_grad
-        if leaf:
-            # the image and the parameters need no gradient, so no graph reaches this tensor: it becomes a
-            # leaf the backward pass stops at (the layers before the first unit layer are not gone through)
+        # the image and the parameters need no gradient, so no graph reaches the first unit layers' tensors:
+        # the backward pass stops there (the layers before them are not gone through)
+        copied = not t.requires_grad and not own
+        if copied:  # a leaf; in-place ops after the hook must not write to it, so the model goes on with a copy
             t = t.detach().requires_grad_(True)
             self.starts.append(t)
+        elif not t.requires_grad:  # no copy: ``_Enter`` marks ``t`` modified in place, giving it a graph node
+            if self.anchor is None:
+                self.anchor = torch.zeros((), dtype=t.dtype, device=t.device, requires_grad=True)
+                self.starts.append(self.anchor)
+            t = _Enter.apply(t, self.anchor)
         held = [self._differences(name, t.detach())]  # dropped by the hook: freed once its term is added
         lead = self.lead
         t.register_hook(lambda g: self._add(name, held.pop(), g, lead))
-        return t.clone() if leaf else t  # an in-place op after the hook must not write to a leaf
+        return t.clone() if copied else t
 
-    def _differences(self, name: str, full: torch.Tensor) -> torch.Tensor:
-        """``a_i - a_{i-1}`` for the batch's steps, ``(steps, n, ...)``; the last step is kept for the next batch."""
+    def _differences(self, name: str, full: torch.Tensor) -> list[tuple[slice, torch.Tensor]]:
+        """``a_i - a_{i-1}`` for the batch's steps, ``(steps, images, ...)`` pieces over the images (``_PIECE_BYTES``);
+        the last step is kept for the next batch."""
         lead = self.lead
         a = full[lead:].reshape(self.steps, self.n, *full.shape[1:])
-        step = torch.empty_like(a)
-        torch.sub(a[0], full[:lead] if lead else self.previous[name], out=step[0])
-        torch.sub(a[1:], a[:-1], out=step[1:])
+        before = full[:lead] if lead else self.previous[name]  # one shared baseline row, or one row per image
+        pieces = []
+        for sl in _pieces(a):
+            step = torch.empty_like(a[:, sl])
+            torch.sub(a[0, sl], before if len(before) == 1 else before[sl], out=step[0])
+            torch.sub(a[1:, sl], a[:-1, sl], out=step[1:])
+            pieces.append((sl, step))
         if not self.last:
             self.previous[name] = a[-1].clone()  # a copy: the model may change ``full`` in place
-        return step
+        return pieces
 
-    def _add(self, name: str, step: torch.Tensor, g: torch.Tensor, lead: int) -> None:
-        term = step.mul_(g[lead:].reshape(step.shape)).sum(0)
+    def _add(self, name: str, pieces: list[tuple[slice, torch.Tensor]], g: torch.Tensor, lead: int) -> None:
+        steps = pieces[0][1].shape[0]
+        g = g[lead:].reshape(steps, self.n, *g.shape[1:])
+        if len(pieces) == 1:
+            term = pieces.pop()[1].mul_(g).sum(0)
+        else:
+            term = g.new_empty(g.shape[1:])
+            while pieces:  # each piece freed once its images' sum is written
+                sl, step = pieces.pop()
+                torch.sum(step.mul_(g[:, sl]), 0, out=term[sl])
         self.attrs[name] = self.attrs[name].add_(term) if name in self.attrs else term
+
+
+# glibc maps an allocation above its mmap threshold (32 MiB at most) afresh, page-faulting every page of it, on
+# every call: a VGG19 layer's differences at 20 images x 8 steps are 40 MiB (~10k faults, ~25 ms at lrp_cost's
+# settings). Pieces this small are served from heap memory already mapped, and stay in cache between their
+# product with the gradient and its sum over steps.
+_PIECE_BYTES = 2 << 20
+
+
+def _pieces(a: torch.Tensor) -> list[slice]:
+    """Slices over dim 1 (images) of ``a`` (steps, images, ...) with at most ``_PIECE_BYTES`` each (one image at least)."""
+    per_image = a[:, :1].numel() * a.element_size()
+    k = max(1, _PIECE_BYTES // per_image)
+    return [slice(i, min(i + k, a.shape[1])) for i in range(0, a.shape[1], k)]
+
+
+def _own(out, inputs: tuple) -> bool:
+    """Whether a module's output is a tensor of its own (not a view, not one of its inputs), so that putting it
+    into the graph in place changes what the module's consumers get and nothing else."""
+    return (isinstance(out, torch.Tensor) and not out._is_view()
+            and not any(isinstance(i, torch.Tensor) and i.untyped_storage().data_ptr() == out.untyped_storage().data_ptr()
+                        for i in inputs))
+
+
+class _Enter(torch.autograd.Function):
+    """Identity that puts a tensor needing no gradient into the graph without a copy: ``mark_dirty`` makes the
+    tensor itself the output (as an in-place op would), hanging from ``anchor``, a scalar leaf. Its backward
+    returns nothing: the pass ends there, as it does at a leaf, after the tensor's hooks have run."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        ctx.mark_dirty(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, None
 
 
 class _CopyOutput(nn.Module):
