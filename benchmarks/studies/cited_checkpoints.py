@@ -214,8 +214,14 @@ _SAME_WEIGHTS = ("device", "data_dir", "quiet", "allow_missing_class")
 
 def _config_differs(side: dict, cited: dict) -> list[str]:
     """Recorded train_config fields (and the data fingerprint) that differ between two checkpoints."""
+    import dataclasses
+
+    from toolchain.train import TrainConfig
+
+    # a field an older checkpoint does not record (ordinal, val_from_train) had its default then
+    default = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     a, b = side["meta"].get("train_config") or {}, cited["meta"].get("train_config") or {}
-    out = sorted(k for k in set(a) | set(b) if k not in _SAME_WEIGHTS and a.get(k) != b.get(k))
+    out = sorted(k for k in set(a) | set(b) if k not in _SAME_WEIGHTS and a.get(k, default.get(k)) != b.get(k, default.get(k)))
     if (side["meta"].get("dataset") or {}).get("fingerprint") != (cited["meta"].get("dataset") or {}).get("fingerprint"):
         out.append("dataset fingerprint")
     return out
