@@ -98,12 +98,17 @@ def summarise_run(run: dict, state: str = "kd") -> dict[str, Any]:
     return {"rows": rows, "headline": headline(rows, recipe), "verdicts": verdicts(run, rows)}
 
 
-def _chosen(rows: list[dict], flag: str) -> dict[str, Any] | None:
-    """The most compressed row passing ``flag`` on val (ties: higher val balanced accuracy), judged on test."""
+def choose(rows: list[dict], flag: str = "passes_bound") -> dict | None:
+    """The most compressed row passing ``flag`` on val (ties: higher val balanced accuracy, then the first)."""
     passing = [r for r in rows if r["val"][flag]]
-    if not passing:
+    return max(passing, key=lambda r: (r["macs_ratio"], r["val"]["balanced_accuracy"] or 0)) if passing else None
+
+
+def _chosen(rows: list[dict], flag: str) -> dict[str, Any] | None:
+    """:func:`choose`'s row, judged on test."""
+    c = choose(rows, flag)
+    if c is None:
         return None
-    c = max(passing, key=lambda r: (r["macs_ratio"], r["val"]["balanced_accuracy"] or 0))
     t = c["test"]
     return {"speedup_ort": c["speedup_ort"], "macs_ratio": c["macs_ratio"], "criterion": c["criterion"],
             "target": c["target_macs_div"], "state": c.get("state", "kd"),

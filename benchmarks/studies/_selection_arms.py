@@ -31,7 +31,7 @@ def pooled(design: dict, long: dict, complete: bool) -> dict[str, Any]:
     their sections in ``recovery_selection.json`` / ``recovery_selection_long.json``), as ``headline`` gives it
     (``speedup_lossless``, ``deploy_ships``, ``best_criterion``), plus the chosen model's arm and per-arm counts.
     ``complete``: whether every long level is there (otherwise the pair keeps the 2-epoch arm's headline)."""
-    from ._recovery_report import headline
+    from ._recovery_report import choose, headline
 
     if design["checkpoint_sha256"] != long["checkpoint_sha256"]:
         raise ConfigError(f"the 2-epoch arm's {design['dataset']}:{design['model']} was computed from checkpoint "
@@ -41,7 +41,7 @@ def pooled(design: dict, long: dict, complete: bool) -> dict[str, Any]:
     per_arm = {}
     for arm in (DESIGN, LONG):
         mine = [r for r in rows if r["arm"] == arm]
-        best = max((r for r in mine if r["val"]["passes_bound"]), key=lambda r: r["macs_ratio"], default=None)
+        best = choose(mine)
         per_arm[arm] = {"rows": len(mine), "passing_val": sum(bool(r["val"]["passes_bound"]) for r in mine),
                         "most_compressed_passing": f"{best['criterion']} ÷{best['macs_ratio']:.2f}" if best else None}
     out = {"complete": complete, "rows": len(rows), "per_arm": per_arm, "state": state,
@@ -51,8 +51,7 @@ def pooled(design: dict, long: dict, complete: bool) -> dict[str, Any]:
     h = headline(rows, state)
     sl = h["speedup_lossless"]
     if sl:
-        passing = [r for r in rows if r["val"]["passes_bound"]]
-        chosen = max(passing, key=lambda r: (r["macs_ratio"], r["val"]["balanced_accuracy"] or 0))
+        chosen = choose(rows)  # the row headline() chose (same rule), for its arm
         sl["arm"], sl["test_n"] = chosen["arm"], chosen["test"]["n"]
         earlier = design["headline"]["speedup_lossless"]
         # the 2-epoch arm's choice was read on test before this arm existed; any other choice is a new reading
