@@ -51,6 +51,7 @@ recovery-selection: install
 	$(MEDPRUNE) study recovery_selection --update-headline
 	$(MEDPRUNE) study recovery_selection --arm long --update-headline
 	$(PY) -m benchmarks.headline
+	$(MEDPRUNE) study recovery_targets  # issue 15's targets vs headline.json → recovery_targets.md
 
 # the selection-split design's dense models on val vs test (a report: benchmarks/results/split_shift.md)
 split-shift: install

@@ -281,7 +281,9 @@ def markdown(doc: dict) -> str:
              "model is judged once on test (holds on test: point drops within the gates). "
              "Test figures: 95 % intervals (accuracy: class-stratified bootstrap; drops: paired bootstrap vs dense "
              "over the same test images). Speedup: ONNX Runtime CPU batch 1, dense and pruned timed interleaved in "
-             f"one process ({doc['args'].get('threads')} intra-op thread(s)), on a shared 2-core machine.", ""]
+             f"one process ({doc['args'].get('threads')} intra-op thread(s)), on a shared 2-core machine.", "",
+             "Issue 15's targets for every pair, against headline.json, with what limits each: "
+             "[recovery_targets.md](recovery_targets.md) (`medprune study recovery_targets`).", ""]
     a = doc["args"]
     if a.get("recover_epochs"):
         from toolchain.recovery import RecoveryConfig

@@ -1,0 +1,261 @@
+"""Issue 15's speedup targets against the headline: target, headline value, best reached and what limits it.
+
+    medprune study recovery_targets [--results DIR] [--out DIR]
+
+A report that chooses nothing and reads no image: one row per dataset x model with a
+``recovery/<dataset>/<model>/speedup_lossless`` key in headline.json, computed from that key, the results file it
+cites (``source``/``path``: ``recovery.json``, ``recovery_selection.json`` or ``recovery_selection_long.json``,
+whichever carries the pair's headline) and ``split_shift.json``. Columns:
+
+* target: ``_recovery_report.TARGETS`` (the issue's; pairs without one are listed as such);
+* headline: the value in headline.json, checked against its source (a stale key is a one-line error);
+* best reached: the model deploy's rule chose on val among the recovered rows behind the headline (both arms'
+  rows when the headline is the pooled long-recovery choice), with its measured speedup and its test drops as
+  the source recorded them (read once, by the assembly that chose it);
+* what limits it, each from the rows: *accuracy on val* (no recovered model measured at the target or faster
+  passes deploy's rule on val), *accuracy on test* (the val choice fails the gates on test), *val→test shift*
+  (the dense checkpoint's sensitivity of the failing class is lower on test than on val beyond the 95 % interval,
+  ``split_shift.json``), *latency not following MACs* (models at MACs ÷target or more measured slower than the
+  target), *time* (grid cells not computed, or a pre-registered arm still incomplete);
+* recovery budget: the KD epochs and MACs levels the rows behind the headline had.
+
+Run it after the recovery assemblies (``make recovery-selection`` does): it reads what they wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from toolchain.errors import ConfigError
+
+from .registry import RESULTS, StudyParser, command_line, study
+
+LONG_DOC = "recovery_selection_long.json"  # the pre-registered long arm: it may hold a pair's pending rows
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+
+
+def _rows(m: dict, state: str, arm: str | None = None) -> list[dict]:
+    return [{**r, "arm": arm} for r in m["rows"] if r.get("state", "kd") == state]
+
+
+def _missing_cells(doc: dict, m: dict, state: str) -> list[str]:
+    """Grid cells (criterion x MACs level of the run's arguments) without a recovered row."""
+    a = doc["args"]
+    levels = (a.get("model_macs") or {}).get(m["model"]) or a.get("macs") or []
+    have = {(r["criterion"], float(r["target_macs_div"])) for r in _rows(m, state)}
+    return [f"{c} ÷{t:g}" for t in levels for c in a.get("criteria", []) if (c, float(t)) not in have]
+
+
+def behind(entry: dict, results: Path) -> dict[str, Any]:
+    """The rows, val choice and recovery budget behind one ``speedup_lossless`` headline entry."""
+    source = results / Path(entry["source"]).name
+    doc = _load(source)
+    parts = entry.get("path", "").split("/")
+    if len(parts) != 5 or parts[0] != "models" or parts[1] not in doc.get("models", {}):
+        raise ConfigError(f"headline path {entry.get('path')!r} names no dataset x model section of {source.name}")
+    label, part = parts[1], parts[2]
+    m = doc["models"][label]
+    h = m.get(part)
+    if not h:
+        raise ConfigError(f"{source.name}: models/{label} has no {part!r} part")
+    if abs(h["deploy_ships"]["speedup_ort"] - float(entry["value"])) > 1e-9:
+        raise ConfigError(f"headline.json's {label} speedup_lossless ({float(entry['value']):.4g}) is not what "
+                          f"{source.name} holds ({h['deploy_ships']['speedup_ort']:.4g}): re-assemble it first")
+    state = h.get("state", "kd")
+    epochs = [doc["args"].get("recover_epochs")]
+    if part == "arms":  # the pooled long-arm choice: both arms' recovered rows
+        design_doc = _load(results / doc["design"]["earlier"])
+        d = design_doc["models"][label]
+        rows = _rows(d, state, "2-epoch") + _rows(m, state, "long")
+        missing = _missing_cells(design_doc, d, state) + _missing_cells(doc, m, state)
+        epochs = [design_doc["args"].get("recover_epochs")] + epochs
+        levels = sorted({float(r["target_macs_div"]) for r in rows})
+    else:
+        rows, missing = _rows(m, state), _missing_cells(doc, m, state)
+        levels = sorted({float(t) for t in (doc["args"].get("model_macs") or {}).get(m["model"], [])}
+                        or {float(r["target_macs_div"]) for r in rows})
+    pending = None
+    long_path = results / LONG_DOC
+    if part != "arms" and long_path.is_file() and source.name != LONG_DOC:
+        long_doc = _load(long_path)
+        lm = long_doc.get("models", {}).get(label)
+        if lm and not (lm.get("arms") or {}).get("complete", True):
+            pending = {"missing": lm["selection"]["headline"]["missing"],
+                       "epochs": long_doc["args"].get("recover_epochs"), "rows": _rows(lm, state, "long")}
+    return {"source": source.name, "label": label, "part": part, "section": m, "rows": rows,
+            "chosen": h.get("speedup_lossless"), "missing": missing, "pending": pending,
+            "epochs": [e for e in epochs if e is not None], "levels": levels}
+
+
+def _chosen_row(b: dict) -> dict | None:
+    """The recovered row the val choice is (for its test worst class)."""
+    sl = b["chosen"]
+    if not sl:
+        return None
+    for r in b["rows"]:
+        if (r["criterion"], float(r["target_macs_div"])) == (sl["criterion"], float(sl["target"])) and \
+                (sl.get("arm") is None or r["arm"] == sl["arm"]):
+            return r
+    return None
+
+
+def _shift(sha: str, cls: str | None, shift_doc: dict | None) -> str:
+    """The dense checkpoint's val − test sensitivity of ``cls`` (split_shift.json), when lower on test."""
+    if shift_doc is None:
+        return "val→test shift: not measured (no split_shift.json)"
+    run = next((r for r in shift_doc.get("runs", []) if r.get("sha256") == sha), None)
+    row = next((r for r in (run or {}).get("rows", []) if r.get("class") == cls), None)
+    if row is None:
+        return f"val→test shift: not measured for this checkpoint ({sha[:12]})"
+    d = row["diff"]
+    beyond = d["ci"][0] > 0
+    return (f"val→test shift: the dense model's {cls} sensitivity is {100 * d['value']:+.1f} pts "
+            f"[{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}] higher on val (n {row['val']['n']}) than on test "
+            f"(n {row['test']['n']})" + ("" if beyond else ", within the interval") + " (split_shift.md)")
+
+
+def limits(target: float | None, value: float, b: dict, shift_doc: dict | None) -> list[str]:
+    """What keeps the pair below ``target`` (empty when met), each computed from the rows behind the headline."""
+    if target is None or value >= target:
+        return []
+    rows, sl, out = b["rows"], b["chosen"], []
+    fast = [r for r in rows if r["speedup_ort"] >= target]
+    passing = [r for r in fast if r["val"]["passes_bound"]]
+    if not fast:
+        top = max(rows, key=lambda r: r["speedup_ort"], default=None)
+        out.append(f"latency: no recovered model is measured at ×{target:g} or faster"
+                   + (f" (fastest ×{top['speedup_ort']:.2f}, MACs ÷{top['macs_ratio']:.2f})" if top else ""))
+    elif not passing:
+        near = min(fast, key=lambda r: max(r["val"]["accuracy_drop_ci_pts"][1] - 1.0,
+                                           r["val"]["worst_sensitivity_drop_upper_pts"] - 2.0))
+        out.append(f"accuracy on val: none of the {len(fast)} recovered models measured at ×{target:g} or faster "
+                   f"passes deploy's rule (nearest: {near['criterion']} ÷{near['macs_ratio']:.2f}"
+                   + (f" {near['arm']}" if near.get("arm") else "") + f", upper bounds "
+                   f"{near['val']['accuracy_drop_ci_pts'][1]:.1f} / {near['val']['worst_sensitivity_drop_upper_pts']:.1f}"
+                   " pts vs gates 1 / 2)")
+    elif sl and sl["holds_on_test"] and sl["speedup_ort"] < target:
+        out.append(f"choice by MACs, not latency: {len(passing)} model(s) measured at ×{target:g} or faster pass val, "
+                   f"but the most compressed one passing (÷{sl['macs_ratio']:.2f}) measures ×{sl['speedup_ort']:.2f}")
+    if sl and not sl["holds_on_test"]:
+        w, row = sl["test_worst_sensitivity_drop_pts"], _chosen_row(b)
+        cls = row["test"].get("worst_class") if row else None
+        if isinstance(cls, int):  # recorded as the class index
+            cls = (b["section"].get("class_names") or [])[cls] if cls < len(b["section"].get("class_names") or []) else None
+        out.append(f"accuracy on test: the val choice loses {w['value']:.1f} [{w['ci'][0]:.1f}, {w['ci'][1]:.1f}] pts "
+                   f"of {cls or 'a class'}'s sensitivity (gate 2)")
+        out.append(_shift(b["section"]["checkpoint_sha256"], cls, shift_doc))
+    big = [r for r in rows if r["macs_ratio"] >= target]
+    slow = [r for r in big if r["speedup_ort"] < target]
+    if slow:
+        per_mac = statistics.median(r["speedup_ort"] / r["macs_ratio"] for r in rows)
+        out.append(f"latency not following MACs: {len(slow)} of {len(big)} models at MACs ÷{target:g} or more measure "
+                   f"below ×{target:g} (median speedup per MACs reduction {per_mac:.2f}, n {len(rows)})")
+    if b["missing"]:
+        out.append(f"time: {len(b['missing'])} grid cell(s) not computed ({', '.join(b['missing'])})")
+    if b["pending"]:
+        p = b["pending"]
+        fast = [r for r in p["rows"] if r["speedup_ort"] >= target]
+        out.append(f"time: the pre-registered {p['epochs']}-epoch arm is incomplete ({len(p['missing'])} cells "
+                   f"missing), so its rows do not count yet (so far {sum(r['val']['passes_bound'] for r in fast)} of "
+                   f"its {len(fast)} models measured at ×{target:g} or faster pass val)")
+    return out
+
+
+def _best(b: dict) -> str:
+    sl = b["chosen"]
+    if not sl:
+        return f"nothing passes deploy's rule on val ({len(b['rows'])} recovered models)"
+    a, w = sl["test_accuracy_drop_pts"], sl["test_worst_sensitivity_drop_pts"]
+    row = _chosen_row(b)
+    n = sl.get("test_n") or (row["test"]["n"] if row else None)
+    return (f"{sl['criterion']} MACs ÷{sl['macs_ratio']:.2f}" + (f" ({sl['arm']} arm)" if sl.get("arm") else "")
+            + f", ×{sl['speedup_ort']:.2f} measured; test acc drop {a['value']:.1f} [{a['ci'][0]:.1f}, "
+            f"{a['ci'][1]:.1f}], worst sens. drop {w['value']:.1f} [{w['ci'][0]:.1f}, {w['ci'][1]:.1f}] pts (n {n}): "
+            + ("holds" if sl["holds_on_test"] else "FAILS") + " on test")
+
+
+def table(headline: dict[str, dict], results: Path, shift_doc: dict | None) -> list[dict[str, Any]]:
+    """One row per ``recovery/<dataset>/<model>/speedup_lossless`` key of ``headline``."""
+    from ._recovery_report import TARGETS
+
+    out = []
+    for key, entry in headline.items():
+        parts = key.split("/")
+        if len(parts) != 4 or parts[0] != "recovery" or parts[3] != "speedup_lossless":
+            continue
+        ds, model = parts[1], parts[2]
+        b = behind(entry, results)
+        target, value = TARGETS.get((ds, model)), float(entry["value"])
+        out.append({"dataset": ds, "model": model, "target": target, "headline": value, "source": b["source"],
+                    "met": None if target is None else value >= target, "best_reached": _best(b),
+                    "limits": limits(target, value, b, shift_doc),
+                    "budget": {"kd_epochs": b["epochs"], "macs_levels": b["levels"], "missing_cells": b["missing"],
+                               "pending_arm": b["pending"]}})
+    order = list(TARGETS)
+    return sorted(out, key=lambda r: (order.index((r["dataset"], r["model"])) if (r["dataset"], r["model"]) in order
+                                      else len(order), r["dataset"], r["model"]))
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    lines = ["# Issue 15's speedup targets: what the headline reaches, and what limits it", "",
+             f"Command: `{command}` (reads headline.json, the results file each key cites, and split_shift.json; "
+             "chooses nothing, reads no image).", "",
+             "Target: `speedup_lossless`, the measured ONNX Runtime batch-1 speedup of the most compressed recovered "
+             "model passing deploy's rule on val (upper 95 % bounds: accuracy drop <= 1 pt, every class's sensitivity "
+             "drop <= 2 pts), judged once on test; x1.00 when nothing passes on val or the val choice fails on test. "
+             "Best reached: that val choice as its source recorded it (drops in pts, 95 % paired bootstrap "
+             "intervals, n test images).", "",
+             "| dataset · model | target | headline (headline.json) | best reached: val choice, judged once on test "
+             "| what limits it | recovery budget |", "|---|---:|---:|---|---|---|"]
+    for r in rows:
+        target = f"×{r['target']:g}" if r["target"] else "none set"
+        verdict = "" if r["met"] is None else (" met" if r["met"] else " NOT met")
+        b = r["budget"]
+        budget = (" + ".join(str(e) for e in b["kd_epochs"]) + " KD epochs (pooled arms)" if len(b["kd_epochs"]) > 1
+                  else f"{b['kd_epochs'][0]} KD epochs" if b["kd_epochs"] else "n/a")
+        budget += "; MACs ÷" + "/÷".join(f"{t:g}" for t in b["macs_levels"])
+        if b["missing_cells"]:
+            budget += f"; {len(b['missing_cells'])} grid cell(s) not computed"
+        why = "; ".join(r["limits"]) or ("—" if r["met"] is not False else "not determined")
+        lines.append(f"| {r['dataset']} · {r['model']} | {target} | ×{r['headline']:.2f}{verdict} "
+                     f"(`{r['source']}`) | {r['best_reached']} | {why} | {budget} |")
+    return "\n".join(lines) + "\n"
+
+
+@study("recovery_targets", outputs=("recovery_targets.json", "recovery_targets.md"))
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks import headline as hl
+    from toolchain.atomic import atomic_file
+
+    p = StudyParser("recovery_targets", __doc__)
+    p.add_argument("--results", type=Path, default=RESULTS,
+                   help="folder of headline.json, the recovery results and split_shift.json")
+    p.add_out()
+    args = p.parse_args(argv)
+    if not (args.results / "headline.json").is_file():
+        p.error(f"no headline.json in {args.results}")
+    try:
+        headline = hl.load(args.results / "headline.json")
+    except hl.HeadlineError as exc:
+        p.error(str(exc))
+    shift_path = args.results / "split_shift.json"
+    rows = table(headline, args.results, _load(shift_path) if shift_path.is_file() else None)
+    if not rows:
+        p.error("headline.json has no recovery/<dataset>/<model>/speedup_lossless key")
+    command = command_line("recovery_targets", argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with atomic_file(args.out / "recovery_targets.json", "w") as fh:
+        json.dump({"command": command, "rows": rows}, fh, indent=1, ensure_ascii=False)
+    with atomic_file(args.out / "recovery_targets.md", "w") as fh:
+        fh.write(markdown(rows, command))
+    print(f"wrote {args.out / 'recovery_targets.md'}")
+    return 0

@@ -1,0 +1,124 @@
+"""Issue 15's target table: computed from headline.json, the results it cites and split_shift.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.studies import recovery_targets as rt
+from toolchain.errors import ConfigError
+
+SHA = "ab" * 32
+
+
+def row(crit, target, macs, speed, passes, state="kd", acc_hi=0.5, sens_hi=1.0, worst=0):
+    return {"criterion": crit, "target_macs_div": target, "state": state, "macs_ratio": macs, "speedup_ort": speed,
+            "val": {"passes_bound": passes, "accuracy_drop_ci_pts": [0.0, acc_hi],
+                    "worst_sensitivity_drop_upper_pts": sens_hi, "balanced_accuracy": 0.9},
+            "test": {"n": 624, "worst_class": worst}}
+
+
+def chosen(r, holds, sens=(0.9, -0.5, 3.0)):
+    return {"speedup_ort": r["speedup_ort"], "macs_ratio": r["macs_ratio"], "criterion": r["criterion"],
+            "target": r["target_macs_div"], "state": "kd", "holds_on_test": holds,
+            "test_accuracy_drop_pts": {"value": 0.2, "ci": [-0.8, 1.1]},
+            "test_worst_sensitivity_drop_pts": {"value": sens[0], "ci": list(sens[1:])}}
+
+
+def section(rows, sl, model="vgg19"):
+    ships = sl["speedup_ort"] if sl and sl["holds_on_test"] else 1.0
+    return {"model": model, "checkpoint_sha256": SHA, "class_names": ["normal", "pneumonia"], "rows": rows,
+            "headline": {"state": "kd", "speedup_lossless": sl, "deploy_ships": {"speedup_ort": ships}}}
+
+
+def doc(models, epochs=2, levels=(3.0, 5.0), criteria=("lrp", "tp-taylor")):
+    return {"args": {"recover_epochs": epochs, "model_macs": {"vgg19": list(levels)}, "criteria": list(criteria)},
+            "models": models}
+
+
+def entry(source, label, value, part="headline"):
+    return {"value": value, "unit": "×", "source": f"benchmarks/results/{source}", "command": "c",
+            "path": f"models/{label}/{part}/deploy_ships/speedup_ort"}
+
+
+def write(folder, name, obj):
+    (folder / name).write_text(json.dumps(obj))
+
+
+def shift_doc(diff=0.27, lo=0.2):
+    return {"runs": [{"sha256": SHA, "rows": [{"class": "normal", "diff": {"value": diff, "ci": [lo, 0.34]},
+                                                "val": {"n": 335}, "test": {"n": 234}}]}]}
+
+
+def test_missed_on_val_names_val_accuracy_latency_and_the_incomplete_long_arm(tmp_path):
+    slow_choice = row("lrp", 3.0, 3.1, 2.4, True)
+    rows = [slow_choice, row("tp-taylor", 3.0, 3.0, 2.5, False),
+            row("lrp", 5.0, 5.2, 6.0, False, acc_hi=1.2, sens_hi=2.4),  # fast, fails val narrowly
+            row("tp-taylor", 5.0, 5.1, 4.1, False, acc_hi=9.0, sens_hi=40.0)]  # MACs ÷5 but slower than x5
+    write(tmp_path, "recovery_selection.json", doc({"tiny:vgg19": section(rows, chosen(slow_choice, True))}))
+    long = section([row("lrp", 5.0, 5.2, 5.9, True)], None)
+    long.update(arms={"complete": False}, selection={"headline": {"missing": ["tp-taylor ÷5"]}})
+    write(tmp_path, rt.LONG_DOC, doc({"tiny:vgg19": long}, epochs=6))
+    b = rt.behind(entry("recovery_selection.json", "tiny:vgg19", 2.4), tmp_path)
+    why = rt.limits(5.0, 2.4, b, None)
+    assert why[0].startswith("accuracy on val: none of the 1 recovered models measured at ×5 or faster")
+    assert "lrp ÷5.20" in why[0] and "1.2 / 2.4" in why[0]
+    assert any(w.startswith("latency not following MACs: 1 of 2 models at MACs ÷5") for w in why)
+    assert why[-1].startswith("time: the pre-registered 6-epoch arm is incomplete (1 cells missing)")
+    assert "1 of its 1 models measured at ×5 or faster pass val" in why[-1]
+    assert not any("accuracy on test" in w for w in why)  # the val choice holds on test
+    # the same pair with the target met has nothing limiting it
+    assert rt.limits(2.0, 2.4, b, None) == []
+
+
+def test_val_choice_failing_on_test_names_its_class_and_the_dense_models_shift(tmp_path):
+    fast = row("tp-taylor", 5.0, 8.3, 10.9, True, worst=0)
+    rows = [row("lrp", 3.0, 3.1, 2.4, False), fast]
+    write(tmp_path, "recovery.json", doc({"tiny:vgg19": section(rows, chosen(fast, False, (2.6, 0.0, 6.0)))}))
+    b = rt.behind(entry("recovery.json", "tiny:vgg19", 1.0), tmp_path)
+    why = rt.limits(5.0, 1.0, b, shift_doc())
+    assert why[0] == "accuracy on test: the val choice loses 2.6 [0.0, 6.0] pts of normal's sensitivity (gate 2)"
+    assert why[1].startswith("val→test shift: the dense model's normal sensitivity is +27.0 pts [+20.0, +34.0]")
+    assert "within the interval" not in why[1]
+    assert "within the interval" in rt.limits(5.0, 1.0, b, shift_doc(diff=0.05, lo=-0.01))[1]
+    assert "not measured for this checkpoint" in rt.limits(5.0, 1.0, b, {"runs": []})[1]
+    assert "FAILS on test" in rt._best(b) and "×10.90 measured" in rt._best(b)
+
+
+def test_pooled_headline_reads_both_arms_and_the_main_writes_one_row_per_pair(tmp_path):
+    two = [row("lrp", 5.0, 5.1, 4.0, False), row("tp-taylor", 3.0, 3.1, 3.0, True)]
+    long = [row("lrp", 5.0, 5.1, 5.5, True)]
+    write(tmp_path, "recovery_selection.json", doc({"tiny:vgg19": section(two, chosen(two[1], True))}))
+    sl = {**chosen(long[0], True), "arm": "long", "test_n": 624}
+    m = section(long, None)
+    m["arms"] = {"state": "kd", "speedup_lossless": sl, "deploy_ships": {"speedup_ort": 5.5}, "complete": True}
+    ld = doc({"tiny:vgg19": m}, epochs=6, levels=(5.0,))
+    ld["design"] = {"earlier": "recovery_selection.json"}
+    write(tmp_path, rt.LONG_DOC, ld)
+    write(tmp_path, "headline.json", {
+        "recovery/pneumoniamnist/vgg19/speedup_lossless": entry(rt.LONG_DOC, "tiny:vgg19", 5.5, "arms"),
+        "recovery/other/vgg19/speedup_lossless": entry("recovery_selection.json", "tiny:vgg19", 3.0),
+        "baseline/x/acc": {"value": 0.9, "unit": "proportion", "source": "x", "command": "c"}})
+    out = tmp_path / "out"
+    assert rt.main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    rows = json.loads((out / "recovery_targets.json").read_text())["rows"]
+    assert [(r["dataset"], r["target"], r["met"]) for r in rows] == [("pneumoniamnist", 5, True), ("other", None, None)]
+    assert rows[0]["budget"]["kd_epochs"] == [2, 6] and len(rows[0]["limits"]) == 0
+    assert "(long arm), ×5.50 measured" in rows[0]["best_reached"]
+    text = (out / "recovery_targets.md").read_text()
+    assert text.count("\n| pneumoniamnist · vgg19 | ×5 | ×5.50 met") == 1 and "2 + 6 KD epochs (pooled arms)" in text
+    assert "| other · vgg19 | none set | ×3.00 (`recovery_selection.json`)" in text
+
+
+def test_stale_or_unknown_headline_entries_are_one_line_errors(tmp_path):
+    r = row("lrp", 3.0, 3.1, 2.4, True)
+    write(tmp_path, "recovery.json", doc({"tiny:vgg19": section([r], chosen(r, True))}))
+    write(tmp_path, "headline.json", {"recovery/a/vgg19/speedup_lossless": entry("recovery.json", "tiny:vgg19", 3.0)})
+    with pytest.raises(ConfigError, match="re-assemble"):
+        rt.main(["--results", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "recovery_targets.md").exists()
+    with pytest.raises(ConfigError, match="names no dataset x model"):
+        rt.behind(entry("recovery.json", "nope:vgg19", 2.4), tmp_path)
+    with pytest.raises(ConfigError, match="no headline.json"):
+        rt.main(["--results", str(tmp_path / "missing")])
