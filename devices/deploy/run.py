@@ -93,6 +93,7 @@ def deploy(cfg: DeployConfig) -> dict:
     package_seconds = result.pop("package_seconds")
     result["pruned_checkpoint"] = str(weights)
     result["checkpoint"] = str(trained.weights)
+    result["checkpoint_sha256"] = trained.sha256  # the fingerprint a result citing this deploy names
     result["seconds"] = round(time.perf_counter() - started, 1)
     # train is cached by toolchain.train itself (or skipped with --checkpoint): its wall time tells which
     stages = {"train": {"source": trained.source, "seconds": trained.seconds}}

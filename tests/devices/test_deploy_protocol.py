@@ -36,6 +36,7 @@ def guarded(tiny, tmp_path_factory):
     def split(self, name):
         if name == "test":
             if not holdout.report_open():
+                reads.append("early")  # recorded too, in case a caller swallows the error
                 raise AssertionError("test split read before the final report phase")
             reads.append(name)
         return original(self, name)
@@ -49,7 +50,7 @@ def guarded(tiny, tmp_path_factory):
 
 def test_deploy_reads_test_only_in_its_final_report(guarded):
     summary, reads = guarded
-    assert reads, "the final report never read the test split"
+    assert reads and "early" not in reads, reads
     stages = list(summary["stages"])
     # the report comes after every choosing stage, reporting stages after it
     assert stages.index("test-report") > max(stages.index(s) for s in ("ratio", "prune", "calibrate", "export"))
@@ -94,6 +95,28 @@ def test_manifest_and_card_report_intervals_with_n(guarded):
     assert "paired class-stratified bootstrap" in card and "95 % intervals" in card
     n_test = metrics["n"]
     assert f"| accuracy ({n_test}) |" in card and "95% CI" in card
+
+
+def test_val_resolution_warnings_reach_manifest_and_model_card(guarded):
+    """The tiny val split has 12 images per class: one image is 8.33 sensitivity points, more than the
+    2-point tolerance, so deploy says so (and what to do) in the manifest and on the model card."""
+    summary, _ = guarded
+    pkg = Path(summary["package"])
+    m = json.loads((pkg / "manifest.json").read_text())
+    lines = [w for w in m["warnings"] if "val images: one image is" in w]
+    assert len(lines) == 2 and all("8.33" in w and "--sens-tolerance" in w for w in lines), m["warnings"]
+    assert lines == [w for w in m["selection"]["warnings"] if "val images: one image is" in w]
+    card = (pkg / "MODEL_CARD.md").read_text()
+    assert all(f"- **Warning:** {w}" in card for w in lines)
+
+
+def test_summary_names_the_checkpoint_fingerprint(guarded):
+    """deploy's summary (what deploy_runs and res224 store) names the dense checkpoint by its weights sha256."""
+    from toolchain.models import recorded_sha256
+
+    summary, _ = guarded
+    m = json.loads((Path(summary["package"]) / "manifest.json").read_text())
+    assert summary["checkpoint_sha256"] == recorded_sha256(summary["checkpoint"]) == m["source_checkpoint_sha256"]
 
 
 def test_lossless_rule_uses_the_paired_bound():
