@@ -184,22 +184,28 @@ def plot_calibration(calibration: dict | None, path: Path) -> Path | None:
 
 # ---------------------------------------------------------------- tables
 
+def _ci(m: dict, key: str) -> str:
+    """``value [lo, hi]`` (95 % interval) of figure ``key`` of a ``compute_metrics`` dict, or the bare value."""
+    ci = m.get(f"{key}_ci")
+    return _fmt(m.get(key)) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def _model_rows(models: list[dict]) -> tuple[list[str], list[list[str]]]:
     head = ["model", "runtime", "thr", "p50 ms", "p90 ms", "p99 ms", "mean ms", "max ms", "img/s (batch)",
-            "peak RSS MB", "size MB", "MMACs", "acc", "AUC", "sens/spec"]
+            "peak RSS MB", "size MB", "MMACs", "n", "acc [95% CI]", "AUC [95% CI]", "sens/spec [95% CI] (n)"]
     rows = []
     for m in models:
         lat, acc = m["latency_ms"], m.get("accuracy") or {}
         sens = ""
         if acc.get("per_class"):
-            sens = "; ".join(f"{k}: {_fmt(v.get('sensitivity'))}/{_fmt(v.get('specificity'))}"
-                             for k, v in acc["per_class"].items())
+            sens = "; ".join(f"{k}: {_ci(v, 'sensitivity')} (n={_fmt(v.get('support'))}) / {_ci(v, 'specificity')} "
+                             f"(n={_fmt(v.get('n_negative'))})" for k, v in acc["per_class"].items())
         rows.append([m["name"], m["runtime"], str(m["threads"]), _fmt(lat["p50"]), _fmt(lat["p90"]), _fmt(lat["p99"]),
                      _fmt(lat["mean"]), _fmt(lat["max"]),
                      f"{_fmt(m['throughput']['images_per_s'])} ({m['throughput']['batch']})",
                      _fmt((m.get("memory") or {}).get("peak_rss_mb")), _fmt(m.get("size_mb")),
-                     _fmt(m["macs"] / 1e6 if m.get("macs") else None), _fmt(acc.get("accuracy")),
-                     _fmt(acc.get("auc")), sens or "–"])
+                     _fmt(m["macs"] / 1e6 if m.get("macs") else None), _fmt(acc.get("n")), _ci(acc, "accuracy"),
+                     _ci(acc, "auc"), sens or "–"])
     return head, rows
 
 
