@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
             load = [round(v, 2) for v in os.getloadavg()]
             base, score, cpu = _pairs(model, crit, x, y, layers, args.repeats)
             ratios = [s / b for b, s in zip(base, score, strict=True)]
-            rows.append({"model": model_name, "checkpoint": ckpts[model_name], "criterion": name, "n": len(x),
+            rows.append({"model": model_name, "checkpoint": ckpts[model_name], "checkpoint_sha256": ctx.sha256,
+                         "criterion": name, "n": len(x),
                          "score_s": score, "frozen_fwd_bwd_s": base, "ratio_per_pair": ratios,
                          "ratio_median": statistics.median(ratios), "cpu_ratio_median": cpu["cpu_ratio_median"],
                          "load_average": load})

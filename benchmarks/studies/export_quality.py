@@ -99,7 +99,8 @@ def bench_checkpoint(label: str, ckpt: Path, *, calib_size: int, eval_size: int,
     _, sidecar = read_sidecar(ckpt)
     arrays = load_images(meta, calib_size=calib_size, eval_size=eval_size)
     x, y = arrays["eval_x"], arrays["eval_y"]
-    entry: dict[str, Any] = {"label": label, "checkpoint": str(ckpt), "arch": meta["arch"],
+    entry: dict[str, Any] = {"label": label, "checkpoint": str(ckpt), "checkpoint_sha256": sidecar["weights_sha256"],
+                             "arch": meta["arch"],
                              "pruned": bool(meta.get("pruning")), "params": count_params(model),
                              "img_size": meta.get("img_size"), "n_test": int(len(y)), "calib_size": calib_size}
     out = work / label

@@ -98,6 +98,7 @@ def run(args) -> dict:
     from toolchain.data import Preprocess, load_dataset
     from toolchain.importance import get_criterion
     from toolchain.masking import MaskSet, apply_masks, build_masks
+    from toolchain.models import recorded_sha256
     from toolchain.removal import compare_models, group_masks, remove_units
     from toolchain.units import find_unit_layers
 
@@ -117,7 +118,8 @@ def run(args) -> dict:
         scores = crit(model, example if crit.needs_data else None, targets if crit.needs_data else None, layers)
         dense_logits = _batched(model, x_test)
         dense = _metrics(dense_logits, test.labels, ds.class_names)
-        models_info[name] = {"checkpoint": ckpt, "random_init": ckpt is None, "img_size": pre.img_size,
+        models_info[name] = {"checkpoint": ckpt, "checkpoint_sha256": recorded_sha256(ckpt) if ckpt else None,
+                             "random_init": ckpt is None, "img_size": pre.img_size,
                              "dense": dense, "units": sum(la.size for la in layers)}
         _log(f"{name}: dense {dense} ({'random init' if ckpt is None else ckpt})")
         ratios = list(args.ratios)
