@@ -1,16 +1,18 @@
 """``medprune deploy``: real data + a model name → a verified, tamper-evident bedside package.
 
-The stages, in order (one module each, or one per related pair; :func:`deploy` in ``run.py`` wires them):
+The stages, in order (one module each, or one per related pair; :func:`deploy` in ``run.py`` wires them).
+Every choice is made on train/val; from stage 2 on the test split is sealed (``holdout``) until stage 8:
 
 1. train (``training``) — cached by ``toolchain.train``, or ``--checkpoint``;
 2. reference, 3. importance (``scoring``) — reference images per class, every unit's score on them;
-4. ratio, 5. gate-check (``ratio``) — lossless search on val when ``auto``, then backed off until the test
-   gate passes;
-6. prune (``pruning``) — masks + physical removal, then the clinical gates on test;
-7. calibrate (``calibrate``) — temperature fit on val, folded into the classifier (``--no-calibrate``);
-8. fidelity (``explain_fidelity``) — LRP heatmaps of deployed vs dense model;
-9. export, 10. bench (``export_bench``) — the target's runtime/precision with parity verification, then
-   measured here or predicted for an absent device;
+4. ratio (``ratio``) — a fixed ratio, or the largest passing the lossless rule on val (``toolchain.lossless``);
+   with a budget, 4. budget + 5b. recover (``recover``) instead, judged by the same rule on val;
+5. prune (``pruning``) — masks + physical removal, masked-vs-removed parity, metrics on val;
+6. calibrate (``calibrate``) — temperature fit on val, folded into the classifier (``--no-calibrate``);
+7. export (``export_bench``) — the target's runtime/precision, parity-verified on val;
+8. test-report (``report``) — test read once: metrics with 95 % intervals and n, then the clinical gates
+   (a failure is exit 3 with the numbers, and no package);
+9. fidelity (``explain_fidelity``), 10. bench (``export_bench``) — reporting only;
 11. package (``packaging``, with ``manifest`` + ``templates/model_card.md`` and ``jetson`` scripts).
 
 Every cached stage is a :class:`~devices.deploy.stage.Stage`: its fields are its inputs and, with its
