@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ._recovery_report import ATTRIBUTION, N_BOOT
+from ._recovery_report import N_BOOT
+from ._recovery_verdicts import MEDPRUNE, group_of
 
 
 def neighbours(speedup: float, peer_speedups: list[float]) -> tuple[int | None, int | None]:
@@ -60,8 +61,8 @@ def table(run: dict, rows: list[dict], state: str, n_boot: int = N_BOOT) -> list
         return memo[(a["_key"], b["_key"])]
 
     out = []
-    peers = sorted({r["criterion"] for r in mine} - set(ATTRIBUTION))
-    for a in sorted((r for r in mine if r["criterion"] in ATTRIBUTION),
+    peers = sorted({r["criterion"] for r in mine} - set(MEDPRUNE))
+    for a in sorted((r for r in mine if r["criterion"] in MEDPRUNE),
                     key=lambda r: (r["criterion"], r["speedup_ort"])):
         for peer in peers:
             cells = [r for r in mine if r["criterion"] == peer]
@@ -103,5 +104,10 @@ def markdown(entries: list[dict], state_label: str) -> list[str]:
     tally: dict[str, int] = {}
     for e in entries:
         tally[e["verdict"]] = tally.get(e["verdict"], 0) + 1
-    return lines + ["", f"Tally at equal measured latency: {', '.join(f'{k} {v}' for k, v in sorted(tally.items()))}",
-                    ""]
+    groups: dict[str, dict[str, int]] = {}  # attribution and medprune taylor apart (_recovery_verdicts.GROUPS)
+    for e in entries:
+        g = groups.setdefault(group_of(e["criterion"]) or "other", {})
+        g[e["verdict"]] = g.get(e["verdict"], 0) + 1
+    by_group = "; ".join(f"{g}: " + ", ".join(f"{k} {v}" for k, v in sorted(t.items())) for g, t in groups.items())
+    return lines + ["", f"Tally at equal measured latency: {', '.join(f'{k} {v}' for k, v in sorted(tally.items()))}"
+                    f" (by group: {by_group}; unadjusted for multiplicity)", ""]

@@ -3,8 +3,9 @@
 Every accuracy-like figure carries a 95 % interval: test accuracy (class-stratified percentile
 bootstrap, ``compute_metrics``), its drop vs the dense model and the worst per-class sensitivity drop
 (paired bootstrap over the same test images, ``toolchain.metrics``), and criterion-vs-criterion
-accuracy differences at the same MACs target (paired). A verdict is *win*/*lose* when the paired
-interval excludes 0, else *tie*.
+accuracy differences at the same MACs target (paired). Verdicts (``_recovery_verdicts``): *win*/*lose* when
+the Holm-adjusted bootstrap p of the (dataset, model, state) table is < 0.05, else *tie*; attribution (lrp,
+dlb, ig) and medprune's taylor are tallied apart.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import numpy as np
 
 from toolchain.lossless import RULE
 
-ATTRIBUTION = ("lrp", "dlb", "ig", "taylor")  # medprune's criteria (taylor: medprune's activation x grad)
+from ._recovery_verdicts import markdown as verdicts_markdown
+from ._recovery_verdicts import verdicts as _verdicts
+
 GATE_ACC, GATE_SENS = 1.0, 2.0  # points: deploy's --tolerance/--sens-tolerance defaults, applied on val
 # a cell's probabilities per state: pruned as is, recovered (KD), recovered + val operating-point alignment
 STATES = {"none": "no", "kd": "KD", "kda": "KD+align"}
@@ -148,36 +151,15 @@ def headline(rows: list[dict], state: str | None = None) -> dict[str, Any]:
 
 
 def verdicts(run: dict, rows: list[dict]) -> list[dict]:
-    """Each medprune criterion vs each Torch-Pruning peer/random at the same target and state (test)."""
-    from toolchain.metrics import paired_bootstrap_diff
-
-    y = np.asarray(run["labels"]["test"])
-    out = []
-    index = {(r["criterion"], r["target_macs_div"], r["state"]): r for r in rows}
-    crits = sorted({r["criterion"] for r in rows})
-    order = list(STATES)
-    for (crit, target, state), r in sorted(index.items(), key=lambda kv: (kv[0][1], order.index(kv[0][2]), kv[0][0])):
-        if crit not in ATTRIBUTION:
-            continue
-        for peer in crits:
-            if peer in ATTRIBUTION or (peer, target, state) not in index:
-                continue
-            pa = np.asarray(run["cells"][r["_key"]]["probs"][f"{state}/test"])
-            pb = np.asarray(run["cells"][index[(peer, target, state)]["_key"]]["probs"][f"{state}/test"])
-            d = paired_bootstrap_diff(y, pa, pb, "accuracy", n_boot=N_BOOT)
-            lo, hi = d["ci"]
-            out.append({"criterion": crit, "peer": peer, "target_macs_div": target, "state": state,
-                        "recovered": state != "none",
-                        "macs_ratio": [r["macs_ratio"], index[(peer, target, state)]["macs_ratio"]],
-                        "diff_pts": 100 * d["diff"], "ci_pts": [100 * lo, 100 * hi], "n": d["n"],
-                        "verdict": "win" if lo > 0 else "lose" if hi < 0 else "tie"})
-    return out
+    """Each medprune criterion vs each peer at the same target and state (test), Holm-adjusted per state."""
+    return _verdicts(run, rows, list(STATES), N_BOOT)
 
 
 def build(runs: list[dict], args: dict, command: str, started: str) -> dict[str, Any]:
     from benchmarks.harness import machine_info
 
     models = {}
+    from ._recovery_heads import table as heads_table
     from ._recovery_latency import table as latency_table
     from ._recovery_oppoint import table as oppoint_table
     from ._recovery_oppoint import val_resolution as oppoint_val_resolution
@@ -188,6 +170,7 @@ def build(runs: list[dict], args: dict, command: str, started: str) -> dict[str,
         s["equal_latency"] = latency_table(run, s["rows"], s["headline"]["state"])
         s["val_resolution"] = oppoint_val_resolution(run["labels"]["val"], run["class_names"])
         s["class_names"] = list(run["class_names"])
+        s["heads"] = heads_table(run)  # ViT: heads vs MLP units removed per cell (empty for CNNs)
         for r in s["rows"]:
             r.pop("_key", None)
         # "dataset:model": one section per dense checkpoint (headline paths split on "/")
@@ -358,16 +341,10 @@ def markdown(doc: dict) -> str:
         from ._recovery_oppoint import markdown as oppoint_markdown
 
         lines += [""] + oppoint_markdown(m.get("operating_point") or [], STATES, m.get("class_names") or [])
-        lines += ["", "Verdicts (test accuracy difference, medprune criterion − peer, paired bootstrap, points):", "",
-                  "| criterion | peer | MACs ÷ | recovery | diff [95 % CI] | verdict |", "|---|---|---:|---|---:|---|"]
-        for v in m["verdicts"]:
-            lines.append(f"| {v['criterion']} | {v['peer']} | {v['target_macs_div']:g} | "
-                         f"{STATES[v.get('state', 'kd' if v['recovered'] else 'none')]} | {v['diff_pts']:+.1f} [{v['ci_pts'][0]:+.1f}, "
-                         f"{v['ci_pts'][1]:+.1f}] (n={v['n']}) | {v['verdict']} |")
-        tally: dict[str, int] = {}
-        for v in m["verdicts"]:
-            tally[v["verdict"]] = tally.get(v["verdict"], 0) + 1
-        lines += ["", f"Tally: {', '.join(f'{k} {n}' for k, n in sorted(tally.items()))}", ""]
+        from ._recovery_heads import markdown as heads_markdown
+
+        lines += heads_markdown(m.get("heads") or [])
+        lines += verdicts_markdown(m["verdicts"], STATES)
         from ._recovery_latency import markdown as latency_markdown
 
         lines += latency_markdown(m.get("equal_latency") or [], STATES.get(h.get("state"), "recovered"))

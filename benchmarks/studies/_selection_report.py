@@ -28,9 +28,12 @@ def completeness(rows: list[dict], criteria: list[str], levels: list[float], sta
     return {"levels": list(levels), "criteria": list(criteria), "complete": not missing, "missing": missing}
 
 
-def _tally(verdicts: list[dict], state: str) -> dict[str, int]:
-    """Attribution vs peers at equal MACs after recovery (``state``): wins, ties, losses on test."""
-    return dict(Counter(v["verdict"] for v in verdicts if v.get("state") == state))
+def _tally(verdicts: list[dict], state: str) -> dict[str, dict]:
+    """Medprune criteria vs peers at equal MACs after recovery (``state``), on test: per group (attribution,
+    medprune taylor) wins, ties, losses with the Holm correction and without (``_recovery_verdicts.tally``)."""
+    from ._recovery_verdicts import tally
+
+    return tally(verdicts, state)
 
 
 def summary(m: dict) -> dict[str, Any]:
@@ -90,8 +93,8 @@ def preface(doc: dict, prereg: str, owned: set[str] = frozenset()) -> list[str]:
              f"({d['earlier']}), official val only), compared below.", "",
              "| dataset · model | design val n (per class) | one lost val image → pts | earlier val n · one lost image "
              "→ pts | headline levels complete | deploy ships (this design) | deploy ships (earlier) | cells passing "
-             "the val rule (this / earlier) | best criterion (this / earlier) | attribution vs peers, recovered, "
-             "test (this / earlier) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "the val rule (this / earlier) | best criterion (this / earlier) | medprune criteria vs peers, recovered, "
+             "test, per group: Holm-adjusted (unadjusted) (this / earlier) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for label, m in doc["models"].items():
         s = m.get("selection")
         if not s:
@@ -121,8 +124,9 @@ def preface(doc: dict, prereg: str, owned: set[str] = frozenset()) -> list[str]:
 
 
 def _verdicts(s: dict) -> str:
-    v = s.get("verdicts") or {}
-    return " ".join(f"{k} {v[k]}" for k in ("win", "tie", "lose") if v.get(k)) or "none"
+    from ._recovery_verdicts import tally_text
+
+    return tally_text(s.get("verdicts") or {})
 
 
 def headline_entries(doc: dict, source: str, part: str = "headline",
