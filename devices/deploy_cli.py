@@ -72,8 +72,9 @@ def deploy_cmd(
     sign_key: str = typer.Option(None, "--sign-key", help="Ed25519 private key (medprune keygen) to sign the "
                                                           "package with (manifest.sig)"),
     allow_missing_class: bool = allow_missing_class_option(),
-    speedup: str = typer.Option(None, help="budget instead of a ratio: measured batch-1 speedup (e.g. 3); "
-                                           "pruned to it, recovered by distillation, judged on val"),
+    speedup: str = typer.Option(None, help="budget instead of a ratio: batch-1 speedup (e.g. 3), measured with "
+                                           "ONNX Runtime here, roofline-predicted for a Jetson; pruned to it, "
+                                           "recovered by distillation, judged on val"),
     macs_budget: str = typer.Option(None, help="budget: MACs (<=1: fraction of dense, or e.g. 120M)"),
     params_budget: str = typer.Option(None, help="budget: parameters (<=1: fraction of dense, or e.g. 2M)"),
     latency_ms: str = typer.Option(None, help="budget: batch-1 latency in ms on the target's runtime"),

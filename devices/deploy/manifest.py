@@ -100,7 +100,9 @@ def recovery_record(pruned: dict, selection: dict) -> dict | None:
             # every ratio tried (the budget's, then back-offs while the recovered model fails on val)
             "attempts": selection.get("attempts"),
             # at the packaged ratio, on the model before recovery (recovery keeps the architecture)
-            "measured": {"quantity": "batch-1 latency, median ms" if timed else budget.get("kind"),
+            # latency measured here or predicted for an absent target (the label says which), else counted
+            "measured": {"quantity": (budget.get("latency_quantity") or "batch-1 latency, median ms") if timed
+                         else budget.get("kind"),
                          "dense": cost.get("dense"), "pruned": cost.get("pruned"),
                          "speedup" if timed else "reduction": cost.get("ratio"),
                          "label": budget.get("latency_label") if timed else "counted"},
@@ -193,7 +195,17 @@ def _selection_line(selection: dict) -> str:
     sens += f"; QWK drop bound {qwk[1]:.2f} pts" if qwk else ""
     return (f"Rule — {selection['rule']}. Ratio {selection['ratio']:.2f} is {how}: on val (n={v['n']}) the accuracy "
             f"drop is {v['accuracy_drop_pts']:.2f} pts [95% CI {ci[0]:.2f}, {ci[1]:.2f}]{sens}; it "
-            f"{'passes' if v['passes'] else 'does not pass'} the rule.")
+            f"{'passes' if v['passes'] else 'does not pass'} the rule.{_budget_line(selection.get('budget'))}")
+
+
+def _budget_line(budget: dict | None) -> str:
+    """The budget's cost at the packaged ratio, with how it was obtained (measured here, predicted, counted)."""
+    if not budget:
+        return ""
+    cost = budget.get("cost") or {}
+    timed = budget.get("kind") in ("speedup", "latency_ms")
+    return (f" Budget {budget['kind']} {budget['value']:g}: dense/pruned {cost.get('ratio', float('nan')):.2f}x "
+            f"({budget.get('latency_label') if timed else 'counted'}); {'met' if budget.get('met') else 'NOT met'}.")
 
 
 def _gates_line(gates: dict) -> str:

@@ -2,8 +2,9 @@
 
 4 **budget** replaces the lossless ratio search: the smallest ratio whose *physically removed* model meets
   the budget (``toolchain.budget.search_budget``). Latency is measured with ONNX Runtime on this machine
-  (batch 1, dense and pruned interleaved) for CPU-runtime targets; for other runtimes (TensorRT on a
-  Jetson) the MACs ratio stands in and the record says ``predicted``.
+  (batch 1, dense and pruned interleaved) for CPU-runtime targets; for a target that is not attached (TensorRT
+  on a Jetson) it is the roofline prediction on that target's profile, labelled ``predicted (roofline,
+  <profile>)``, with the MACs ratio only as a labelled fallback (``budget_latency``).
 5b **recover**: the pruned model of stage 5 is fine-tuned with distillation from the dense model
   (``toolchain.recovery``, cached by its own key) and judged on val by the deploy's lossless rule
   (``lossless.judge``). Its weights replace the pruned ones downstream (calibrate, export, test report,
@@ -20,9 +21,9 @@ from typing import Any
 
 from toolchain.lossless import RULE, judge
 
+from .budget_latency import latency_for, latency_source
 from .stage import Stage, live
 
-MEASURED_RUNTIMES = ("onnxruntime", "openvino")  # runtimes whose CPU latency ORT on this machine stands for
 BACKOFF = (0.75, 0.5, 0.25)  # fractions of the budget's ratio tried when its recovered model fails on val
 # recovery recipes tried in order on val (overrides of toolchain.recovery.finetune.RECIPE): pure distillation,
 # then cross-entropy + distillation with augmentation (the recipe deploy used before the recipe was unified,
@@ -30,21 +31,15 @@ BACKOFF = (0.75, 0.5, 0.25)  # fractions of the budget's ratio tried when its re
 CANDIDATES = {"kd": {}, "kd+ce+augment": {"ce_weight": 1.0, "augment": True}}
 
 
-def _macs_as_latency(models: dict, x, repeats: int = 0) -> dict:
-    from toolchain.models import count_macs
-
-    return {k: {"median_ms": count_macs(m, x) / 1e6} for k, m in models.items()}
-
-
 @dataclass(frozen=True, kw_only=True)
 class BudgetRatio(Stage):
     name = "budget"
-    version = 1
+    version = 2  # 2: latency from budget_latency (roofline for an absent target), not the runtime's name
     importance: str  # digest of the importance stage
     budget: dict  # {"kind", "value"} (toolchain.budget.Budget)
     granularity: str
     round_to: int
-    runtime: str
+    latency: dict  # budget_latency.latency_source: measured here, roofline-predicted, or counted
     max_ratio: float
     evaluator: Any = live()
     scores: Any = live()
@@ -60,10 +55,10 @@ class BudgetRatio(Stage):
             return remove_units(ctx.model, self.evaluator.masks(ratio), self.example, self.granularity,
                                 self.round_to or None, scores=self.scores, strict=False)
 
-        latency_fn, label = _latency(self.budget, self.runtime)
+        latency_fn, label, quantity = latency_for(self.latency, ctx.model, self.example[:1])
         found = search_budget(prune, ctx.model, self.example[:1], Budget(**self.budget), max_ratio=self.max_ratio,
                               latency_fn=latency_fn, latency_label=label)
-        return found.summary()
+        return {**found.summary(), "latency_quantity": quantity}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,11 +101,11 @@ class Recover(Stage):
 def budget_ratio(cfg, pipe, imp, evaluator, scores, example, profile) -> tuple[Any, float]:
     """``(budget stage, ratio to prune at)``."""
     st = BudgetRatio(importance=imp.key_digest, budget=cfg.budget(), granularity=cfg.granularity,
-                     round_to=cfg.round_to, runtime=profile.runtime, max_ratio=cfg.max_ratio, evaluator=evaluator,
-                     scores=scores, example=example)(pipe)
+                     round_to=cfg.round_to, latency=latency_source(cfg.budget(), profile, cfg.precision),
+                     max_ratio=cfg.max_ratio, evaluator=evaluator, scores=scores, example=example)(pipe)
     d = st.data
     pipe.console.print(f"    budget {cfg.budget()['kind']} {cfg.budget()['value']:g}: ratio {d['ratio']:.2f} gives "
-                       f"{d['cost']['ratio']:.2f}x ({d['latency_label'] if cfg.budget()['kind'] in ('speedup', 'latency_ms') else 'counted'})"
+                       f"{d['cost']['ratio']:.2f}x ({d['latency_label']})"
                        + ("" if d["met"] else " — budget NOT reachable up to --max-ratio"))
     return st, float(d["ratio"])
 
@@ -120,10 +115,10 @@ class BudgetCost(Stage):
     """The budget's quantity (dense vs pruned) of a backed-off prune stage, measured as the search measures it."""
 
     name = "budget-cost"
-    version = 1
+    version = 2  # 2: latency from budget_latency, as BudgetRatio 2
     prune: str  # digest of the prune stage
     budget: dict
-    runtime: str
+    latency: dict  # budget_latency.latency_source
     ctx: Any = live()
     pruned: Any = live()  # the prune StageResult
     example: Any = live()
@@ -133,17 +128,9 @@ class BudgetCost(Stage):
         from toolchain.models import load_checkpoint
 
         model, _ = load_checkpoint(self.pruned.path / "pruned.safetensors")
-        latency_fn, label = _latency(self.budget, self.runtime)
+        latency_fn, label, quantity = latency_for(self.latency, self.ctx.model, self.example[:1])
         cost = measure(self.budget["kind"], self.ctx.model, model.eval(), self.example[:1], latency_fn=latency_fn)
-        return {"cost": cost, "latency_label": label}
-
-
-def _latency(budget: dict, runtime: str) -> tuple[Any, str]:
-    """``(latency_fn, label)`` of a budget on ``runtime``: measured here (None: toolchain.budget's ORT timing) when
-    the budget is counted or the runtime runs on this machine, else the MACs ratio standing in for latency."""
-    if budget["kind"] in ("macs", "params") or runtime in MEASURED_RUNTIMES:
-        return None, "measured: onnxruntime CPU batch 1, this machine"
-    return _macs_as_latency, f"predicted: MACs ratio ({runtime} is not on this machine)"
+        return {"cost": cost, "latency_label": label, "latency_quantity": quantity}
 
 
 def recovery_candidates(cfg) -> list[tuple[str, Any]]:
@@ -176,15 +163,17 @@ def recover_pruned(cfg, pipe, ctx, pr, budget_stage, prune_at, example, profile)
     attempts, found = [], None
     for i, ratio in enumerate(ratios):
         pruned = pr if i == 0 else prune_at(ratio)
-        cost = ({"cost": b["cost"], "latency_label": b["latency_label"]} if i == 0 else
-                BudgetCost(prune=pruned.key_digest, budget=cfg.budget(), runtime=profile.runtime, ctx=ctx,
-                           pruned=pruned, example=example)(pipe).data)
+        cost = ({k: b[k] for k in ("cost", "latency_label", "latency_quantity")} if i == 0 else
+                BudgetCost(prune=pruned.key_digest, budget=cfg.budget(),
+                           latency=latency_source(cfg.budget(), profile, cfg.precision), ctx=ctx, pruned=pruned,
+                           example=example)(pipe).data)
         for name, rcfg in recovery_candidates(cfg):
             rec = Recover(prune=pruned.key_digest, recovery=rcfg.recipe(), budget=cfg.budget(), tolerance=cfg.tolerance,
                           sens_tolerance=cfg.sens_tolerance, seed=cfg.seed, ctx=ctx, pruned=pruned,
                           device=resolve_device(cfg.device))(pipe)
             v = rec.data["judge_val"]
             attempts.append({"ratio": ratio, "recipe": name, "cost": cost["cost"], "latency_label": cost["latency_label"],
+                             "latency_quantity": cost["latency_quantity"],
                              "passes": v["passes"], "failed": v["failed"], "accuracy_drop_pts": v["accuracy_drop_pts"],
                              "worst_sensitivity_drop_pts": v["worst_sensitivity_drop_pts"]})
             pipe.console.print(f"    recovered ({name}) at ratio {ratio:.2f} ({cost['cost']['ratio']:.2f}x): val accuracy "
@@ -218,5 +207,6 @@ def recover_pruned(cfg, pipe, ctx, pr, budget_stage, prune_at, example, profile)
                  "warnings": warnings, "attempts": attempts, "recovery_recipe": chosen["recipe"],
                  "budget": {**cfg.budget(), "met": bool(b["met"] and met_here),
                             "budget_ratio_met": b["met"], "passes_at_budget": met_here,
-                            "cost": chosen["cost"], "latency_label": chosen["latency_label"]}}
+                            "cost": chosen["cost"], "latency_label": chosen["latency_label"],
+                            "latency_quantity": chosen["latency_quantity"]}}
     return rec, selection, pruned
