@@ -18,7 +18,7 @@ PRECISION ?= default
 OUT ?= dist
 SIGN_KEY ?=
 
-.PHONY: install test lint deploy recovery recovery-schedule recovery-selection split-shift bench baselines importance removal export-bench tensorrt-check paper studies clean
+.PHONY: install test lint deploy recovery recovery-schedule recovery-selection split-shift criteria-agreement bench baselines importance removal export-bench tensorrt-check paper studies clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -56,6 +56,10 @@ recovery-selection: install
 # the selection-split design's dense models on val vs test (a report: benchmarks/results/split_shift.md)
 split-shift: install
 	$(MEDPRUNE) study split_shift
+
+# issue 15's read-point fix re-measured: how the criteria rank the same units (benchmarks/results/criteria_agreement.md)
+criteria-agreement: install
+	MEDPRUNE_THREADS=1 OMP_NUM_THREADS=1 $(MEDPRUNE) study criteria_agreement
 
 bench: install
 	$(MEDPRUNE) study harness_report
