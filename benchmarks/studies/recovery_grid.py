@@ -17,28 +17,31 @@ accuracy of the recovered models. ``--align`` adds the recovered model with a va
 logit offset (``toolchain.recovery.align``) as a third state; ``--recipe kd+align`` makes the headline
 read that state (the choice between the two recipes is made on val: ``recovery.md`` counts, per recipe,
 the models passing deploy's rule on val). Every cell is cached (``cache_dir()/studies/recovery``), so an
-interrupted run resumes; the report (``_recovery_report``) computes paired bootstrap intervals over
-test images vs the dense model and between criteria.
+interrupted run resumes (``--workers N``: computed as Ray tasks, ``_recovery_parallel``); the report
+(``_recovery_report``) computes paired bootstrap intervals over test images vs the dense model and between
+criteria.
 
 Dense checkpoints follow one recipe (``RECIPE``: full train split, 3 epochs, each family's own lr)
 through ``toolchain.train`` with the same cache as ``medprune train``; their sha256 is recorded.
 Recovery (default): 2 distillation epochs on the full train split at the dense model's lr, best val
 epoch kept; batches are not augmented, so the frozen teacher's logits are computed once per image
-and shared by every student of the run (``toolchain.recovery.distill.TeacherMemo``).
+and shared by every student of the run (``toolchain.recovery.distill.TeacherMemo``; of a Ray worker with
+``--workers``).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._recovery_options import _model_targets, _subsets, parser  # noqa: F401 (the study's options)
 from ._recovery_revisit import _probs, align_cell, recovered_checkpoint, retime_cell  # noqa: F401 (old home)
-from .registry import StudyParser, command_line, study
+from .registry import command_line, study
 
 # One documented dense recipe for every dataset (full train split, `medprune train` with these flags):
 # 3 epochs at each family's own learning rate; chest_xray_224 is decoded at 64 px (the models train at
@@ -167,47 +170,96 @@ def recovery_config(args, model: str):
                           seed=args.seed, quiet=True).validate()
 
 
-def run_model(model: str, data: str, args, log) -> dict[str, Any]:
-    from toolchain.importance import get_criterion
-    from toolchain.pipeline import digest
-    from toolchain.prune_eval import load_context, reference_inputs
-    from toolchain.recovery import masker_for, pruner_at
-    from toolchain.units import find_unit_layers
+@dataclass
+class Prepared:
+    """What every cell of one dataset x model shares: the dense model, its reference images, the recipe."""
 
-    from . import _recovery_versions as versions
+    weights: Path
+    train_cmd: str
+    ctx: Any
+    layers: list
+    x: Any
+    y: Any
+    idx: Any
+    rcfg: Any
+    pruners: dict[str, Any] = field(default_factory=dict)  # criterion -> prune(ratio), scored once
+
+    @property
+    def example(self):
+        return self.x[:1].detach()
+
+
+def prepare(model: str, data: str, args) -> Prepared:
+    """The dense checkpoint (trained when not given), loaded with its dataset, and its reference images."""
+    from toolchain.prune_eval import load_context, reference_inputs
+    from toolchain.units import find_unit_layers
 
     weights, train_cmd = dense_checkpoint(model, data, dict(c.split("=", 1) for c in args.checkpoint or []))
     ctx = load_context(weights)  # the checkpoint's own dataset, loaded as it was trained (load size, val cut)
     if ctx.ds.name != data:
         raise SystemExit(f"checkpoint {weights} was trained on {ctx.ds.name}, not {data}")
     train_cmd = train_command(ctx.meta.get("train_config"), train_cmd)
-    layers = find_unit_layers(ctx.model)
     x, y, idx = reference_inputs(ctx, args.n_per_class, args.sampling, args.seed, pool_per_class=args.pool_per_class)
-    example = x[:1].detach()
     rcfg = recovery_config(args, model) if args.recover_epochs else None
-    out = {"model": model, "checkpoint": str(weights), "checkpoint_sha256": ctx.sha256, "train_command": train_cmd,
-           "dataset": ctx.ds.name, "dataset_fingerprint": ctx.ds.fingerprint, "reference_indices": idx.tolist(),
-           **_dense_probs(ctx),
-           "class_names": list(ctx.ds.class_names), "cells": {}, "code_versions": {}, "stale_cells": []}
-    def pruner(name: str):
+    return Prepared(weights, train_cmd, ctx, find_unit_layers(ctx.model), x, y, idx, rcfg)
+
+
+def cell_path(prep: Prepared, data: str, model: str, name: str, target: float, args) -> Path:
+    """The cache file of one cell; its key is every input that decides the cell's numbers."""
+    from toolchain.pipeline import digest
+
+    key = digest({"v": CELL_VERSION, "ckpt": prep.ctx.sha256, "crit": name, "target": target,
+                  "refs": prep.idx.tolist(), "recovery": prep.rcfg.recipe() if prep.rcfg else None,
+                  "threads": args.threads})
+    return _cache_root() / f"{data}-{model}-{name}-{target:g}-{key[:12]}.json"
+
+
+def cached_cell(path: Path, version: str, args) -> tuple[dict | None, str | None, bool]:
+    """``(cell, staleness, reuse)`` of a cell file: reused unless absent, or stale with ``--recompute-stale``."""
+    from . import _recovery_versions as versions
+
+    cell = json.loads(path.read_text()) if path.is_file() else None
+    stale = versions.staleness(cell, version) if cell is not None else None
+    return cell, stale, cell is not None and not (stale and getattr(args, "recompute_stale", False))
+
+
+def compute_cell(prep: Prepared, model: str, name: str, target: float, args, version: str, path: Path,
+                 log) -> dict[str, Any]:
+    """Compute one cell (scoring its criterion once per ``prep``) and write it to ``path``."""
+    from toolchain.importance import get_criterion
+    from toolchain.recovery import masker_for, pruner_at
+
+    if name not in prep.pruners:
         crit = get_criterion(name)
         t0 = time.perf_counter()
-        scores = crit(ctx.model, x, y, layers)  # data-free criteria ignore x (peers trace the graph with it)
+        scores = crit(prep.ctx.model, prep.x, prep.y, prep.layers)  # data-free criteria ignore x (peers trace with it)
         log(f"{model} · {name}: scored in {time.perf_counter() - t0:.1f}s")
-        return pruner_at(ctx.model, masker_for(ctx.model, crit, scores, layers, example), example)
+        masker = masker_for(prep.ctx.model, crit, scores, prep.layers, prep.example)
+        prep.pruners[name] = pruner_at(prep.ctx.model, masker, prep.example)
+    cell = run_cell(prep.ctx, prep.pruners[name], prep.example, target, prep.rcfg, args.threads, args.repeats,
+                    lambda m: log(f"{model} · {name} · {m}"), align=args.align)
+    cell["criterion"], cell["code_version"] = name, version
+    _write_json(path, cell)
+    return cell
 
+
+def run_model(model: str, data: str, args, log) -> dict[str, Any]:
+    from . import _recovery_versions as versions
+
+    prep = prepare(model, data, args)
+    ctx = prep.ctx
+    out = {"model": model, "checkpoint": str(prep.weights), "checkpoint_sha256": ctx.sha256,
+           "train_command": prep.train_cmd, "dataset": ctx.ds.name, "dataset_fingerprint": ctx.ds.fingerprint,
+           "reference_indices": prep.idx.tolist(), **_dense_probs(ctx),
+           "class_names": list(ctx.ds.class_names), "cells": {}, "code_versions": {}, "stale_cells": []}
     for name in args.criteria:
-        prune = None  # scored only when a cell has to be computed
         version = out["code_versions"][name] = versions.cell_code_version(name)
         for target in targets_for(model, args):
-            key = digest({"v": CELL_VERSION, "ckpt": ctx.sha256, "crit": name, "target": target, "refs": idx.tolist(),
-                          "recovery": rcfg.recipe() if rcfg else None, "threads": args.threads})
-            path = _cache_root() / f"{data}-{model}-{name}-{target:g}-{key[:12]}.json"
-            cell = json.loads(path.read_text()) if path.is_file() else None
-            stale = versions.staleness(cell, version) if cell is not None else None
-            if cell is not None and not (stale and getattr(args, "recompute_stale", False)):
+            path = cell_path(prep, data, model, name, target, args)
+            cell, stale, reuse = cached_cell(path, version, args)
+            if reuse:
                 log(f"{data}/{model} · {name} · ÷{target:g}: cached" + (f" ({stale} code version)" if stale else ""))
-                if args.retime and "retimed" not in cell and retime_cell(ctx, cell, example, args):
+                if args.retime and "retimed" not in cell and retime_cell(ctx, cell, prep.example, args):
                     _write_json(path, cell)
                     log(f"{data}/{model} · {name} · ÷{target:g}: retimed ×{cell['speedup_ort']:.2f} "
                         f"(first ×{cell['latency_first']['speedup']:.2f})")
@@ -219,11 +271,7 @@ def run_model(model: str, data: str, args, log) -> dict[str, Any]:
                 log(f"{data}/{model} · {name} · ÷{target:g}: not computed (--cached-only)")
                 continue
             else:
-                prune = prune or pruner(name)
-                cell = run_cell(ctx, prune, example, target, rcfg, args.threads, args.repeats,
-                                lambda m, n=name: log(f"{model} · {n} · {m}"), align=args.align)
-                cell["criterion"], cell["code_version"], stale = name, version, None
-                _write_json(path, cell)
+                cell, stale = compute_cell(prep, model, name, target, args, version, path, log), None
             if stale:
                 out["stale_cells"].append(versions.stale_entry(data, model, name, target, cell, stale, path))
             out["cells"][f"{name}/{target:g}"] = cell
@@ -241,79 +289,6 @@ def targets_for(model: str, args) -> list[float]:
     return list(getattr(args, "model_macs", {}).get(model) or args.macs)
 
 
-def _model_targets(text: str) -> dict[str, list[float]]:
-    """``"vgg19=3/5/8,resnet50=2/3/5"`` → per-model MACs targets."""
-    try:
-        out = {k.strip(): [float(v) for v in vals.split("/")]
-               for k, vals in (part.split("=", 1) for part in text.split(",") if part.strip())}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected model=S/S/...,..., got {text!r}") from None
-    if any(v <= 1 for vals in out.values() for v in vals):
-        raise argparse.ArgumentTypeError(f"MACs targets must be > 1 (dense MACs ÷ S), got {text!r}")
-    return out
-
-
-def _subsets(text: str) -> dict[str, int]:
-    """``"600"`` → every model; ``"vgg19=600,resnet50=1000"`` → per model."""
-    try:
-        if "=" not in text:
-            return {"*": int(text)}
-        return {k.strip(): int(v) for k, v in (part.split("=", 1) for part in text.split(",") if part.strip())}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or model=N,..., got {text!r}") from None
-
-
-def parser() -> StudyParser:
-    """The study's options; the recovery flags default to the one recovery recipe (``finetune.RECIPE``)."""
-    from toolchain.importance import available
-    from toolchain.recovery.finetune import RECIPE as RECOVERY
-
-    p = StudyParser("recovery", __doc__)
-    p.add_list("--models", default="vgg19,resnet50", choices=list(RECIPE))
-    p.add_list("--data", default="pneumoniamnist,chest_xray_224", help="datasets (one dense checkpoint each)")
-    p.add_list("--criteria", default="lrp,taylor,tp-magnitude,tp-taylor,random", choices=available())
-    p.add_list("--macs", default="2,3,5", kind=float, help="MACs targets: dense MACs ÷ S")
-    p.add_argument("--model-macs", type=_model_targets, default=_model_targets("vgg19=3/5/8,resnet50=2/3/5"),
-                   help="per-model MACs targets overriding --macs, e.g. vgg19=3/5/8,resnet50=2/3/5")
-    p.add_argument("--recover-epochs", type=int, default=RECOVERY["epochs"], help="distillation epochs (0: no recovery)")
-    p.add_argument("--recover-subset", type=_subsets, default={"*": 0},
-                   help="recover on N train images (0: all), or per model: vgg19=600,resnet50=1000")
-    p.add_argument("--recover-lr", type=float, default=None, help="recovery lr (default: the dense model's)")
-    # pure distillation by default (finetune.RECIPE says why); the temperature is the recipe's, not a flag here
-    p.add_argument("--kd-weight", type=float, default=RECOVERY["kd_weight"], help="weight of the distillation (KL x T²) term")
-    p.add_argument("--ce-weight", type=float, default=RECOVERY["ce_weight"],
-                   help="weight of the class-weighted cross-entropy term")
-    p.add_argument("--recover-augment", action=argparse.BooleanOptionalAction, default=RECOVERY["augment"],
-                   help="augment recovery batches (off: the teacher's logits are computed once per image and "
-                        "shared by every student of the run)")
-    p.add_argument("--checkpoint", action="append",
-                   help="data/model=path of a dense checkpoint (model=path: PneumoniaMNIST; repeatable)")
-    p.add_argument("--align", action="store_true",
-                   help="recipe: after distillation, fold a per-class logit offset fitted on val (the dense model's "
-                        "val predictions as target) into the classifier bias; also adds it to cached cells that "
-                        "lack it, even with --cached-only (it needs only val/test inference)")
-    p.add_argument("--recipe", choices=("kd", "kd+align"), default="kd",
-                   help="the recovery state the headline reads (kd+align needs --align); chosen on val")
-    p.add_argument("--cached-only", action="store_true",
-                   help="report the cells already computed (e.g. by parallel per-criterion runs), compute none")
-    p.add_argument("--recompute-stale", action="store_true",
-                   help="recompute cached cells computed by another code version of the criterion, removal or "
-                        "recovery code, or before versions were recorded (else they are reused and listed)")
-    p.add_argument("--retime", action="store_true",
-                   help="measure the ORT speedup of cached cells again (once) from their recovered checkpoints")
-    p.add_argument("--runtimes", action="store_true",
-                   help="also measure ORT/OpenVINO FP32 and INT8 for the dense and the val-chosen recovered model "
-                        "(minutes per model: every runtime exports both)")
-    p.add_argument("--sampling", default="clustering")
-    p.add_argument("--n-per-class", type=int, default=10)
-    p.add_argument("--pool-per-class", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for latency")
-    p.add_argument("--repeats", type=int, default=100, help="timed ORT runs per model")
-    p.add_out()
-    return p
-
-
 @study("recovery", outputs=("recovery.json", "recovery.md", "recovery.png"))
 def main(argv: list[str] | None = None) -> int:
     from toolchain.train import configure_threads
@@ -326,11 +301,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--recipe kd+align needs --align")
     if args.recompute_stale and args.cached_only:
         p.error("--recompute-stale computes cells; it cannot go with --cached-only")
+    if args.retime and args.workers > 1:
+        p.error("--retime measures latency again, one cell at a time: run it without --workers")
     configure_threads()
 
     def log(msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
+    if args.workers > 1 and not args.cached_only:
+        from ._recovery_parallel import compute_cells
+
+        args, failed = compute_cells(args, log)  # the cells as Ray tasks, then assembled as --cached-only would
+        if failed:
+            log(f"{failed} cell(s) failed (above); the others are cached, a rerun computes the rest. No report written")
+            return 1
     doc, runs = assemble(args, command_line("recovery", argv), log)
     report.write(doc, runs, Path(args.out))
     log(f"wrote {Path(args.out) / 'recovery.json'}")
