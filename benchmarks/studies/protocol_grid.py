@@ -39,6 +39,7 @@ from .registry import StudyParser, command_line, study
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 BUDGETS = (0.75, 0.5, 0.25)
 NORMALIZATIONS = {True: (None, "l1"), False: (None,)}  # data-free criterion -> variants run
+DEVICE = "cpu"  # every cell loads, scores and evaluates here (run_model) and is keyed by it (_cell_key)
 
 
 def parse_args(argv: list[str]):
@@ -192,13 +193,10 @@ def run_model(model_name: str, checkpoint: str, a, log, on_cell=None) -> dict:
     """Every cell of one model; ``on_cell(model_so_far)`` after each (a stopped run keeps what finished)."""
     import torch
 
-    from toolchain.importance import get_criterion
     from toolchain.prune_eval import load_context, reference_inputs, score_units
     from toolchain.units import find_unit_layers
 
-    from .paper.config import Grid
-
-    ctx = load_context(checkpoint)
+    ctx = load_context(checkpoint, device=DEVICE)
     layers = find_unit_layers(ctx.model)
     example = ctx.preprocess(ctx.ds.split("val").images[:1])
     pv, yv = _probs(ctx.model, ctx, "val")
@@ -207,12 +205,10 @@ def run_model(model_name: str, checkpoint: str, a, log, on_cell=None) -> dict:
     log(f"{model_name}: {len(layers)} unit layers, {sum(ly.size for ly in layers)} units, val n={len(yv)}, "
         f"test n={len(yt)}")
     x_ref, y_ref, ref_idx = reference_inputs(ctx, a.n_per_class, a.sampling, a.seed, pool_per_class=a.pool_per_class)
-    options = Grid().criterion_options  # the paper grid's criterion options (IG along the input path)
     cells = []
     for name in a.criteria:
-        crit = get_criterion(name, **options.get(name, {}))
-        variants = NORMALIZATIONS[not crit.needs_data]
-        keys = {v: _cell_key(ctx.sha256, name, options.get(name, {}), v, crit, a) for v in variants}
+        crit, keys = cell_keys(ctx.sha256, name, a, ctx.device)
+        variants = tuple(keys)
         cached = {v: _cache_get(k) for v, k in keys.items()}
         scores, secs = None, 0.0
         if any(c is None for c in cached.values()):
@@ -250,8 +246,22 @@ def _model_entry(model_name: str, ctx, dense: dict, ref_idx, cells: list[dict], 
             "cells": list(cells)}
 
 
-def _cell_key(sha256: str, criterion: str, options: dict, normalize, crit, a) -> str:
-    """Everything that changes a cell: checkpoint, criterion (and its code), protocol settings, this code."""
+def cell_keys(sha256: str, name: str, a, device: str) -> tuple:
+    """``(criterion, {normalisation: cache key})`` of one criterion's cells on a checkpoint."""
+    from toolchain.importance import get_criterion
+
+    from .paper.config import Grid
+
+    options = Grid().criterion_options.get(name, {})  # the paper grid's options (IG along the input path)
+    crit = get_criterion(name, **options)
+    return crit, {v: _cell_key(sha256, name, options, v, crit, a, device=device)
+                  for v in NORMALIZATIONS[not crit.needs_data]}
+
+
+def _cell_key(sha256: str, criterion: str, options: dict, normalize, crit, a, *, device: str) -> str:
+    """Everything that changes a cell: checkpoint, criterion (and its code), protocol settings, this code, and
+    the device the cell computes on (``ctx.device``; keys from before it was passed wrote "cpu", so CPU keys
+    are unchanged)."""
     from toolchain.pipeline import code_version, criterion_source_files, digest
 
     # the criterion's own code, not its siblings', and the studies this module imports by name, not every
@@ -261,7 +271,7 @@ def _cell_key(sha256: str, criterion: str, options: dict, normalize, crit, a) ->
     return digest({"sha256": sha256, "criterion": criterion, "options": options, "normalize": normalize,
                    "sampling": a.sampling if crit.needs_data else None, "n_per_class": a.n_per_class,
                    "pool": a.pool_per_class, "seed": a.seed, "ratios": sorted(a.ratios), "budgets": a.budgets,
-                   "tol": [a.tolerance, a.sens_tolerance], "n_boot": a.n_boot, "device": "cpu",
+                   "tol": [a.tolerance, a.sens_tolerance], "n_boot": a.n_boot, "device": device,
                    "full_curves": a.full_curves, "code": code})[:20]
 
 

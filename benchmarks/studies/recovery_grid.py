@@ -53,6 +53,9 @@ RECIPE: dict[str, dict[str, Any]] = {
 }
 LOAD_SIZE = {"chest_xray_224": 64}
 CELL_VERSION = 2  # 2: cells keyed by dataset too
+# The device every cell computes on (dense model, scoring, search, recovery fit). The study has no device
+# option: ORT latency is measured on this CPU anyway, so the torch side stays on CPU too (prepare).
+CELL_DEVICE = "cpu"
 
 
 def _cache_root() -> Path:
@@ -167,7 +170,7 @@ def recovery_config(args, model: str):
     subset = args.recover_subset.get(model, args.recover_subset.get("*", 0))
     return RecoveryConfig(epochs=args.recover_epochs, train_subset=subset or None, lr=args.recover_lr,
                           augment=args.recover_augment, kd_weight=args.kd_weight, ce_weight=args.ce_weight,
-                          seed=args.seed, quiet=True).validate()
+                          seed=args.seed, device=CELL_DEVICE, quiet=True).validate()
 
 
 @dataclass
@@ -195,7 +198,8 @@ def prepare(model: str, data: str, args) -> Prepared:
     from toolchain.units import find_unit_layers
 
     weights, train_cmd = dense_checkpoint(model, data, dict(c.split("=", 1) for c in args.checkpoint or []))
-    ctx = load_context(weights)  # the checkpoint's own dataset, loaded as it was trained (load size, val cut)
+    # the checkpoint's own dataset, loaded as it was trained (load size, val cut), on the cells' device
+    ctx = load_context(weights, device=CELL_DEVICE)
     if ctx.ds.name != data:
         raise SystemExit(f"checkpoint {weights} was trained on {ctx.ds.name}, not {data}")
     train_cmd = train_command(ctx.meta.get("train_config"), train_cmd)
@@ -206,12 +210,24 @@ def prepare(model: str, data: str, args) -> Prepared:
 
 def cell_path(prep: Prepared, data: str, model: str, name: str, target: float, args) -> Path:
     """The cache file of one cell; its key is every input that decides the cell's numbers."""
+    key = cell_key(prep.ctx.sha256, name, target, prep.idx.tolist(), prep.rcfg.recipe() if prep.rcfg else None,
+                   args.threads, prep.ctx.device)
+    return _cache_root() / f"{data}-{model}-{name}-{target:g}-{key[:12]}.json"
+
+
+def cell_key(sha256: str, criterion: str, target: float, refs: list[int], recipe: dict | None, threads: int,
+             device: str) -> str:
+    """Digest of a cell's inputs. Its code version is recorded in the cell and checked on reuse instead
+    (``_recovery_versions``)."""
     from toolchain.pipeline import digest
 
-    key = digest({"v": CELL_VERSION, "ckpt": prep.ctx.sha256, "crit": name, "target": target,
-                  "refs": prep.idx.tolist(), "recovery": prep.rcfg.recipe() if prep.rcfg else None,
-                  "threads": args.threads})
-    return _cache_root() / f"{data}-{model}-{name}-{target:g}-{key[:12]}.json"
+    key = {"v": CELL_VERSION, "ckpt": sha256, "crit": criterion, "target": target, "refs": refs,
+           "recovery": recipe, "threads": threads}
+    if device != "cpu":
+        # keyed only off CPU: every cell computed before the device was keyed ran on CPU, and adding the entry
+        # for CPU too would change their keys and discard hours of computed cells
+        key["device"] = device
+    return digest(key)
 
 
 def cached_cell(path: Path, version: str, args) -> tuple[dict | None, str | None, bool]:
@@ -238,7 +254,7 @@ def compute_cell(prep: Prepared, model: str, name: str, target: float, args, ver
         prep.pruners[name] = pruner_at(prep.ctx.model, masker, prep.example)
     cell = run_cell(prep.ctx, prep.pruners[name], prep.example, target, prep.rcfg, args.threads, args.repeats,
                     lambda m: log(f"{model} · {name} · {m}"), align=args.align)
-    cell["criterion"], cell["code_version"] = name, version
+    cell["criterion"], cell["code_version"], cell["device"] = name, version, prep.ctx.device
     _write_json(path, cell)
     return cell
 

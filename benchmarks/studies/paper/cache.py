@@ -24,6 +24,10 @@ from .cell import CELL_VERSION, cell_task, dense_task, reference_task
 from .config import Grid
 
 TASKS = {"dense": dense_task, "reference": reference_task, "cell": cell_task}
+# The device every task computes on, in every task's key: ``cell.py`` loads checkpoints on load_checkpoint's
+# default device and evaluates through a CPU ``Context``, in Ray tasks that reserve CPUs only. It is named
+# here rather than read from cell.py because an edit to cell.py changes the code version of every task.
+TASK_DEVICE = "cpu"
 
 
 @dataclass(frozen=True)
@@ -124,9 +128,9 @@ def _base_spec(dataset: str, info: dict, grid: Grid) -> dict:
 
 def _task(kind: str, spec: dict, sha: str, extra: dict) -> Task:
     # paths and batch size do not change results; the checkpoint's sha256, data fingerprint and the device
-    # (tasks run on CPU) do; Pipeline.full_key adds the code version of the task function
+    # (TASK_DEVICE) do; Pipeline.full_key adds the code version of the task function
     ignore = {"checkpoint", "data_dir", "batch_size", "dense", "reference_indices"}
-    key = {"version": CELL_VERSION, "sha256": sha, "device": "cpu",
+    key = {"version": CELL_VERSION, "sha256": sha, "device": TASK_DEVICE,
            **{k: v for k, v in spec.items() if k not in ignore}, **extra}
     full = Pipeline.full_key(kind, key, TASKS[kind])
     return Task(kind, json.dumps(full, sort_keys=True, separators=(",", ":"), default=str), digest(full))

@@ -30,7 +30,7 @@ def test_protocol_cell_keys_follow_each_criterions_code(monkeypatch):
                               budgets=[1.0], tolerance=1.0, sens_tolerance=2.0, n_boot=10, full_curves=False)
 
     def keys() -> dict[str, str]:
-        return {c: pg._cell_key("sha", c, {}, None, get_criterion(c), a) for c in CRITERIA}
+        return {c: pg._cell_key("sha", c, {}, None, get_criterion(c), a, device="cpu") for c in CRITERIA}
 
     before = keys()
     assert len(set(before.values())) == len(CRITERIA)
