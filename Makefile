@@ -18,7 +18,7 @@ PRECISION ?= default
 OUT ?= dist
 SIGN_KEY ?=
 
-.PHONY: install test lint deploy recovery recovery-schedule recovery-selection split-shift criteria-agreement bench baselines importance removal export-bench tensorrt-check paper studies clean
+.PHONY: install test lint deploy protocol-grid recovery recovery-schedule recovery-selection split-shift criteria-agreement bench baselines importance removal export-bench tensorrt-check paper studies clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -38,6 +38,10 @@ deploy: install
 	  --sampling $(SAMPLING) --ratio $(RATIO) --granularity $(GRANULARITY) --precision $(PRECISION) --out $(OUT) \
 	  $(if $(SIGN_KEY),--sign-key $(SIGN_KEY)) $(if $(SPEEDUP),--speedup $(SPEEDUP)) \
 	  $(if $(VAL_FROM_TRAIN),--val-from-train $(VAL_FROM_TRAIN)) $(if $(VAL_FRACTION),--val-fraction $(VAL_FRACTION))
+
+# replays the runs recorded in benchmarks/results/protocol_grid.json and their merge (cached cells are read)
+protocol-grid: install
+	$(MEDPRUNE) study protocol_grid_repro
 
 recovery: install
 	$(MEDPRUNE) study recovery

@@ -306,13 +306,15 @@ def main(argv: list[str] | None = None) -> None:
                    help="confidence/clustering score a seeded subset of this many train images per class (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="test")
-    p.add_argument("--search-split", default="val")
+    p.add_argument("--search-split", default="val", help="split the lossless ratio is searched on (never test)")
     p.add_argument("--tolerance", type=float, default=1.0)
     p.add_argument("--sens-tolerance", type=float, default=2.0)
     p.add_argument("--no-lossless", action="store_true")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
     p.add_argument("--out", default=str(RESULTS / "importance"), help="report path stem (.json/.md/.png)")
     args = p.parse_args(argv)
+    if args.search_split == "test":  # choosing on the split the result is read on would grade its own answer
+        raise ConfigError("--search-split test: the lossless ratio is chosen on val (or train), never on test")
     OUT["stem"] = Path(args.out).with_suffix("") if Path(args.out).suffix in (".json", ".md") else Path(args.out)
     specs = split_specs(args.criteria) if args.criteria else default_criteria()
     for s in specs:
