@@ -5,10 +5,15 @@
     scores, secs = score_units(ctx.model, get_criterion("lrp"), x, y, layers)
     ev = RatioEvaluator(ctx, scores, layers)
     ev.metrics(0.3, "test")                                    # masked model's metrics (cached)
-    found = find_lossless(ev, tolerance=1.0, sens_tolerance=2.0, search_split="val")
+    found = find_lossless(ev, tolerance=1.0, sens_tolerance=2.0, search_split="val")   # point rule
+    found = find_lossless(BoundEvaluator(ctx, scores, layers), 1.0, 2.0)        # deploy's bound rule
 
-Lossless search. "Lossless" means: accuracy drops by at most ``tolerance`` points and no class's
-sensitivity drops by more than ``sens_tolerance`` points against the dense model on the same split.
+Lossless search. "Lossless" is decided by the evaluator's ``passes`` (its ``rule`` names it):
+:class:`BoundEvaluator` applies the rule of ``toolchain.lossless`` (the upper ends of the 95 % paired bootstrap
+intervals of the accuracy drop and of each class's sensitivity drop within ``tolerance`` / ``sens_tolerance``
+points; deploy and ``prune --find-lossless`` search with it); :class:`RatioEvaluator` the point rule (point
+drops within the tolerances, no interval; the paper and importance grids search with it, as their committed
+results were). :func:`lossless_evaluator` builds the evaluator of a rule named in ``LOSSLESS_RULES``.
 Accuracy vs ratio is *not* monotone (small ratios can even help), so the search assumes it is
 monotone only locally: a coarse scan (``coarse_step``, default 0.1, stopping after two consecutive
 failures) brackets the largest passing coarse ratio ``lo`` below the next failing one, then
@@ -27,7 +32,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -35,6 +40,8 @@ from torch import nn
 
 from .atomic import atomic_file, atomic_path
 from .errors import ConfigError
+from .lossless import RULE as LOSSLESS_RULE
+from .lossless import judge
 from .masking import MaskSet, apply_masks, build_masks, check_ratio, mask_report
 from .units import UnitLayer
 
@@ -167,8 +174,11 @@ def sensitivity_drops(dense: Mapping, pruned: Mapping) -> dict[str, float]:
 
 @dataclass
 class RatioEvaluator:
-    """Masks at any ratio from one set of scores, evaluated on any split (results cached per ratio/split)."""
+    """Masks at any ratio from one set of scores, evaluated on any split (results cached per ratio/split);
+    ``passes`` is the point rule."""
 
+    rule: ClassVar[str] = ("point: accuracy drop <= tolerance and every class's sensitivity drop <= sens-tolerance "
+                           "(points, no interval)")
     ctx: Context
     scores: Mapping[str, torch.Tensor]
     layers: Sequence[UnitLayer]
@@ -215,6 +225,7 @@ class RatioEvaluator:
         return mask_report(self.ctx.model, self.masks(ratio))
 
     def passes(self, ratio: float, split: str, tolerance: float, sens_tolerance: float) -> dict:
+        """The point rule at ``ratio`` on ``split`` (the pre-interval rule; :class:`BoundEvaluator` bounds)."""
         dense, pruned = self.metrics(0.0, split), self.metrics(ratio, split)
         acc = accuracy_drop(dense, pruned)
         sens = sensitivity_drops(dense, pruned)
@@ -228,6 +239,54 @@ class RatioEvaluator:
             q = qwk_point_check(dense, pruned, self.qwk_tolerance)
             out.update(q, passes=out["passes"] and q["qwk_passes"])
         return out
+
+
+@dataclass
+class BoundEvaluator(RatioEvaluator):
+    """:class:`RatioEvaluator` whose ``passes`` is the lossless rule of ``toolchain.lossless`` (paired bootstrap
+    bounds, ``lossless.judge``; graded classes also bound the QWK drop: ``ordinal.with_qwk_bound``), judged
+    from cached probabilities. Deploy's ratio stage and ``prune --find-lossless`` search with it."""
+
+    rule: ClassVar[str] = LOSSLESS_RULE
+    seed: int = 0  # bootstrap seed
+    _probs: dict = field(default_factory=dict, repr=False)
+
+    def probs(self, ratio: float, split: str):
+        """``(probabilities, labels)`` of the model masked at ``ratio`` on ``split`` (0: the dense model)."""
+        from .evaluate import predict
+
+        key = (round(float(ratio), 6), split)
+        if key not in self._probs:
+            model = self.ctx.model if key[0] == 0.0 else self._masked_model(self.masks(key[0]))
+            self._probs[key] = predict(model, self.ctx.ds, split, self.ctx.preprocess, self.batch_size,
+                                       self.ctx.device)
+        return self._probs[key]
+
+    def passes(self, ratio: float, split: str, tolerance: float, sens_tolerance: float) -> dict:
+        """The lossless rule at ``ratio`` on ``split`` (what ``find_lossless`` probes)."""
+        p_dense, y = self.probs(0.0, split)
+        p_pruned, _ = self.probs(ratio, split)
+        verdict = judge(y, p_dense, p_pruned, self.ctx.ds.class_names, tolerance=tolerance,
+                        sens_tolerance=sens_tolerance, seed=self.seed, split=split)
+        if self.qwk_tolerance is not None:
+            from .ordinal import with_qwk_bound
+
+            verdict = with_qwk_bound(verdict, y, p_dense, p_pruned, self.qwk_tolerance, self.seed)
+        return {"ratio": ratio, **verdict}
+
+
+# the lossless rules by name -> evaluator class (a literal: the CLI reads the names without importing torch)
+LOSSLESS_RULES = {"bound": "BoundEvaluator", "point": "RatioEvaluator"}
+
+
+def lossless_evaluator(rule: str, ctx: Context, scores: Mapping[str, torch.Tensor], layers: Sequence[UnitLayer], *,
+                       seed: int = 0, **kwargs) -> RatioEvaluator:
+    """The evaluator whose ``passes`` is ``rule``: "bound" (deploy's, ``toolchain.lossless``; ``seed`` seeds its
+    bootstrap) or "point" (no interval; the paper and importance grids searched with it)."""
+    if rule not in LOSSLESS_RULES:
+        raise ConfigError(f"unknown lossless rule {rule!r}; choose from {', '.join(LOSSLESS_RULES)}")
+    cls = globals()[LOSSLESS_RULES[rule]]  # the table names classes of this module
+    return cls(ctx, scores, layers, **({"seed": seed} if issubclass(cls, BoundEvaluator) else {}), **kwargs)
 
 
 def evaluate_ratios(ev: RatioEvaluator, ratios: Sequence[float], split: str = "test") -> dict[str, dict]:
@@ -260,7 +319,8 @@ def find_lossless(
     coarse_patience: int | None = 2,
     max_ratio: float = 0.99,
 ) -> dict:
-    """The largest ratio (on a ``resolution`` grid) that passes both tolerances on ``search_split``.
+    """The largest ratio (on a ``resolution`` grid) that passes ``ev``'s rule (``ev.passes``, recorded as
+    ``rule``) with both tolerances on ``search_split``.
 
     See the module docstring for the monotonicity assumption. ``coarse_step=None`` bisects the whole
     range ``[0, max_ratio]`` directly (fewer evaluations, more trust in monotonicity). The coarse scan
@@ -305,6 +365,7 @@ def find_lossless(
     monotone = all(a["passes"] or not b["passes"] for a, b in zip(trace, trace[1:], strict=False))
     return {
         "ratio": ratio,
+        "rule": getattr(ev, "rule", None),
         "search_split": search_split,
         "tolerance_pts": tolerance,
         "sens_tolerance_pts": sens_tolerance,

@@ -219,8 +219,12 @@ def _console(quiet: bool):
     return Console(stderr=True, quiet=quiet, log_path=False)
 
 
-def train(cfg: TrainConfig, force: bool = False) -> Path:
-    """Train (or reuse the cached run of) ``cfg``; returns the checkpoint's ``model.safetensors`` path."""
+def train(cfg: TrainConfig, force: bool = False, *, read_test: bool = True) -> Path:
+    """Train (or reuse the cached run of) ``cfg``; returns the checkpoint's ``model.safetensors`` path.
+
+    ``read_test=False`` trains without evaluating the test split (deploy: test is read once, in its final
+    report), so the sidecar's ``metrics`` then has no ``test`` entry. It is not in the cache key (the weights
+    do not depend on it): a cached run is returned as it was made, with or without test metrics."""
     from .data import Preprocess, load_dataset
     from .data.class_names import rename_classes
     from .data.input_profile import input_profile
@@ -251,7 +255,7 @@ def train(cfg: TrainConfig, force: bool = False) -> Path:
     preprocess = Preprocess.for_dataset(ds, cfg.img_size, in_chans)
 
     with deterministic(device):
-        result = fit(model, ds, preprocess, cfg, device=device, console=console)
+        result = fit(model, ds, preprocess, cfg, device=device, console=console, read_test=read_test)
     meta = {
         "class_names": list(ds.class_names),
         "preprocess": preprocess.to_dict(),

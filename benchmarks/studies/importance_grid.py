@@ -144,6 +144,7 @@ def run_model(model_key: str, checkpoint: str, args, specs: list[str], report: d
         forward_backward_seconds,
         load_context,
         load_scores,
+        lossless_evaluator,
         save_scores,
         score_units,
     )
@@ -163,8 +164,9 @@ def run_model(model_key: str, checkpoint: str, args, specs: list[str], report: d
         f"· threads {torch.get_num_threads()}")
 
     def cached_evaluator(scores_key: str, scores) -> RatioEvaluator:
-        ev = RatioEvaluator(ctx, scores, layers, "global", None, args.batch_size,
-                            log=lambda m: log(f"    {m}"))
+        # the point rule (no interval), as the results it wrote were searched; its evaluation cache holds metrics
+        ev = lossless_evaluator("point", ctx, scores, layers, scope="global", normalize=None,
+                                batch_size=args.batch_size, log=lambda m: log(f"    {m}"))
         for key, value in (evals.get(scores_key) or {}).items():
             ratio, split = key.split("|")
             ev._cache[(float(ratio), split)] = value

@@ -10,46 +10,17 @@ nothing here reads the test split.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolchain.lossless import RULE, judge, resolution_warnings
-from toolchain.prune_eval import RatioEvaluator
+from toolchain.lossless import RULE, resolution_warnings
+from toolchain.prune_eval import BoundEvaluator
 
 from .stage import Stage, added, live
 
-
-@dataclass
-class ValEvaluator(RatioEvaluator):
-    """Masks at any ratio, judged by the lossless rule on a split (val) from cached probabilities."""
-
-    seed: int = 0
-    qwk_tolerance: float | None = None  # graded classes: the rule also bounds the QWK drop (points)
-    _probs: dict = field(default_factory=dict, repr=False)
-
-    def probs(self, ratio: float, split: str):
-        """``(probabilities, labels)`` of the model masked at ``ratio`` on ``split`` (0: the dense model)."""
-        from toolchain.evaluate import predict
-
-        key = (round(float(ratio), 6), split)
-        if key not in self._probs:
-            model = self.ctx.model if key[0] == 0.0 else self._masked_model(self.masks(key[0]))
-            self._probs[key] = predict(model, self.ctx.ds, split, self.ctx.preprocess, self.batch_size,
-                                       self.ctx.device)
-        return self._probs[key]
-
-    def passes(self, ratio: float, split: str, tolerance: float, sens_tolerance: float) -> dict:
-        """The lossless rule at ``ratio`` on ``split`` (what ``find_lossless`` probes)."""
-        p_dense, y = self.probs(0.0, split)
-        p_pruned, _ = self.probs(ratio, split)
-        verdict = judge(y, p_dense, p_pruned, self.ctx.ds.class_names, tolerance=tolerance,
-                        sens_tolerance=sens_tolerance, seed=self.seed, split=split)
-        if self.qwk_tolerance is not None:
-            from toolchain.ordinal import with_qwk_bound
-
-            verdict = with_qwk_bound(verdict, y, p_dense, p_pruned, self.qwk_tolerance, self.seed)
-        return {"ratio": ratio, **verdict}
+# the lossless rule's evaluator lives in toolchain.prune_eval: `prune --find-lossless` searches with it too
+ValEvaluator = BoundEvaluator
 
 
 @dataclass

@@ -43,7 +43,7 @@ def train_checkpoint(cfg: DeployConfig, console) -> Trained:
                          data_dir=cfg.data_dir, build_args=dict(recipe.build_args) if recipe else {},
                          allow_missing_class=cfg.allow_missing_class, ordinal=cfg.ordinal,
                          val_from_train=cfg.val_from_train, val_fraction=cfg.val_fraction)
-        weights = train(tc)
+        weights = train(tc, read_test=False)  # test is read once, in the final report (#14)
         config, source = tc.to_dict(), "train (cached by its config)"
     sha = recorded_sha256(weights)
     console.print(f"    checkpoint {weights} (sha256 {sha[:12]})")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +38,37 @@ def tiny_setup(tmp_path_factory) -> Tiny:
     return Tiny(root, npz, weights)
 
 
+# few reference images, few fidelity images, few bench runs
+LEAN = ("--n-per-class", "3", "--pool-per-class", "12", "--fidelity-images", "4", "--bench-runs", "5")
+
+
 def deploy_args(tiny: Tiny, out: Path, cache: Path, *extra: str) -> list[str]:
     """`medprune deploy` argv for the tiny checkpoint with lean settings (few images, few bench runs)."""
     return ["deploy", "--checkpoint", str(tiny.ckpt), "--data", str(tiny.npz), "--out", str(out),
-            "--cache", str(cache), "--n-per-class", "3", "--pool-per-class", "12", "--fidelity-images", "4",
-            "--bench-runs", "5", *extra]
+            "--cache", str(cache), *LEAN, *extra]
+
+
+@contextlib.contextmanager
+def guard_test_split() -> Iterator[list[str]]:
+    """Every dataset's test split raises outside deploy's report phase; yields the reads ("early" for each
+    refused one, recorded too in case a caller swallows the error)."""
+    from devices.deploy import holdout
+    from toolchain.data.dataset import Dataset
+
+    reads: list[str] = []
+    original = Dataset.split
+
+    def split(self, name):
+        if name == "test":
+            if not holdout.report_open():
+                reads.append("early")
+                raise AssertionError("test split read before the final report phase")
+            reads.append(name)
+        return original(self, name)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Dataset, "split", split)
+        yield reads
 
 
 def deploy_json(argv: list[str]) -> dict:

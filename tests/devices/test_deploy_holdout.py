@@ -1,5 +1,6 @@
-"""Deploy's held-out test split (#14): the seal has no side door, the clinical gates refuse with the numbers
-(exit 3), and the val-resolution warnings say what the user can do."""
+"""Deploy's held-out test split (#14): the seal has no side door, a deploy that trains its own checkpoint
+reads test only in its final report too, the clinical gates refuse with the numbers (exit 3), and the
+val-resolution warnings say what the user can do."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 
 from devices.deploy import holdout
 from devices.deploy.report import clinical_gates
+from tests.conftest import write_tiny_npz
+from tests.devices._deploy_tiny import LEAN, deploy_json, guard_test_split
 from toolchain.errors import GateError
 from toolchain.lossless import judge, resolution_warnings
 
@@ -95,3 +98,23 @@ def test_resolution_warnings_cover_accuracy_and_a_class_without_val_images():
     assert any("class b has no val images" in ln and "add val images of it" in ln for ln in lines)
     assert not any("class a" in ln or "class c" in ln for ln in lines)  # 40 and 30 images resolve 5 pts
     assert resolution_warnings(np.array([0] * 200 + [1] * 100), ["a", "b"], 1.0, 2.0) == []
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_deploy_that_trains_reads_test_only_in_its_final_report(tmp_path):
+    """No --checkpoint: stage 0 trains (1 epoch, fresh cache) under the same guard as the --checkpoint deploy,
+    and the checkpoint it made carries no test metrics (training evaluated val only)."""
+    from toolchain.models import read_sidecar
+
+    npz = write_tiny_npz(tmp_path / "tinymnist.npz", n=(48, 24, 24))
+    argv = ["deploy", "--model", "test_resnet", "--data", str(npz), "--img-size", "16", "--epochs", "1",
+            "--out", str(tmp_path / "dist"), "--cache", str(tmp_path / "stages"), *LEAN]
+    with pytest.MonkeyPatch.context() as mp, guard_test_split() as reads:
+        mp.setenv("MEDPRUNE_CACHE", str(tmp_path / "cache"))  # nothing cached: deploy trains
+        mp.setenv("MEDPRUNE_THREADS", "1")
+        summary = deploy_json(argv)
+    assert reads and "early" not in reads, reads
+    weights = summary["checkpoint"]
+    assert str(tmp_path / "cache") in weights  # trained by this deploy, not found elsewhere
+    _, side = read_sidecar(weights)
+    assert set(side["meta"]["metrics"]) == {"val"} and side["meta"]["train"]["epochs_run"] == 1

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from devices.deploy import holdout
-from tests.devices._deploy_tiny import deploy_args, deploy_json, tiny_setup
+from tests.devices._deploy_tiny import deploy_args, deploy_json, guard_test_split, tiny_setup
 from tests.toolchain import fs_fixtures
 from toolchain.cli import main
 from toolchain.lossless import judge, resolution_warnings
@@ -28,22 +28,8 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def guarded(tiny, tmp_path_factory):
     """One deploy (fresh cache) where *every* dataset's test split raises until the report phase."""
-    from toolchain.data.dataset import Dataset
-
-    reads: list[str] = []
-    original = Dataset.split
-
-    def split(self, name):
-        if name == "test":
-            if not holdout.report_open():
-                reads.append("early")  # recorded too, in case a caller swallows the error
-                raise AssertionError("test split read before the final report phase")
-            reads.append(name)
-        return original(self, name)
-
     root = tmp_path_factory.mktemp("deploy_protocol")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Dataset, "split", split)
+    with guard_test_split() as reads:
         summary = deploy_json(deploy_args(tiny, root / "dist", root / "cache"))
     return summary, reads
 

@@ -1,4 +1,4 @@
-"""`medprune prune --find-lossless` on graded classes: the search also bounds the QWK drop (deploy's gate)."""
+"""`medprune prune --find-lossless` on graded classes: the search also bounds the QWK drop (deploy's rule by default)."""
 
 from __future__ import annotations
 
@@ -51,26 +51,34 @@ def graded_ckpt(tmp_path_factory):
                                  augment=False, patience=0, device="cpu", quiet=True, ordinal=True))
 
 
-def _lossless(ckpt, tmp_path, capsys, qwk_tolerance: float) -> dict:
-    out = tmp_path / f"q{qwk_tolerance}.json"
+def _lossless(ckpt, tmp_path, capsys, qwk_tolerance: float, rule: str = "bound") -> dict:
+    out = tmp_path / f"q{qwk_tolerance}-{rule}.json"
     # accuracy/sensitivity tolerances wide open: only the QWK bound can stop the search
     code, _, err = run_cli(["prune", "-c", ckpt, "--criterion", "magnitude", "--ratios", "0.3", "--find-lossless",
                             "--tolerance", "100", "--sens-tolerance", "100", "--qwk-tolerance", qwk_tolerance,
-                            "--split", "val", "--json", out, "-q"], capsys)
+                            "--lossless-rule", rule, "--split", "val", "--json", out, "-q"], capsys)
     assert code == 0, err
     return json.loads(out.read_text())["lossless"]
 
 
-def test_find_lossless_bounds_the_qwk_drop_on_val(graded_ckpt, tmp_path, capsys, cli_env):
-    loose = _lossless(graded_ckpt, tmp_path, capsys, 1000.0)
-    strict = _lossless(graded_ckpt, tmp_path, capsys, 0.0)
+@pytest.mark.parametrize("rule", ["bound", "point"])
+def test_find_lossless_bounds_the_qwk_drop_on_val(graded_ckpt, tmp_path, capsys, cli_env, rule):
+    """bound (default, deploy's): the upper 95 % bound of the QWK drop; point: the point drop."""
+    loose = _lossless(graded_ckpt, tmp_path, capsys, 1000.0, rule)
+    strict = _lossless(graded_ckpt, tmp_path, capsys, 0.0, rule)
     assert loose["qwk_tolerance_pts"] == 1000.0 and strict["qwk_tolerance_pts"] == 0.0
     assert loose["search_split"] == strict["search_split"] == "val"
     assert loose["ratio"] == pytest.approx(0.99)  # nothing else bounds it
     assert strict["ratio"] < loose["ratio"]  # a model with almost every unit masked loses QWK on val
+    assert "QWK drop" in strict["rule"]
     for t in strict["trace"]:
-        assert "qwk_drop_pts" in t and "grade_mae_increase" in t
-        assert t["passes"] == (t["qwk_drop_pts"] is None or t["qwk_drop_pts"] <= 1e-9)
+        if rule == "point":
+            assert "qwk_drop_pts" in t and "grade_mae_increase" in t
+            assert t["passes"] == (t["qwk_drop_pts"] is None or t["qwk_drop_pts"] <= 1e-9)
+        else:
+            od = t["ordinal"]
+            assert "qwk_drop_pts" in od and "grade_mae_increase" in od and t["n"] == 30
+            assert t["passes"] == (od["qwk_drop_ci_pts"] is None or od["qwk_drop_ci_pts"][1] <= 1e-9)
     assert any(not t["passes"] for t in strict["trace"])
 
 

@@ -83,6 +83,49 @@ def test_same_seed_gives_bit_identical_weights(tmp_path, monkeypatch):
     assert not torch.are_deterministic_algorithms_enabled()  # switched on only while training
 
 
+def test_read_test_false_trains_the_same_weights_without_reading_test(tmp_path, monkeypatch):
+    """Deploy trains with read_test=False: test is never read (its split raises), the sidecar has val metrics
+    only, and weights and cache folder are those of the default run (which scores test into the sidecar)."""
+    from toolchain.data.dataset import Dataset
+    from toolchain.models import read_sidecar
+
+    npz = write_tiny_npz(tmp_path / "tinymnist.npz")
+    monkeypatch.setenv("MEDPRUNE_THREADS", "1")
+    original = Dataset.split
+    runs = {}
+    for read_test in (True, False):
+        monkeypatch.setenv("MEDPRUNE_CACHE", str(tmp_path / str(read_test)))  # a fresh cache: really trains
+        with monkeypatch.context() as mp:
+            if not read_test:
+                mp.setattr(Dataset, "split", lambda self, name: original(self, name) if name != "test"
+                           else pytest.fail("training read the test split"))
+            weights = train(_cfg(npz, model="resnet50", build_args=dict(TINY_RESNET), epochs=1), read_test=read_test)
+        runs[read_test] = (weights.parent.name, read_sidecar(weights)[1])
+    (key_a, side_a), (key_b, side_b) = runs[True], runs[False]
+    assert set(side_a["meta"]["metrics"]) == {"val", "test"} and set(side_b["meta"]["metrics"]) == {"val"}
+    assert key_a == key_b and side_a["weights_sha256"] == side_b["weights_sha256"]
+
+
+def test_train_command_says_when_its_cached_checkpoint_has_no_test_metrics(tmp_path, capsys, cli_env, monkeypatch):
+    """A checkpoint deploy trained (read_test=False) is the cache entry `medprune train` of the same config
+    returns: the command says test was not scored and how to score it, instead of a silently shorter table."""
+    import toolchain.train as train_mod
+    from tests.toolchain._byom_data import run_cli
+
+    npz = write_tiny_npz(tmp_path / "tinymnist.npz")
+    cfg = TrainConfig(model="test_resnet", data=str(npz), img_size=16, epochs=1, batch_size=16, lr=3e-3,
+                      augment=False, patience=0, device="cpu", quiet=True)
+    weights = train(cfg, read_test=False)
+    monkeypatch.setattr(train_mod, "fit", lambda *a, **k: pytest.fail("retrained despite a cached checkpoint"))
+    code, out, err = run_cli(["train", "--model", "test_resnet", "--data", npz, "--img-size", "16", "--epochs", "1",
+                              "--batch-size", "16", "--lr", "0.003", "--no-augment", "--patience", "0",
+                              "--device", "cpu", "-q"], capsys)
+    assert code == 0, err
+    said = " ".join(out.split())
+    assert f"checkpoint: {weights}" in out and "no test metrics in this checkpoint" in said
+    assert f"medprune evaluate -c {weights} --split test" in said
+
+
 def test_deterministic_block_refuses_nondeterministic_ops():
     from toolchain.determinism import deterministic
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import typer
 
-from .choices import Criterion, Sampling, Scope, constant
+from .choices import Criterion, Sampling, Scope, constant, one_of
 from .options import ordinal_option
 
 RECOVERY = constant("toolchain.recovery.finetune", "RECIPE")  # the one recovery recipe, read without torch
+LosslessRule = one_of(constant("toolchain.prune_eval", "LOSSLESS_RULES"))  # rule names, read without torch
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -64,7 +65,12 @@ def register(app: typer.Typer) -> None:
         sens_tolerance: float = typer.Option(2.0, "--sens-tolerance", help="lossless: max per-class sensitivity drop (pts)"),
         qwk_tolerance: float = typer.Option(2.0, "--qwk-tolerance", help="lossless, graded classes (--ordinal): max QWK "
                                             "drop in points (100 x kappa), as deploy's gate"),
-        search_split: str = typer.Option("val", "--search-split", help="split the lossless search runs on"),
+        search_split: str = typer.Option("val", "--search-split", help="split the lossless search runs on: val or "
+                                         "train (never test: test only reports)"),
+        lossless_rule: LosslessRule = typer.Option("bound", "--lossless-rule",
+                                                   help="bound: deploy's rule, the upper ends of the 95 % paired "
+                                                        "bootstrap intervals of the drops within the tolerances; "
+                                                        "point: the point drops (no interval; the paper grid's rule)"),
         split: str = typer.Option("test", "--split", help="split the table reports (test or val)"),
         save_masks: Path = typer.Option(None, "--save-masks", help="folder for masks (one per ratio) and scores"),
         json_out: Path = typer.Option(None, "--json", help="also write everything as JSON here"),
@@ -106,14 +112,13 @@ def register(app: typer.Typer) -> None:
         from ..masking import SCOPES, normalize_option
         from ..metrics import metrics_table
         from ..prune_eval import (
-            RatioEvaluator,
             evaluate_ratios,
             load_context,
+            lossless_evaluator,
             reference_inputs,
             save_scores,
             score_units,
         )
-        from ..prune_eval import find_lossless as search_lossless
         from ..sampling import STRATEGIES
         from ..settings import resolve_device
         from ..units import find_unit_layers
@@ -142,9 +147,11 @@ def register(app: typer.Typer) -> None:
         norm = normalize_option(normalize)
         if targets not in ("label", "predicted"):
             raise ConfigError(f"--targets must be label or predicted, got {targets!r}")
-        for name, value in (("--split", split), ("--search-split", search_split)):
-            if value not in ("train", "val", "test"):
-                raise ConfigError(f"{name} must be train, val or test, got {value!r}")
+        if split not in ("train", "val", "test"):
+            raise ConfigError(f"--split must be train, val or test, got {split!r}")
+        if search_split not in ("train", "val"):  # a ratio chosen on test would be reported on the split that chose it
+            raise ConfigError(f"--search-split must be val or train, got {search_split!r}: the test split decides "
+                              "nothing, it only reports the ratio chosen on val (--split test)")
         if n_per_class < 1:
             raise ConfigError(f"--n-per-class must be a positive integer, got {n_per_class}")
         if min(tolerance, sens_tolerance, qwk_tolerance) < 0:
@@ -189,17 +196,14 @@ def register(app: typer.Typer) -> None:
         from ..ordinal import is_ordinal
 
         graded = is_ordinal(ctx.ds)  # graded classes: the search also bounds the QWK drop (deploy's gate)
-        ev = RatioEvaluator(ctx, scores, layers, scope, norm, batch_size, meta=meta,
-                            log=None if quiet else say, qwk_tolerance=qwk_tolerance if graded else None)
+        ev = lossless_evaluator(lossless_rule, ctx, scores, layers, seed=seed, scope=scope, normalize=norm,
+                                batch_size=batch_size, meta=meta, log=None if quiet else say,
+                                qwk_tolerance=qwk_tolerance if graded else None)
+        # the search (on val) runs before any ratio is evaluated on --split: test is read only to report
+        lossless = (_search_lossless(ev, search_split, tolerance, sens_tolerance, qwk_tolerance if graded else None,
+                                     say, console) if find_lossless else None)
         columns = evaluate_ratios(ev, ratio_list, split)
-        lossless = None
-        if find_lossless:
-            say(f"searching the lossless ratio on {search_split} "
-                f"(accuracy drop <= {tolerance} pts, sensitivity drop <= {sens_tolerance} pts"
-                f"{f', QWK drop <= {qwk_tolerance} pts' if graded else ''})")
-            lossless = search_lossless(ev, tolerance, sens_tolerance, search_split=search_split)
-            if graded:
-                lossless["qwk_tolerance_pts"] = qwk_tolerance
+        if lossless:
             lossless["metrics"] = ev.metrics(lossless["ratio"], split)
             columns[f"lossless {lossless['ratio']:.2f}"] = lossless["metrics"]
 
@@ -211,12 +215,7 @@ def register(app: typer.Typer) -> None:
             out.print(f"ratio {key}: {rep['units_pruned']}/{rep['units_total']} units pruned "
                       f"({rep['units_pruned_pct']:.1f}%), {rep['params_zeroed_pct']:.1f}% of parameters zeroed")
         if lossless:
-            if lossless["ratio"] > 0:
-                out.print(f"lossless ratio: {lossless['ratio']:.2f} (searched on {search_split}; "
-                          f"{len(lossless['trace'])} evaluations"
-                          f"{'' if lossless['monotone_on_trace'] else '; pass/fail was NOT monotone on the trace'})")
-            else:
-                out.print(f"no ratio >= 0.01 stays within the tolerances on {search_split}")
+            _print_lossless(lossless, out)
 
         if save_masks is not None:
             with atomic_dir(save_masks) as tmp:
@@ -236,3 +235,48 @@ def register(app: typer.Typer) -> None:
             with atomic_file(json_out, "w") as fh:
                 json.dump(payload, fh, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
             out.print(f"json: {json_out}")
+
+
+def _search_lossless(ev, split: str, tolerance: float, sens_tolerance: float, qwk_tolerance: float | None, say,
+                     console) -> dict:
+    """``find_lossless`` on ``split`` with ``ev``'s rule, the verdict at the ratio found and the resolution warnings."""
+    from ..lossless import resolution_warnings
+    from ..prune_eval import find_lossless
+
+    say(f"searching the lossless ratio on {split} (accuracy drop <= {tolerance} pts, sensitivity drop <= "
+        f"{sens_tolerance} pts{f', QWK drop <= {qwk_tolerance} pts' if qwk_tolerance is not None else ''})")
+    found = find_lossless(ev, tolerance, sens_tolerance, search_split=split)
+    if qwk_tolerance is not None:
+        found["qwk_tolerance_pts"] = qwk_tolerance
+        found["rule"] += "; graded classes: the QWK drop as well, <= qwk-tolerance (points)"
+    found["warnings"] = resolution_warnings(ev.ctx.ds.split(split).labels, ev.ctx.ds.class_names, tolerance,
+                                            sens_tolerance, split)
+    for line in found["warnings"]:
+        console.print(f"[yellow]warning:[/] {line}")
+    # the verdict that accepted the ratio (a failing one for ratio 0: the smallest ratio tried), from the trace
+    tried = {round(t["ratio"], 6): t for t in found["trace"]}
+    found["verdict"] = tried.get(round(found["ratio"], 6)) or (found["trace"][0] if found["trace"] else None)
+    return found
+
+
+def _print_lossless(found: dict, out) -> None:
+    """The rule, the ratio found and its drops on the search split (with their 95 % intervals under the bound rule)."""
+    split, v = found["search_split"], found["verdict"] or {}
+    out.print(f"lossless rule: {found['rule']}")
+    drops = ""
+    if "accuracy_drop_ci_pts" in v:
+        ci = v["accuracy_drop_ci_pts"]
+        worst = max(v["sensitivity_drop_ci_pts"].items(), key=lambda kv: kv[1][1], default=None)
+        drops = (f"accuracy drop {v['accuracy_drop_pts']:.2f} pts [95% CI {ci[0]:.2f}, {ci[1]:.2f}]"
+                 + (f", largest sensitivity-drop bound {worst[1][1]:.2f} pts ({worst[0]})" if worst else "")
+                 + f", n={v['n']}")
+    elif v:
+        drops = f"accuracy drop {v['accuracy_drop_pts']:.2f} pts, worst sensitivity drop {v['worst_sensitivity_drop_pts']:.2f} pts"
+    trace = (f"{len(found['trace'])} evaluations"
+             + ("" if found["monotone_on_trace"] else "; pass/fail was NOT monotone on the trace"))
+    if found["ratio"] > 0:
+        out.print(f"lossless ratio: {found['ratio']:.2f} (searched on {split}: {drops}; {trace})")
+    else:
+        failed = "; ".join(v.get("failed") or [])
+        out.print(f"no ratio >= 0.01 passes the rule on {split} ({trace}"
+                  + (f"; at {v['ratio']:.2f}: {failed}" if failed else "") + ")")

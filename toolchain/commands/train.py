@@ -71,6 +71,9 @@ def register(app: typer.Typer) -> None:
         meta = checkpoint_meta(weights)
         console = Console()
         console.print(metrics_table(meta.get("metrics") or {}))
+        if "test" not in (meta.get("metrics") or {}):  # deploy trains without reading test (its cache is shared)
+            console.print(f"[dim]no test metrics in this checkpoint (trained without reading test, as deploy does, or "
+                          f"no separate test split): `medprune evaluate -c {weights} --split test` reports them[/dim]")
         if out is not None:
             weights = copy_checkpoint(weights, out)
         print(f"checkpoint: {weights}")  # plain print: one unwrapped line scripts can parse

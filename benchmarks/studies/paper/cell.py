@@ -122,7 +122,7 @@ def cell_task(spec: dict) -> dict:
     from toolchain.importance import get_criterion
     from toolchain.masking import apply_masks
     from toolchain.models import load_checkpoint
-    from toolchain.prune_eval import Context, RatioEvaluator, find_lossless, score_units
+    from toolchain.prune_eval import Context, find_lossless, lossless_evaluator, score_units
     from toolchain.units import find_unit_layers
 
     from . import _adapters as ad
@@ -145,8 +145,9 @@ def cell_task(spec: dict) -> dict:
 
     view = evaluation_view(ds, {"test": spec.get("test_limit"), "val": spec.get("val_limit")}, seed)
     ctx = Context(model, meta, view, pre, "cpu", spec["checkpoint"], spec.get("sha256", ""))
-    ev = RatioEvaluator(ctx, scores, layers, scope=spec.get("scope", "global"), normalize=spec.get("normalize"),
-                        batch_size=spec.get("batch_size", 128))
+    # the paper grid's lossless search uses the point rule (no interval), as its committed cells were computed
+    ev = lossless_evaluator("point", ctx, scores, layers, scope=spec.get("scope", "global"),
+                            normalize=spec.get("normalize"), batch_size=spec.get("batch_size", 128))
     ad.seed_dense(ev, spec["dense"])
 
     t0 = time.perf_counter()
