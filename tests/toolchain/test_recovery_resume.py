@@ -191,3 +191,16 @@ def test_a_resume_state_of_another_key_is_not_used(tiny_ctx, tmp_path, monkeypat
         out = fit_resumable(copy.deepcopy(pruned), tiny_ctx.ds, tiny_ctx.preprocess, tcfg, make_loss=ce,
                             resume=ResumeFile(path, "b" * 64))
     assert [row["epoch"] for row in out["history"]] == [1, 2]
+
+
+def test_the_resume_line_names_the_epoch_and_a_changed_thread_count():
+    import types
+
+    from toolchain.recovery.loop import _resuming
+    from toolchain.recovery.resume import LoopState
+
+    cfg = types.SimpleNamespace(epochs=4, patience=2)
+    now = torch.get_num_threads()
+    assert _resuming("f" * 64, LoopState(epoch=1, threads=now), cfg) == f"resuming {'f' * 16} at epoch 2/4"
+    assert "after its last epoch (2/4)" in _resuming("f" * 64, LoopState(epoch=2, stale=2, threads=now), cfg)
+    assert f"{now + 3} torch threads, now {now}" in _resuming("f" * 64, LoopState(epoch=1, threads=now + 3), cfg)

@@ -39,7 +39,7 @@ def fit_resumable(model: nn.Module, ds, preprocess, cfg, *, make_loss, device: s
         loop = LoopState()
         optimizer, schedule = _optimizer(cfg, model, len(loader))  # a failed load may have half-restored them
     else:
-        console.print(f"resuming {resume.key[:16]} at epoch {loop.epoch + 1}/{cfg.epochs}")
+        console.print(_resuming(resume.key, loop, cfg))
     val_split = "val" if "val" in ds.splits else "test"
     start = time.perf_counter()
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -82,6 +82,15 @@ def _optimizer(cfg, model, batches: int):
     schedule = make_schedule(optimizer, cfg.epochs * batches, int(round(cfg.warmup_epochs * batches)),
                              cfg.min_lr_ratio)
     return optimizer, schedule
+
+
+def _resuming(key: str, loop: LoopState, cfg) -> str:
+    done = loop.epoch >= cfg.epochs or _stopped(loop, cfg)
+    where = f"after its last epoch ({loop.epoch}/{cfg.epochs})" if done else f"at epoch {loop.epoch + 1}/{cfg.epochs}"
+    threads = torch.get_num_threads()
+    other = (f" (state written with {loop.threads} torch threads, now {threads}: the bits may differ from an "
+             "uninterrupted run)") if loop.threads and loop.threads != threads else ""
+    return f"resuming {key[:16]} {where}{other}"
 
 
 def _stopped(loop: LoopState, cfg) -> bool:

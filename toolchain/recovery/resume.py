@@ -12,17 +12,18 @@ history, the optimizer's groups, the LR schedule, the numpy and Python RNG state
 and a sha256 over all of it. A file whose digest, key, shapes or counters do not match is ignored with a
 one-line warning and the fit starts over: a damaged state is never trusted. Every random number the loop
 draws comes from these RNGs or from the loader's (seed, epoch) generators (``toolchain.data.loader``),
-so a resumed fit is bit-identical to an uninterrupted one.
+so a resumed fit is bit-identical to an uninterrupted one run with the same torch thread count (CPU kernels
+give other bits on another count; the state records it and a resume on another count says so: pin
+``MEDPRUNE_THREADS`` where bits matter).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import random
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ class LoopState:
     best_epoch: int = -1
     stale: int = 0
     wall_s: float = 0.0  # seconds spent by earlier, interrupted runs
+    threads: int = 0  # torch threads of the run that wrote the state (CPU bits depend on it)
     best_state: dict[str, torch.Tensor] | None = None
 
 
@@ -84,10 +86,6 @@ class ResumeFile:
                           "starting over", stacklevel=2)
             return None
 
-    def discard(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
 
 def _cpu(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu").contiguous().clone()
@@ -113,7 +111,8 @@ def _pack(key, loop, model, optimizer, schedule, memo) -> tuple[dict[str, torch.
     if memo:
         tensors["memo.keys"] = torch.tensor(np.frombuffer(b"".join(memo), dtype=np.uint8).reshape(len(memo), -1))
         tensors["memo.logits"] = torch.stack([_cpu(v) for v in memo.values()])
-    counters = {k: v for k, v in asdict(loop).items() if k != "best_state"}
+    counters = {f.name: getattr(loop, f.name) for f in fields(loop) if f.name != "best_state"}
+    counters["threads"] = torch.get_num_threads()
     header = {"format": FORMAT, "key": key, **counters, "has_best": loop.best_state is not None,
               "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
               "schedule": schedule.state_dict(),
@@ -187,6 +186,7 @@ def _apply(tensors, header, model: nn.Module, optimizer, schedule, memo: dict | 
     return LoopState(epoch=int(header["epoch"]), history=header["history"],
                      best=None if best is None else (float(best[0]), float(best[1])),
                      best_epoch=int(header["best_epoch"]), stale=int(header["stale"]), wall_s=float(header["wall_s"]),
+                     threads=int(header.get("threads") or 0),
                      best_state=prefixed("best.") if header["has_best"] else None)
 
 
