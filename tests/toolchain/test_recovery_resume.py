@@ -204,3 +204,36 @@ def test_the_resume_line_names_the_epoch_and_a_changed_thread_count():
     assert _resuming("f" * 64, LoopState(epoch=1, threads=now), cfg) == f"resuming {'f' * 16} at epoch 2/4"
     assert "after its last epoch (2/4)" in _resuming("f" * 64, LoopState(epoch=2, stale=2, threads=now), cfg)
     assert f"{now + 3} torch threads, now {now}" in _resuming("f" * 64, LoopState(epoch=1, threads=now + 3), cfg)
+
+
+@pytest.mark.parametrize("best_epoch", [1, 2])
+def test_a_saved_state_round_trips_with_best_weights_of_an_earlier_epoch_or_the_last(tmp_path, best_epoch):
+    from toolchain.recovery.resume import LoopState, ResumeFile
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    schedule.step()
+    earlier = {k: v + 1 for k, v in model.state_dict().items()}
+    best = earlier if best_epoch == 1 else {k: v.clone() for k, v in model.state_dict().items()}
+    loop = LoopState(epoch=2, history=[{"epoch": 1}, {"epoch": 2}], best=(0.5, 0.25), best_epoch=best_epoch,
+                     best_state=best)
+    memo = {bytes(range(16)): torch.tensor([1.0, 2.0])}
+    slot = ResumeFile(tmp_path / "resume.safetensors", "k" * 64)
+    slot.save(loop, model, optimizer, schedule, memo)
+
+    fresh = torch.nn.Linear(3, 2)
+    opt2 = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda step: 0.5 ** step)
+    memo2: dict = {}
+    back = slot.load(fresh, opt2, sched2, memo2, epochs=3)
+    _assert_same_weights(model, fresh)
+    assert back.best == (0.5, 0.25) and back.best_epoch == best_epoch and back.history == loop.history
+    assert all(torch.equal(back.best_state[k], best[k]) for k in best)
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert sched2.get_last_lr() == schedule.get_last_lr() and torch.equal(memo2[bytes(range(16))], memo[bytes(range(16))])
+    with pytest.warns(UserWarning, match="run of 1"):  # more epochs done than this run has: not trusted
+        assert slot.load(fresh, opt2, sched2, {}, epochs=1) is None

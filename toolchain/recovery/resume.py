@@ -93,7 +93,10 @@ def _cpu(t: torch.Tensor) -> torch.Tensor:
 
 def _pack(key, loop, model, optimizer, schedule, memo) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = {f"student.{k}": _cpu(v) for k, v in model.state_dict().items()}
-    tensors.update({f"best.{k}": _cpu(v) for k, v in (loop.best_state or {}).items()})
+    # saved right after its epoch, a best epoch's weights are the student's: stored once
+    best = None if loop.best_state is None else "student" if loop.best_epoch == loop.epoch else "own"
+    if best == "own":
+        tensors.update({f"best.{k}": _cpu(v) for k, v in loop.best_state.items()})
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for idx, entry in opt["state"].items():
@@ -113,7 +116,7 @@ def _pack(key, loop, model, optimizer, schedule, memo) -> tuple[dict[str, torch.
         tensors["memo.logits"] = torch.stack([_cpu(v) for v in memo.values()])
     counters = {f.name: getattr(loop, f.name) for f in fields(loop) if f.name != "best_state"}
     counters["threads"] = torch.get_num_threads()
-    header = {"format": FORMAT, "key": key, **counters, "has_best": loop.best_state is not None,
+    header = {"format": FORMAT, "key": key, **counters, "best_weights": best,
               "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
               "schedule": schedule.state_dict(),
               "rng": {"numpy": [np_state[0], *np_state[2:]], "python": random.getstate()}}
@@ -149,7 +152,9 @@ def _check(tensors, header, model: nn.Module, optimizer, epochs: int) -> None:
     if not 1 <= int(header["epoch"]) <= epochs or len(header["history"]) != header["epoch"]:
         raise ValueError(f"epoch {header['epoch']} with {len(header['history'])} history rows, run of {epochs}")
     want = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
-    for prefix in ("student.", *(("best.",) if header["has_best"] else ())):
+    if header["best_weights"] not in (None, "student", "own"):
+        raise ValueError(f"best weights {header['best_weights']!r}")
+    for prefix in ("student.", *(("best.",) if header["best_weights"] == "own" else ())):
         got = {k[len(prefix):]: (v.shape, v.dtype) for k, v in tensors.items() if k.startswith(prefix)}
         if got != want:
             raise ValueError(f"{prefix[:-1]} tensors do not match the model being recovered")
@@ -187,7 +192,8 @@ def _apply(tensors, header, model: nn.Module, optimizer, schedule, memo: dict | 
                      best=None if best is None else (float(best[0]), float(best[1])),
                      best_epoch=int(header["best_epoch"]), stale=int(header["stale"]), wall_s=float(header["wall_s"]),
                      threads=int(header.get("threads") or 0),
-                     best_state=prefixed("best.") if header["has_best"] else None)
+                     best_state={"own": prefixed("best."), "student": prefixed("student."), None: None}[
+                         header["best_weights"]])
 
 
 def _set_rng(tensors: dict[str, torch.Tensor], rng: dict[str, Any]) -> None:
