@@ -3,15 +3,17 @@
     cfg = RecoveryConfig()  # the recipe (RECIPE); override fields as flags do: RecoveryConfig(epochs=4)
     recovered, info = recover_cached(pruned, dense, ds, preprocess, cfg, meta=pruned_meta, teacher_sha=sha)
 
-The training loop is :func:`toolchain.train.fit` (AdamW, warmup + cosine per step, class-weighted
-cross-entropy, progress bar, best epoch by *val balanced accuracy*, early stopping) with the
-distillation loss of :mod:`.distill` plugged in. The learning rate defaults to the dense model's own
+The training loop is :func:`toolchain.train.fit`'s (AdamW, warmup + cosine per step, class-weighted
+cross-entropy, progress bar, best epoch by *val balanced accuracy*, early stopping), run by
+:func:`.loop.fit_resumable` with the distillation loss of :mod:`.distill` plugged in. The learning rate defaults to the dense model's own
 training rate (recorded in its checkpoint), so one recipe serves VGG (1e-4) and ResNet (1e-3) alike.
 
 Cache: ``cache_dir()/recovered/<key>/`` holds the recovered checkpoint and ``result.json``; the key is
 the digest of (``VERSION``, teacher checkpoint sha256, the pruned student's weights, the config, the
-dataset fingerprint). A finished recovery is reused; an interrupted one leaves nothing behind (atomic
-folder) and is redone whole on the next run (no mid-epoch resume).
+dataset fingerprint). A finished recovery is reused. While it runs, the folder holds a resume state
+written after every epoch (:mod:`.resume`); a later call with the same key continues from the next epoch
+(an interrupted epoch is redone) and ends bit-identical to an uninterrupted run; the finished entry
+replaces the folder, resume state included (atomic folder).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..importance._hooks import frozen_params
 from .distill import check_weights, distill_loss_factory
+from .resume import ResumeFile
 
 VERSION = 1  # bump when the recovery procedure changes what it produces
 _NOT_HASHED = ("quiet", "device")
@@ -124,9 +127,14 @@ def cache_key(cfg: RecoveryConfig, teacher_sha: str, student: nn.Module, ds_fing
 
 
 def recover(student: nn.Module, teacher: nn.Module, ds, preprocess, cfg: RecoveryConfig, dense_meta: dict,
-            console=None) -> dict[str, Any]:
-    """Fine-tune ``student`` in place with distillation from ``teacher``; returns fit's result."""
-    from ..train import configure_threads, fit, seed_everything
+            console=None, resume: ResumeFile | None = None) -> dict[str, Any]:
+    """Fine-tune ``student`` in place with distillation from ``teacher``; returns fit's result.
+
+    ``resume``: where the per-epoch state is kept (``recover_cached`` passes its entry's); with a state
+    there, the fit continues from it."""
+    from ..train import configure_threads, seed_everything
+    from .distill import MEMO
+    from .loop import fit_resumable
 
     cfg.validate()
     if not isinstance(student, nn.Module) or not isinstance(teacher, nn.Module):
@@ -145,9 +153,9 @@ def recover(student: nn.Module, teacher: nn.Module, ds, preprocess, cfg: Recover
     make_loss = distill_loss_factory(teacher, cfg.temperature, cfg.kd_weight, cfg.ce_weight, memo_key=memo)
     # the teacher is frozen only while it teaches: callers keep using it (graph tracing needs grads)
     try:
-        with frozen_params(teacher):
-            return fit(student, ds, preprocess, tcfg, device=cfg.device, console=console, make_loss=make_loss,
-                       read_test=False)  # test is read once, by whoever reports
+        with frozen_params(teacher):  # test is not read: it is read once, by whoever reports
+            return fit_resumable(student, ds, preprocess, tcfg, make_loss=make_loss, device=cfg.device,
+                                 console=console, resume=resume, memo=MEMO.table(memo) if memo else None)
     finally:
         teacher.train(was_training)
 
@@ -175,7 +183,8 @@ def recover_cached(student: nn.Module, teacher: nn.Module, ds, preprocess, cfg: 
         model, _ = load_checkpoint(weights, device=cfg.device)
         return _aligned(model.eval(), teacher, ds, preprocess, cfg, {**info, "cached": True,
                                                                      "checkpoint": str(weights)})
-    result = recover(student, teacher, ds, preprocess, cfg, meta, console=console)
+    result = recover(student, teacher, ds, preprocess, cfg, meta, console=console,
+                     resume=ResumeFile(folder / "resume.safetensors", key))
     info = {"key": key, "version": VERSION, "recipe": cfg.recipe(), "history": result["history"],
             "summary": result["summary"], "val": result["metrics"].get("val")}
     with atomic_dir(folder) as tmp:
