@@ -22,30 +22,36 @@ Choices (documented here because every later stage inherits these checkpoints):
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import random
 import re
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from . import settings
 from .atomic import atomic_dir
 from .determinism import deterministic
 from .errors import ConfigError
+from .fitloop import (  # noqa: F401 (the loop lives in .fitloop, shared with recovery; importers find it here)
+    class_weights,
+    fit,
+    make_console,
+    make_optimizer,
+    make_schedule,
+    stratified_subset,
+)
 from .pipeline import digest
 
 _NOT_HASHED = ("device", "data_dir", "quiet", "allow_missing_class")  # empty classes are in the fingerprint
 SELECT_METRICS = ("balanced_accuracy", "auc", "accuracy", "qwk")
 # What decides the trained weights besides the config: its code version is part of every cache key.
-TRAINING_CODE = ("toolchain.train", "toolchain.data", "toolchain.models", "toolchain.evaluate", "toolchain.metrics")
+TRAINING_CODE = ("toolchain.train", "toolchain.fitloop", "toolchain.data", "toolchain.models", "toolchain.evaluate",
+                 "toolchain.metrics")
 
 
 @dataclass
@@ -161,64 +167,6 @@ def checkpoint_dir(cfg: TrainConfig, ds_name: str, fingerprint: str) -> Path:
     return settings.cache_dir() / "checkpoints" / f"{_slug(cfg.model)}-{_slug(ds_name)}-{cfg.cache_key(fingerprint)}"
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for _name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    groups = _param_groups(model, cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
-def make_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
-                  min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    weights = counts.sum() / (num_classes * np.maximum(counts, 1))
-    return torch.tensor(weights, dtype=torch.float32)
-
-
-def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """``n`` indices with the class proportions of ``labels`` (at least one per class)."""
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    picked = []
-    for c in classes:
-        idx = np.flatnonzero(labels == c)
-        k = max(1, int(round(n * len(idx) / len(labels))))
-        picked.append(rng.permutation(idx)[:k])
-    return np.sort(np.concatenate(picked))
-
-
-def _score(metrics: dict[str, Any], key: str) -> tuple[float, float]:
-    def num(v: Any) -> float:
-        return float(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else -1.0
-
-    return num(metrics.get(key)), num(metrics.get("auc"))
-
-
-def _console(quiet: bool):
-    from rich.console import Console
-
-    return Console(stderr=True, quiet=quiet, log_path=False)
-
-
 def train(cfg: TrainConfig, force: bool = False, *, read_test: bool = True) -> Path:
     """Train (or reuse the cached run of) ``cfg``; returns the checkpoint's ``model.safetensors`` path.
 
@@ -232,7 +180,7 @@ def train(cfg: TrainConfig, force: bool = False, *, read_test: bool = True) -> P
     from .ordinal import ORDINAL_KEY, mark_ordinal
 
     cfg.validate()
-    console = _console(cfg.quiet)
+    console = make_console(cfg.quiet)
     ds = load_dataset(cfg.data, cfg.data_dir, load_size=cfg.load_size, val_fraction=cfg.val_fraction,
                       val_from_train=cfg.val_from_train, seed=cfg.seed, allow_missing_class=cfg.allow_missing_class)
     source_names = rename_classes(ds, cfg.class_names)
@@ -274,117 +222,6 @@ def train(cfg: TrainConfig, force: bool = False, *, read_test: bool = True) -> P
     with atomic_dir(out_dir) as tmp:
         save_checkpoint(tmp / "model.safetensors", model, meta)
     return weights
-
-
-def fit(model: nn.Module, ds, preprocess, cfg: TrainConfig, *, device: str = "cpu", console=None,
-        make_loss=None, read_test: bool = True) -> dict[str, Any]:
-    """Train ``model`` in place (ending on the best-validation weights); returns metrics/history/summary.
-
-    ``make_loss(class_weight) -> loss(logits, y, x)`` replaces the weighted cross-entropy (recovery
-    distils from a teacher that needs the batch ``x``); the class weights are computed here either way.
-    ``read_test=False`` leaves the test split unread (recovery inside a pipeline that reads it once, later).
-    """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .data import make_loader
-    from .evaluate import evaluate
-
-    console = console or _console(cfg.quiet)
-    train_split = ds.split("train")
-    indices = None
-    if cfg.train_subset and cfg.train_subset < len(train_split):
-        indices = stratified_subset(train_split.labels, cfg.train_subset, cfg.seed)
-    labels = train_split.labels if indices is None else train_split.labels[indices]
-    loader = make_loader(ds, "train", preprocess, cfg.batch_size, train=True, seed=cfg.seed, indices=indices,
-                         augment=cfg.augment)
-    if len(loader) == 0:
-        raise ConfigError(f"no training batches: {loader.n} images with batch size {cfg.batch_size}")
-    weight = class_weights(labels, ds.num_classes).to(device) if cfg.class_weighting else None
-    if make_loss is None:
-        ce = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
-        criterion = lambda logits, y, _x: ce(logits, y)  # noqa: E731
-    else:
-        criterion = make_loss(weight)
-    optimizer = make_optimizer(cfg, model)
-    total = cfg.epochs * len(loader)
-    schedule = make_schedule(optimizer, total, int(round(cfg.warmup_epochs * len(loader))), cfg.min_lr_ratio)
-    val_split = "val" if "val" in ds.splits else "test"
-
-    history: list[dict[str, Any]] = []
-    best: tuple[float, float] | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch = -1
-    stale = 0
-    start = time.perf_counter()
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[status]}")]
-    with Progress(*columns, console=console, transient=False, disable=cfg.quiet) as progress:
-        task = progress.add_task(f"{cfg.model} epoch 1/{cfg.epochs}", total=total, status="")
-        for epoch in range(cfg.epochs):
-            t0 = time.perf_counter()
-            model.train()
-            loader.set_epoch(epoch)
-            running, seen = 0.0, 0
-            for x, y in loader:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                logits = model(x)
-                loss = criterion(logits, y, x)
-                if not torch.isfinite(loss):
-                    raise ConfigError(
-                        f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower --lr (now {cfg.lr})"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                schedule.step()
-                running += loss.item() * len(y)
-                seen += len(y)
-                progress.update(task, advance=1, status=f"loss {running / seen:.4f}")
-            train_time = time.perf_counter() - t0
-            val = evaluate(model, ds, val_split, preprocess, device=device, intervals=False)  # selection only
-            score = _score(val, cfg.select_metric)
-            improved = best is None or score > best
-            row = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), "lr": schedule.get_last_lr()[0],
-                   "val_accuracy": val.get("accuracy"), "val_balanced_accuracy": val.get("balanced_accuracy"),
-                   "val_auc": val.get("auc"), "epoch_s": round(train_time, 2),
-                   "eval_s": round(time.perf_counter() - t0 - train_time, 2)}
-            history.append(row)
-            if improved:
-                best, best_epoch, stale = score, epoch + 1, 0
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-            status = (f"loss {row['train_loss']:.4f} val acc {_fmt(row['val_accuracy'])} "
-                      f"bal {_fmt(row['val_balanced_accuracy'])} auc {_fmt(row['val_auc'])}")
-            progress.update(task, description=f"{cfg.model} epoch {min(epoch + 2, cfg.epochs)}/{cfg.epochs}",
-                            status=status)
-            console.log(f"epoch {epoch + 1}/{cfg.epochs} {status} ({train_time:.0f}s)"
-                        + (" *" if improved else ""))
-            if cfg.patience and stale >= cfg.patience:
-                console.log(f"early stop: no val {cfg.select_metric} gain for {cfg.patience} epochs")
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    metrics = {"val": evaluate(model, ds, val_split, preprocess, device=device)}
-    if read_test and "test" in ds.splits and val_split != "test":
-        metrics["test"] = evaluate(model, ds, "test", preprocess, device=device)
-    epochs_run = len(history)
-    summary = {
-        "best_epoch": best_epoch,
-        "epochs_run": epochs_run,
-        "select_metric": cfg.select_metric,
-        "wall_s": round(time.perf_counter() - start, 1),
-        "sec_per_epoch": round(sum(h["epoch_s"] for h in history) / max(epochs_run, 1), 2),
-        "train_images": int(len(labels)),
-    }
-    return {"metrics": metrics, "history": history, "summary": summary}
-
-
-def _fmt(v: Any) -> str:
-    return "n/a" if v is None else f"{float(v):.3f}"
 
 
 def copy_checkpoint(weights: Path, out: str | os.PathLike) -> Path:

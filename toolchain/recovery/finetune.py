@@ -3,7 +3,7 @@
     cfg = RecoveryConfig()  # the recipe (RECIPE); override fields as flags do: RecoveryConfig(epochs=4)
     recovered, info = recover_cached(pruned, dense, ds, preprocess, cfg, meta=pruned_meta, teacher_sha=sha)
 
-The training loop is :func:`toolchain.train.fit`'s (AdamW, warmup + cosine per step, class-weighted
+The training loop is :func:`toolchain.fitloop.fit`, the one ``train.fit`` runs (AdamW, warmup + cosine per step, class-weighted
 cross-entropy, progress bar, best epoch by *val balanced accuracy*, early stopping), run by
 :func:`.loop.fit_resumable` with the distillation loss of :mod:`.distill` plugged in. The learning rate defaults to the dense model's own
 training rate (recorded in its checkpoint), so one recipe serves VGG (1e-4) and ResNet (1e-3) alike.

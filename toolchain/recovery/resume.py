@@ -23,7 +23,7 @@ import hashlib
 import json
 import random
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..fitloop import LoopState
+
 FORMAT = 1
 _HEADER = "medprune_resume"
-
-
-@dataclass
-class LoopState:
-    """The epoch loop's own counters (what ``toolchain.train.fit`` keeps in local variables)."""
-
-    epoch: int = 0  # epochs finished
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best: tuple[float, float] | None = None
-    best_epoch: int = -1
-    stale: int = 0
-    wall_s: float = 0.0  # seconds spent by earlier, interrupted runs
-    threads: int = 0  # torch threads of the run that wrote the state (CPU bits depend on it)
-    best_state: dict[str, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
