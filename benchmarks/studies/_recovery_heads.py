@@ -93,7 +93,7 @@ def markdown(entries: list[dict]) -> list[str]:
     if not entries:
         return []
     lines = ["", "Heads vs MLP units removed per cell (from the dense and the recovered checkpoint's manifests; "
-             "the same structure in every recovery state; check = heads + MLP units equal the cell's removal report):"]
+             "the same structure in every recovery state; check = heads + MLP units equal the cell's removal report):", ""]
     for e in entries:
         head = f"- {e['criterion']} ÷{e['target_macs_div']:g}: "
         if "missing" in e:
