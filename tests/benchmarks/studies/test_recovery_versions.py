@@ -24,10 +24,10 @@ def fake_study(monkeypatch, tmp_path):
 
     monkeypatch.setenv("MEDPRUNE_CACHE", str(tmp_path))
     ds = types.SimpleNamespace(name="pneumoniamnist", fingerprint="f" * 64, class_names=["a", "b"])
-    ctx = types.SimpleNamespace(ds=ds, meta={}, sha256="c" * 64, model=torch.nn.Identity())
+    ctx = types.SimpleNamespace(ds=ds, meta={}, sha256="c" * 64, model=torch.nn.Identity(), device="cpu")
     monkeypatch.setattr(grid, "dense_checkpoint", lambda m, d, given: ("dense.safetensors", "medprune train"))
     monkeypatch.setattr(grid, "_dense_probs", lambda ctx: {})
-    monkeypatch.setattr(prune_eval, "load_context", lambda w: ctx)
+    monkeypatch.setattr(prune_eval, "load_context", lambda w, device="cpu": ctx)
     monkeypatch.setattr(prune_eval, "reference_inputs", lambda *a, **k: (torch.zeros(2, 1, 4, 4), [0, 1],
                                                                          np.arange(2)))
     monkeypatch.setattr(units, "find_unit_layers", lambda m: [])
