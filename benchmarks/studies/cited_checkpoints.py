@@ -17,6 +17,11 @@ A retrain is proved a retrain, not a cache hit: its checkpoint must be another f
 (run with ``MEDPRUNE_CACHE`` set to an empty folder), and its record says whether this call trained it
 or found it in that folder's cache, with the thread count, torch build and cache key it was trained
 with, beside the cited checkpoint's (what to suspect when the sha256 differs).
+
+The retrain runs the ``medprune`` console script beside the interpreter, so it trains (and keys the training
+cache, whose key holds the training-code version) with the installed package's code, not necessarily the tree
+the calling command runs from: to reuse retrains cached by an older training-code version, put that version's
+tree first on ``PYTHONPATH`` for both.
 """
 
 from __future__ import annotations
