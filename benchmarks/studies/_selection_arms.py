@@ -22,7 +22,8 @@ LONG_EPOCHS = 6
 LONG_LEVELS = {"vgg19": (5.0, 8.0)}
 
 
-def _kd_rows(m: dict, state: str, arm: str) -> list[dict]:
+def state_rows(m: dict, state: str, arm: str | None = None) -> list[dict]:
+    """The rows of one dataset x model section in recovery ``state``, each tagged with its ``arm``."""
     return [{**r, "arm": arm} for r in m["rows"] if r.get("state", "kd") == state]
 
 
@@ -37,7 +38,7 @@ def pooled(design: dict, long: dict, complete: bool) -> dict[str, Any]:
         raise ConfigError(f"the 2-epoch arm's {design['dataset']}:{design['model']} was computed from checkpoint "
                           f"{design['checkpoint_sha256'][:12]}, the long arm's from {long['checkpoint_sha256'][:12]}")
     state = design["headline"].get("state", "kd")
-    rows = _kd_rows(design, state, DESIGN) + _kd_rows(long, state, LONG)  # 2-epoch first: it wins exact ties
+    rows = state_rows(design, state, DESIGN) + state_rows(long, state, LONG)  # 2-epoch first: it wins exact ties
     per_arm = {}
     for arm in (DESIGN, LONG):
         mine = [r for r in rows if r["arm"] == arm]
@@ -123,7 +124,7 @@ def _limits(label: str, design: dict, long: dict, target: float | None) -> str:
     """What stops the pair short of the target: the val rule at the levels that would reach it (read on val)."""
     if not target:
         return ""
-    rows = _kd_rows(design, "kd", DESIGN) + _kd_rows(long, "kd", LONG)
+    rows = state_rows(design, "kd", DESIGN) + state_rows(long, "kd", LONG)
     fast = [r for r in rows if r["speedup_ort"] >= target]
     if not fast:
         return f"- {label}: no recovered model of either arm is measured at ×{target:g} or faster (latency)."
@@ -160,7 +161,7 @@ def preface(doc: dict, design_doc: dict, prereg: str, criteria: list[str]) -> li
         if not a or d is None:
             continue
         index = {(r["arm"], r["criterion"], float(r["target_macs_div"])): r
-                 for r in _kd_rows(d, "kd", DESIGN) + _kd_rows(m, "kd", LONG)}
+                 for r in state_rows(d, "kd", DESIGN) + state_rows(m, "kd", LONG)}
         levels = list(dict.fromkeys(float(t) for _, _, t in index))
         lines += [f"### {label.replace(':', ' · ')}", "",
                   f"| MACs ÷ target | criterion | {DESIGN}: val | {DESIGN}: speedup | {LONG}: val | {LONG}: speedup |",

@@ -31,6 +31,8 @@ from typing import Any
 
 from toolchain.errors import ConfigError
 
+from ._selection_arms import DESIGN, LONG
+from ._selection_arms import state_rows as _rows
 from .registry import RESULTS, StudyParser, command_line, study
 
 LONG_DOC = "recovery_selection_long.json"  # the pre-registered long arm: it may hold a pair's pending rows
@@ -41,10 +43,6 @@ def _load(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
-
-
-def _rows(m: dict, state: str, arm: str | None = None) -> list[dict]:
-    return [{**r, "arm": arm} for r in m["rows"] if r.get("state", "kd") == state]
 
 
 def _missing_cells(doc: dict, m: dict, state: str) -> list[str]:
@@ -75,7 +73,7 @@ def behind(entry: dict, results: Path) -> dict[str, Any]:
     if part == "arms":  # the pooled long-arm choice: both arms' recovered rows
         design_doc = _load(results / doc["design"]["earlier"])
         d = design_doc["models"][label]
-        rows = _rows(d, state, "2-epoch") + _rows(m, state, "long")
+        rows = _rows(d, state, DESIGN) + _rows(m, state, LONG)
         missing = _missing_cells(design_doc, d, state) + _missing_cells(doc, m, state)
         epochs = [design_doc["args"].get("recover_epochs")] + epochs
         levels = sorted({float(r["target_macs_div"]) for r in rows})
@@ -90,7 +88,7 @@ def behind(entry: dict, results: Path) -> dict[str, Any]:
         lm = long_doc.get("models", {}).get(label)
         if lm and not (lm.get("arms") or {}).get("complete", True):
             pending = {"missing": lm["selection"]["headline"]["missing"],
-                       "epochs": long_doc["args"].get("recover_epochs"), "rows": _rows(lm, state, "long")}
+                       "epochs": long_doc["args"].get("recover_epochs"), "rows": _rows(lm, state, LONG)}
     return {"source": source.name, "label": label, "part": part, "section": m, "rows": rows,
             "chosen": h.get("speedup_lossless"), "missing": missing, "pending": pending,
             "epochs": [e for e in epochs if e is not None], "levels": levels}
