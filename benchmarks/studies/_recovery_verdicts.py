@@ -69,9 +69,21 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return out.tolist()
 
 
-def _test(y: np.ndarray, chunks: list[np.ndarray], pa: np.ndarray, pb: np.ndarray) -> dict[str, Any]:
+def interval_outcome(ci) -> str:
+    """The unadjusted rule: *win*/*lose* when the 95 % interval of (medprune - peer) excludes 0, else *tie*."""
+    lo, hi = ci
+    return "win" if lo > 0 else "lose" if hi < 0 else "tie"
+
+
+def holm_outcome(diff: float, p_holm: float) -> str:
+    """The corrected rule: *win*/*lose* (sign of ``diff``) when the Holm-adjusted p < ``ALPHA``, else *tie*."""
+    return "tie" if p_holm >= ALPHA or diff == 0 else "win" if diff > 0 else "lose"
+
+
+def paired_test(y: np.ndarray, chunks: list[np.ndarray], pa: np.ndarray, pb: np.ndarray) -> dict[str, Any]:
     """accuracy(a) - accuracy(b): point value, percentile 95 % interval and bootstrap p from the same draws
-    (``chunks``: ``toolchain.intervals.stratified_counts``, the draws ``paired_bootstrap_diff`` makes)."""
+    (``chunks``: ``toolchain.intervals.stratified_counts``, the draws ``paired_bootstrap_diff`` makes; the
+    equal-latency table (``_recovery_latency``) tests its pairs with it too)."""
     from toolchain.intervals import percentile_interval
     from toolchain.metrics import accuracy
 
@@ -99,32 +111,33 @@ def verdicts(run: dict, rows: list[dict], states: Sequence[str], n_boot: int) ->
     out = []
     for a, b in pairs:
         state = a["state"]
-        d = _test(y, chunks, *(np.asarray(run["cells"][r["_key"]]["probs"][f"{state}/test"]) for r in (a, b)))
+        d = paired_test(y, chunks, *(np.asarray(run["cells"][r["_key"]]["probs"][f"{state}/test"]) for r in (a, b)))
         lo, hi = d["ci"]
         out.append({"criterion": a["criterion"], "group": group_of(a["criterion"]), "peer": b["criterion"],
                     "target_macs_div": a["target_macs_div"], "state": state, "recovered": state != "none",
                     "macs_ratio": [a["macs_ratio"], b["macs_ratio"]], "diff_pts": 100 * d["diff"],
                     "ci_pts": [100 * lo, 100 * hi], "n": d["n"], "n_boot": d["n_boot"], "p": d["p"],
                     "family": family[state],
-                    "verdict_unadjusted": "win" if lo > 0 else "lose" if hi < 0 else "tie"})
+                    "verdict_unadjusted": interval_outcome((lo, hi))})
     for state in family:
         mine = [v for v in out if v["state"] == state]
         for v, adjusted in zip(mine, holm([v["p"] for v in mine]), strict=True):
             v["p_holm"] = adjusted
-            v["verdict"] = ("tie" if adjusted >= ALPHA or v["diff_pts"] == 0
-                            else "win" if v["diff_pts"] > 0 else "lose")
+            v["verdict"] = holm_outcome(v["diff_pts"], adjusted)
     return out
 
 
 def tally(verdicts: list[dict], state: str | None = None) -> dict[str, dict[str, dict[str, int] | None]]:
     """Per group, the outcomes with the Holm correction (``holm``; None for verdicts assembled before it) and
-    without (``unadjusted``), over the verdicts of ``state`` (all states when None)."""
+    without (``unadjusted``), over the verdicts of ``state`` (all states when None). A verdict is corrected when it
+    carries its unadjusted twin (``verdict_unadjusted``; both rules were added together), so the equal-latency
+    entries, whose Holm p-values sit on their two sides, tally here too."""
     out: dict[str, dict[str, dict[str, int] | None]] = {}
     for v in verdicts:
         if state is not None and v.get("state") != state:
             continue
         g = out.setdefault(v.get("group") or group_of(v["criterion"]) or "other", {"holm": {}, "unadjusted": {}})
-        corrected = "p_holm" in v
+        corrected = "verdict_unadjusted" in v
         unadjusted = v.get("verdict_unadjusted", v["verdict"])  # before the correction "verdict" was the CI rule
         g["unadjusted"][unadjusted] = g["unadjusted"].get(unadjusted, 0) + 1
         if corrected and g["holm"] is not None:
@@ -137,7 +150,8 @@ def tally(verdicts: list[dict], state: str | None = None) -> dict[str, dict[str,
 def _counts(c: dict[str, int] | None) -> str:
     if c is None:
         return "n/a (assembled before the correction)"
-    return " ".join(f"{k} {c.get(k, 0)}" for k in OUTCOMES)
+    # outcomes beyond win/tie/lose (the equal-latency table's n/a: no peer cell on either side) follow them
+    return " ".join(f"{k} {c.get(k, 0)}" for k in (*OUTCOMES, *sorted(set(c) - set(OUTCOMES))))
 
 
 def tally_text(t: dict[str, dict[str, dict[str, int] | None]]) -> str:

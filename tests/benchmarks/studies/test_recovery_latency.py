@@ -1,5 +1,5 @@
-"""Recovery report at equal measured latency: pairing by measured speedup, the dominance verdicts, the Pareto
-front, and the val drops bootstrapped once per row."""
+"""Recovery report at equal measured latency: pairing by measured speedup, the dominance verdicts with the Holm
+correction (and the unadjusted rule beside it), the Pareto front, and the val drops bootstrapped once per row."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 
 from benchmarks.studies import _recovery_latency as lat
 from benchmarks.studies import _recovery_report as rep
+from benchmarks.studies import _recovery_verdicts as ver
 from tests.benchmarks.studies.recovery_fixtures import Y
 from tests.benchmarks.studies.recovery_fixtures import fake_cell as _cell
 from tests.benchmarks.studies.recovery_fixtures import fake_run as _run
@@ -47,7 +48,45 @@ def test_a_faster_and_more_accurate_peer_cell_dominates():
     [e] = lat.table(_run(cells), rep.summarise_run(_run(cells))["rows"], "kd", n_boot=200)
     assert e["vs_not_faster"] is None and e["vs_not_slower"]["peer_speedup"] == 3.4 and e["verdict"] == "lose"
     text = "\n".join(lat.markdown([e], "KD"))
-    assert "| lose |" in text and "Tally at equal measured latency: lose 1" in text and "n=200" in text
+    assert "| lose | lose |" in text and "n=200" in text
+    assert "Tally at equal measured latency (m = 1): medprune taylor: Holm win 0 tie 0 lose 1 (unadjusted win 0 " \
+           "tie 0 lose 1)" in text
+
+
+def test_holm_turns_a_marginal_unadjusted_win_into_a_tie_and_keeps_a_clear_one():
+    """lrp x3.0 against four peers' slower cells (x2.9): 30 of 200 images better than random (survives), 4 better
+    than tp-magnitude (the 95 % interval excludes 0, p ~ 0.035, but Holm multiplies it by 3 in a family of 4),
+    as accurate as tp-taylor and tp-lamp (p = 1)."""
+    cells = [_cell("lrp", 3, 3.0, 0), _cell("random", 3, 2.9, 30), _cell("tp-magnitude", 3, 2.9, 4),
+             _cell("tp-taylor", 3, 2.9, 0), _cell("tp-lamp", 3, 2.9, 0)]
+    run = _run(cells)
+    entries = lat.table(run, rep.summarise_run(run)["rows"], "kd", n_boot=1000)
+    by_peer = {e["peer"]: e for e in entries}
+    sides = [e["vs_not_faster"] for e in entries]
+    assert all(e["vs_not_slower"] is None for e in entries) and {s["family"] for s in sides} == {4}
+    # one family: each side's Holm p is holm() over the table's p-values; B grows with it (>= 200 m)
+    assert [s["p_holm"] for s in sides] == pytest.approx(ver.holm([s["p"] for s in sides]))
+    assert {s["n_boot"] for s in sides} == {ver.n_boot_for(4, 1000)} and ver.n_boot_for(4, 1000) >= 200 * 4
+    marginal = by_peer["tp-magnitude"]
+    assert marginal["vs_not_faster"]["diff_pts"] == pytest.approx(2.0) and marginal["vs_not_faster"]["ci_pts"][0] > 0
+    assert marginal["vs_not_faster"]["p"] < 0.05 <= marginal["vs_not_faster"]["p_holm"]
+    assert (marginal["verdict_unadjusted"], marginal["verdict"]) == ("win", "tie")
+    clear = by_peer["random"]
+    assert clear["vs_not_faster"]["p_holm"] < 0.05 and (clear["verdict_unadjusted"], clear["verdict"]) == ("win", "win")
+    assert {by_peer[p]["verdict"] for p in ("tp-taylor", "tp-lamp")} == {"tie"}
+    text = "\n".join(lat.markdown(entries, "KD"))
+    assert "| lrp | attribution | 3 | ×3.00 | tp-magnitude |" in text and "| tie | win |" in text
+    assert "attribution: Holm win 1 tie 3 lose 0 (unadjusted win 2 tie 2 lose 0)" in text
+
+
+def test_the_holm_verdict_of_each_side_decides_dominance():
+    def side(diff, lo, hi, p_holm):
+        return {"diff_pts": diff, "ci_pts": [lo, hi], "p_holm": p_holm}
+
+    marginal_up, clear_down = side(2.0, 0.5, 4.0, 0.07), side(-5.0, -8.0, -2.0, 0.001)
+    assert lat.verdict(marginal_up, None) == "win" and lat.verdict(marginal_up, None, adjusted=True) == "tie"
+    # unadjusted both sides are significant (non-monotone peer curve: tie); corrected only the faster peer cell is
+    assert lat.verdict(marginal_up, clear_down) == "tie" and lat.verdict(marginal_up, clear_down, adjusted=True) == "lose"
 
 
 def test_pareto_front_keeps_the_undominated_points():
@@ -82,5 +121,6 @@ def test_report_writes_the_pareto_figure_and_the_equal_latency_table(tmp_path):
     doc = rep.build([run], {"criteria": ["lrp", "tp-taylor"], "macs": [3.0], "threads": 1}, "cmd", "now")
     rep.write(doc, [run], tmp_path)
     text = (tmp_path / "recovery.md").read_text()
-    assert "Equal measured latency (KD" in text and "Tally at equal measured latency: tie 1" in text
+    assert "Equal measured latency (KD" in text and "Holm–Bonferroni over the m = 1 distinct" in text
+    assert "attribution: Holm win 0 tie 1 lose 0 (unadjusted win 0 tie 1 lose 0)" in text
     assert (tmp_path / "recovery.png").read_bytes()[:4] == b"\x89PNG"

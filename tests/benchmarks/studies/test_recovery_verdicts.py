@@ -76,7 +76,7 @@ def test_p_and_interval_come_from_the_same_draws_as_paired_bootstrap_diff():
 
     pa, pb = pred(3), pred(9)
     pb[:4] = np.eye(2)[[1, 1, 1, 1]]  # class-0 errors too, so both strata move
-    d = vrd._test(Y, list(stratified_counts(Y, 600, seed=0)), pa, pb)
+    d = vrd.paired_test(Y, list(stratified_counts(Y, 600, seed=0)), pa, pb)
     ref = paired_bootstrap_diff(Y, pa, pb, "accuracy", n_boot=600, seed=0)
     assert d["ci"] == pytest.approx(ref["ci"]) and d["diff"] == pytest.approx(ref["diff"]) and d["n_boot"] == 600
 
