@@ -73,6 +73,10 @@ def parser() -> StudyParser:
     p.add_argument("--runtimes", action="store_true",
                    help="also measure ORT/OpenVINO FP32 and INT8 for the dense and the val-chosen recovered model "
                         "(minutes per model: every runtime exports both)")
+    p.add_argument("--runtimes-per-cell", nargs="?", const="measure", choices=("measure", "cached"), default=None,
+                   help="also ORT/OpenVINO FP32 and INT8 of every recovered (KD) cell, timed against the dense model "
+                        "in each runtime and precision; cached per cell (about a minute each); 'cached': report only "
+                        "the cells already measured")
     p.add_argument("--sampling", default="clustering")
     p.add_argument("--n-per-class", type=int, default=10)
     p.add_argument("--pool-per-class", type=int, default=200)

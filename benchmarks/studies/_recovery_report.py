@@ -256,6 +256,8 @@ def _speedup_line(label: str, sl: dict | None, h: dict) -> str:
 
 
 def markdown(doc: dict) -> str:
+    from .recovery_grid import macs_targets
+
     lines = ["# Recovery study: criteria at equal MACs, with and without distillation recovery", "",
              f"Command: `{doc['command']}`  ", f"Started: {doc['started']} on {doc['host']}  ",
              f"Gates (applied on val): accuracy drop <= {GATE_ACC:g} pt, every class's sensitivity drop <= "
@@ -292,7 +294,7 @@ def markdown(doc: dict) -> str:
         model = m.get("model", label)
         h = m["headline"]
         have = {(r["criterion"], r["target_macs_div"]) for r in m["rows"]}
-        targets = (doc["args"].get("model_macs") or {}).get(model) or doc["args"].get("macs", [])
+        targets = macs_targets(doc["args"].get("model_macs"), m["dataset"], model, doc["args"].get("macs"))
         missing = [f"{c} ÷{t:g}" for t in targets for c in doc["args"].get("criteria", []) if (c, t) not in have]
         lines += [f"## {model} ({m['dataset']})", "",
                   f"Dense checkpoint `{m['checkpoint']}` sha256 `{m['checkpoint_sha256'][:16]}…` "
@@ -319,6 +321,10 @@ def markdown(doc: dict) -> str:
             from ._recovery_quant import markdown as quant_markdown
 
             lines += [""] + (quant_markdown(m["quant"]) or ["INT8 columns: not measured (no cached measurement)."])
+        if "quant_cells" in m:
+            from ._recovery_quant_cells import markdown as quant_cells_markdown
+
+            lines += [""] + quant_cells_markdown(m["quant_cells"])
         lines += ["", f"**best_criterion** (mean val balanced accuracy, {STATES.get(h.get('state'), 'recovered')}): "
                   f"{h['best_criterion']}", "",
                   "| criterion | MACs ÷ target | recovery | ratio | MACs ÷ | params ÷ | ORT speedup | val acc drop "

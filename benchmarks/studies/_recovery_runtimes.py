@@ -29,7 +29,9 @@ Accuracy: test accuracy with its exact 95 % interval and n (``toolchain.metrics.
 drops against the dense *PyTorch FP32* model on the same images (accuracy, and each class's sensitivity)
 with paired class-stratified bootstrap intervals (``toolchain.lossless.drops``, which is
 ``paired_bootstrap_diff``); the worst per-class sensitivity drop is the class with the largest point
-drop, given with that class's interval. Agreement with the same model in PyTorch:
+drop, given with that class's interval. For a model other than the dense one the same drops are also given
+against the dense model *in the same runtime and precision* (``vs_dense_same_runtime``: e.g. pruned INT8 vs
+dense INT8, what pruning costs on top of that quantization). Agreement with the same model in PyTorch:
 ``export.verify.compare`` (max |Δprob|, max |Δlogit|, top-1 agreement).
 """
 
@@ -218,21 +220,26 @@ def _interleaved_ms(backends: dict[str, Any], x1: np.ndarray, repeats: int) -> d
             for k, s in stats.items()}
 
 
-def _accuracy(y, logits, dense_logits, names) -> dict[str, Any]:
+def _accuracy(y, logits, dense_logits, names, dense_same=None) -> dict[str, Any]:
+    """Test accuracy of ``logits``; drops vs the dense PyTorch FP32 logits and, given ``dense_same`` (the dense
+    model's logits in this column's runtime and precision), vs those."""
+    probs = softmax(np.asarray(logits, np.float64))
+    out = {"test": accuracy_summary(y, probs, names), "vs_dense_fp32": _drops(y, dense_logits, probs, names)}
+    if dense_same is not None:
+        out["vs_dense_same_runtime"] = _drops(y, dense_same, probs, names)
+    return out
+
+
+def _drops(y, base_logits, probs, names) -> dict[str, Any]:
     from toolchain.lossless import drops
 
-    probs = softmax(np.asarray(logits, np.float64))
-    d = drops(y, softmax(np.asarray(dense_logits, np.float64)), probs, names)
+    d = drops(y, softmax(np.asarray(base_logits, np.float64)), probs, names)
     sens = d["sensitivity_drop_pts"]
     worst = max(sens, key=sens.get)
-    return {
-        "test": accuracy_summary(y, probs, names),
-        "vs_dense_fp32": {"accuracy_drop_pts": d["accuracy_drop_pts"], "accuracy_drop_ci_pts": d["accuracy_drop_ci_pts"],
-                          "worst_sensitivity_drop_pts": sens[worst],
-                          "worst_sensitivity_drop_ci_pts": d["sensitivity_drop_ci_pts"][worst], "worst_class": worst,
-                          "sensitivity_drop_pts": sens, "sensitivity_drop_ci_pts": d["sensitivity_drop_ci_pts"],
-                          "n": d["n"], "n_boot": d["n_boot"], "confidence": d["confidence"]},
-    }
+    return {"accuracy_drop_pts": d["accuracy_drop_pts"], "accuracy_drop_ci_pts": d["accuracy_drop_ci_pts"],
+            "worst_sensitivity_drop_pts": sens[worst], "worst_sensitivity_drop_ci_pts": d["sensitivity_drop_ci_pts"][worst],
+            "worst_class": worst, "sensitivity_drop_pts": sens, "sensitivity_drop_ci_pts": d["sensitivity_drop_ci_pts"],
+            "n": d["n"], "n_boot": d["n_boot"], "confidence": d["confidence"]}
 
 
 def _open_all(model: nn.Module, name: str, ref: DenseReference) -> dict[str, Any]:
@@ -293,7 +300,8 @@ def _columns(ref: DenseReference, model: nn.Module, repeats: int) -> dict[str, A
             "dense_size_mb": dense["sizes"][col], "latency_ms": mine_ms, "dense_latency_ms": same,
             "speedup": {"vs_dense_ort_fp32": ref_ms / mine_ms["median_ms"],
                         "vs_dense_same_runtime": same["median_ms"] / mine_ms["median_ms"]},
-            **_accuracy(ref.test_y, mine["logits"][col], ref.torch_logits, ref.names),
+            **_accuracy(ref.test_y, mine["logits"][col], ref.torch_logits, ref.names,
+                        None if quant_only else dense["logits"][col]),
             "vs_torch": {key: agree[key] for key in ("max_abs_prob", "max_abs_logit", "top1_agreement", "finite")},
         }
         ref.say(f"{col}: {mine_ms['median_ms']:.2f} ms (x{columns[col]['speedup']['vs_dense_ort_fp32']:.2f} vs dense "

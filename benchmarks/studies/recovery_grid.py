@@ -270,7 +270,7 @@ def run_model(model: str, data: str, args, log) -> dict[str, Any]:
            "class_names": list(ctx.ds.class_names), "cells": {}, "code_versions": {}, "stale_cells": []}
     for name in args.criteria:
         version = out["code_versions"][name] = versions.cell_code_version(name)
-        for target in targets_for(model, args):
+        for target in targets_for(model, args, data):
             path = cell_path(prep, data, model, name, target, args)
             cell, stale, reuse = cached_cell(path, version, args)
             if reuse:
@@ -300,9 +300,17 @@ def _write_json(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
-def targets_for(model: str, args) -> list[float]:
-    """The MACs targets of ``model``: ``--model-macs`` when it names the model, else ``--macs``."""
-    return list(getattr(args, "model_macs", {}).get(model) or args.macs)
+def macs_targets(model_macs: dict | None, data: str | None, model: str, macs) -> list[float]:
+    """The MACs targets of ``data/model``: its ``data/model`` entry of ``model_macs`` (``--model-macs``), else its
+    model's, else ``macs`` (``--macs``)."""
+    given = model_macs or {}
+    return list(given.get(f"{data}/{model}") or given.get(model) or macs or [])
+
+
+def targets_for(model: str, args, data: str | None = None) -> list[float]:
+    """The MACs targets of ``model`` (on ``data``): ``--model-macs`` when it names the pair or the model, else
+    ``--macs``."""
+    return macs_targets(getattr(args, "model_macs", {}), data, model, args.macs)
 
 
 @study("recovery", outputs=("recovery.json", "recovery.md", "recovery.png"))
@@ -359,6 +367,13 @@ def assemble(args, command: str, log) -> tuple[dict[str, Any], list[dict]]:
             # measured even with --cached-only: --runtimes asks for it (cached per dense + chosen model)
             m["quant"] = quant_for_run(run, m["headline"], cache_root=_cache_root(), threads=args.threads,
                                        repeats=args.repeats, log=log)
+    if getattr(args, "runtimes_per_cell", None):  # the same columns for every recovered cell, cached per cell
+        from ._recovery_quant import quant_cells_for_run
+
+        for run in runs:
+            doc["models"][f"{run['dataset']}:{run['model']}"]["quant_cells"] = quant_cells_for_run(
+                run, cache_root=_cache_root(), threads=args.threads, repeats=args.repeats, log=log,
+                measure=args.runtimes_per_cell == "measure")
     from . import _recovery_versions as versions
 
     doc["cell_versions"] = versions.summary(runs)

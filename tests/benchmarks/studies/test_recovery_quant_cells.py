@@ -1,0 +1,144 @@
+"""INT8 per recovered cell (``--runtimes-per-cell``): tiny dense and pruned models, tiny data, a fake run."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from benchmarks.studies._recovery_quant import measure_cells
+from benchmarks.studies._recovery_quant_cells import INT8, cell_speedups, markdown, summary
+from benchmarks.studies._recovery_runtimes import DenseReference
+from tests.export._tiny import SIZE, tiny_data, trained
+from toolchain.errors import MedpruneError
+
+SHAPE = (1, SIZE, SIZE)
+
+
+def _cell(crit: str, target: float, key: str | None, kd: bool = True) -> dict:
+    probs = {"none/val": [[1.0, 0.0]], "none/test": [[1.0, 0.0]]}
+    if kd:
+        probs |= {"kd/val": [[1.0, 0.0]], "kd/test": [[1.0, 0.0]]}
+    return {"criterion": crit, "target_macs_div": target, "macs": {"ratio": target + 0.1}, "speedup_ort": 1.5,
+            "probs": probs, **({"recovery": {"key": key}} if key else {})}
+
+
+RUN = {"dataset": "tiny", "model": "vgg", "checkpoint_sha256": "a" * 64,
+       "cells": {"lrp/2": _cell("lrp", 2, "k-lrp"), "taylor/2": _cell("taylor", 2, "k-taylor"),
+                 "random/3": _cell("random", 3, "k-gone"),  # recovered, but its checkpoint is not in the cache
+                 "tp-magnitude/2": _cell("tp-magnitude", 2, None, kd=False)}}  # never recovered: not a KD cell
+
+
+class Opener:
+    """The dense reference, counted; its dense INT8 (ORT) predictions are made all wrong, so a drop against
+    them cannot be mistaken for a drop against the dense FP32 model."""
+
+    def __init__(self):
+        self.opened = 0
+
+    def __call__(self):
+        self.opened += 1
+        dense = trained("vgg", False)
+        xtr, _, x, y = tiny_data()
+        ref = DenseReference(dense, SHAPE, xtr[:16], x, y, class_names=["normal", "pneumonia"])
+        ref.opened["logits"]["ort_int8"] = (np.eye(2)[1 - y] * 10.0).astype(np.float32)
+        self.logits, self.y = dict(ref.opened["logits"]), y  # kept: the reference's sessions close after use
+        return ref
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quant-cells")
+    # a copy: the dense object itself would be measured as the quantization-only row
+    models = {"k-lrp": trained("vgg", True), "k-taylor": copy.deepcopy(trained("vgg", False))}
+    opener, logs = Opener(), []
+    load = lambda cell: models.get(cell["recovery"]["key"])  # noqa: E731
+    first = measure_cells(RUN, opener, cache_root=root, repeats=3, log=logs.append, load_model=load)
+    again = measure_cells(RUN, opener, cache_root=root, repeats=3, log=logs.append, load_model=load)
+    return first, again, opener, logs, root
+
+
+def test_every_cached_kd_cell_gets_the_columns(measured):
+    first, _, opener, logs, _ = measured
+    assert set(first["cells"]) == {"lrp/2", "taylor/2"}  # the KD cells whose recovered model exists
+    assert set(first["missing"]) == {"random/3"} and "no recovered checkpoint" in first["missing"]["random/3"]
+    for key, rec in first["cells"].items():
+        assert not rec["cached"] and rec["state"] == "kd" and rec["criterion"] == key.split("/")[0]
+        assert set(rec["runtime"]["columns"]) == {"ort_fp32", "ort_int8", "ov_fp32", "ov_int8"}
+        assert rec["runtime"]["n_test"] == 32 and rec["macs_ratio"] == pytest.approx(2.1)
+    assert opener.opened == 1  # the dense model exported once for all cells
+    assert sum("INT8 cell" in line and "measured" in line for line in logs) == 2  # a progress line per cell
+
+
+def test_second_call_reads_the_cache_without_exporting(measured, tmp_path):
+    first, again, opener, logs, root = measured
+    assert opener.opened == 1 and all(rec["cached"] for rec in again["cells"].values())
+    for key in first["cells"]:
+        assert again["cells"][key]["runtime"] == first["cells"][key]["runtime"]
+    assert any("2 of 3 recovered cells cached" in line for line in logs)
+    # cached only: nothing measured, nothing exported, and the uncached cells say so
+    cached = measure_cells(RUN, opener, cache_root=tmp_path, repeats=3, measure=False)
+    assert cached["cells"] == {} and set(cached["missing"]) == {"lrp/2", "taylor/2", "random/3"}
+    assert opener.opened == 1
+    assert list(root.glob("*.tmp")) == []  # written whole or not at all
+
+
+def test_speedups_are_ratios_of_the_recorded_latencies(measured):
+    first, *_ = measured
+    for rec in first["cells"].values():
+        cols, speed = rec["runtime"]["columns"], cell_speedups(rec)
+        assert set(speed) == set(INT8)
+        for col, (_, fp32) in INT8.items():
+            mine = cols[col]["latency_ms"]["median_ms"]
+            assert speed[col]["vs_dense_int8"] == pytest.approx(cols[col]["dense_latency_ms"]["median_ms"] / mine)
+            assert speed[col]["vs_dense_int8"] == pytest.approx(cols[col]["speedup"]["vs_dense_same_runtime"])
+            assert speed[col]["vs_dense_fp32"] == pytest.approx(cols[fp32]["dense_latency_ms"]["median_ms"] / mine)
+            assert speed[col]["dense_int8_only"] == pytest.approx(
+                cols[fp32]["dense_latency_ms"]["median_ms"] / cols[col]["dense_latency_ms"]["median_ms"])
+    s = summary(first)
+    assert first["summary"] == s and set(s["ort_int8"]["by_target"]) == {"2"}
+    two = sorted(cell_speedups(r)["ort_int8"]["vs_dense_int8"] for r in first["cells"].values())
+    assert s["ort_int8"]["by_target"]["2"] == {"median": pytest.approx(sum(two) / 2), "min": two[0], "max": two[1],
+                                               "n": 2}
+
+
+def test_drops_vs_dense_int8_are_against_the_dense_int8_predictions(measured):
+    first, _, opener, *_ = measured
+    y = opener.y
+    for rec in first["cells"].values():
+        cols = rec["runtime"]["columns"]
+        # ORT: the dense INT8 predictions were made all wrong, so the model can only gain on them
+        acc = cols["ort_int8"]["test"]["accuracy"]
+        same = cols["ort_int8"]["vs_dense_same_runtime"]
+        assert same["accuracy_drop_pts"] == pytest.approx(100.0 * (0.0 - acc))
+        assert cols["ort_int8"]["vs_dense_fp32"]["accuracy_drop_pts"] != pytest.approx(same["accuracy_drop_pts"])
+        # OpenVINO: the dense OpenVINO INT8 model's own predictions
+        dense_acc = float((opener.logits["ov_int8"].argmax(1) == y).mean())
+        ov = cols["ov_int8"]
+        assert ov["vs_dense_same_runtime"]["accuracy_drop_pts"] == pytest.approx(
+            100.0 * (dense_acc - ov["test"]["accuracy"]))
+        lo, hi = ov["vs_dense_same_runtime"]["accuracy_drop_ci_pts"]
+        assert lo <= ov["vs_dense_same_runtime"]["accuracy_drop_pts"] <= hi
+        assert ov["vs_dense_same_runtime"]["n"] == len(y)
+
+
+def test_markdown_shows_every_cell_the_sentence_and_what_is_missing(measured):
+    first, *_ = measured
+    lines = markdown(first)
+    text = "\n".join(lines)
+    rows = [line for line in lines if line.startswith("| lrp") or line.startswith("| taylor")]
+    assert len(rows) == 2 and "What pruning adds on top of INT8" in text and "n = 32 test images" in text
+    med = first["summary"]["ov_int8"]["by_target"]["2"]["median"]
+    assert f"OpenVINO ×{med:.2f} at MACs ÷2 (2 criteria" in text
+    lrp = cell_speedups(first["cells"]["lrp/2"])
+    assert f"| {lrp['ort_int8']['vs_dense_int8']:.2f} | {lrp['ort_int8']['vs_dense_fp32']:.2f} |" in rows[0]
+    assert "random/3 (no recovered checkpoint in the cache)" in text
+    assert markdown(None) == []
+
+
+def test_bad_input_is_a_medprune_error(tmp_path):
+    with pytest.raises(MedpruneError, match="repeats"):
+        measure_cells(RUN, Opener(), cache_root=tmp_path, repeats=1)
+    with pytest.raises(MedpruneError, match="sha256"):
+        measure_cells({"cells": {}}, Opener(), cache_root=tmp_path)
