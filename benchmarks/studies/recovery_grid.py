@@ -19,7 +19,9 @@ read that state (the choice between the two recipes is made on val: ``recovery.m
 the models passing deploy's rule on val). Every cell is cached (``cache_dir()/studies/recovery``), so an
 interrupted run resumes (``--workers N``: computed as Ray tasks, ``_recovery_parallel``); the report
 (``_recovery_report``) computes paired bootstrap intervals over test images vs the dense model and between
-criteria.
+criteria. ``--runtimes`` adds ORT/OpenVINO FP32 and INT8 columns (``_recovery_quant``) for the dense and the
+val-chosen recovered model; ``--runtimes-per-cell`` for every recovered cell, cached per cell, with what pruning
+adds on top of INT8 (``_recovery_quant_cells``).
 
 Dense checkpoints follow one recipe (``RECIPE``: full train split, 3 epochs, each family's own lr)
 through ``toolchain.train`` with the same cache as ``medprune train``; their sha256 is recorded.
