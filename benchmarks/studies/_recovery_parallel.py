@@ -64,7 +64,7 @@ def _submit_and_collect(ray, args, env: dict[str, str], log, started: float) -> 
             given = f"{data}/{model}={prep.weights}"
             resolved.append(given)
             task_args = argparse.Namespace(**{**vars(args), "checkpoint": [given]})
-            cells = [(name, target) for name in args.criteria for target in grid.targets_for(model, args)]
+            cells = [(name, target) for name in args.criteria for target in grid.targets_for(model, args, data)]
             todo = [(n, t, p) for n, t in cells
                     if not grid.cached_cell(p := grid.cell_path(prep, data, model, n, t, args),
                                             versions.cell_code_version(n), args)[2]]

@@ -21,9 +21,12 @@ dataset x model whose first ``HEADLINE_LEVELS`` MACs levels are complete for eve
 (``--update-headline`` writes them into headline.json); otherwise its headline stays on the earlier study.
 
 ``--arm long`` assembles the pre-registered longer-recovery arm (``LONG_PREREGISTRATION``, ``_selection_arms``):
-the same VGG19 cells recovered for ``LONG_EPOCHS`` KD epochs at MACs ``LONG_LEVELS``, into
+the same VGG19 cells recovered for ``LONG_EPOCHS`` KD epochs at the MACs levels of each dataset x model
+(``LONG_STAGES``: ÷5 and ÷8 for both pairs, then amendment 5's ÷6.5 and ÷7 for PneumoniaMNIST only), into
 ``recovery_selection_long.{json,md,png}``, with the headline chosen over both arms (``--design``: the 2-epoch arm's
-results) once every long level is complete; the 2-epoch assembly then leaves those keys to it.
+results) over the long levels of every complete stage (a later stage counts once all its cells exist); the 2-epoch
+assembly then leaves those keys to it. A run covering both datasets hands the recovery study its levels per
+``data/model`` where they differ, so no dataset computes, or lists as missing, another's levels.
 """
 
 from __future__ import annotations
@@ -74,11 +77,32 @@ def design_checkpoint(model: str, data: str, given: dict[str, str]) -> str:
     return str(train(TrainConfig(**train_recipe(model, data), **SPLIT[data], device="auto")))
 
 
-def arm_levels(arm: str) -> dict[str, tuple[float, ...]]:
-    """MACs levels per model of an arm, in the order they are computed (``long``: its pre-registered ones)."""
-    from ._selection_arms import LONG_LEVELS
+def arm_levels(arm: str, data: str, model: str) -> tuple[float, ...]:
+    """MACs levels of ``data/model`` in an arm (``design``: per model, in the order they are computed; ``long``: its
+    pre-registered levels of that dataset x model); () when the arm has none."""
+    from ._selection_arms import long_levels
 
-    return LONG_LEVELS if arm == "long" else LEVELS
+    return long_levels(data, model) if arm == "long" else LEVELS.get(model, ())
+
+
+def arm_models(arm: str) -> list[str]:
+    """The models an arm has MACs levels for."""
+    from ._selection_arms import LONG_STAGES
+
+    return list(dict.fromkeys(p.split("/")[1] for p in LONG_STAGES)) if arm == "long" else list(LEVELS)
+
+
+def model_macs(arm: str, data: list[str], models: list[str]) -> dict[str, list[float]]:
+    """The recovery study's ``model_macs`` of a run: per model where its levels are the same on every dataset of the
+    run (as the study's ``--model-macs``), per ``data/model`` where they differ (``recovery_grid.targets_for``)."""
+    out: dict[str, list[float]] = {}
+    for m in models:
+        per = {d: list(arm_levels(arm, d, m)) for d in data}
+        if len({tuple(v) for v in per.values()}) == 1:
+            out[m] = per[data[0]]
+        else:
+            out.update({f"{d}/{m}": v for d, v in per.items()})
+    return out
 
 
 def grid_args(baseline: dict, args: argparse.Namespace, checkpoints: list[str]) -> argparse.Namespace:
@@ -91,7 +115,7 @@ def grid_args(baseline: dict, args: argparse.Namespace, checkpoints: list[str]) 
     if arm == "long":
         a["recover_epochs"] = LONG_EPOCHS  # the only recipe field the long arm changes (its cache keys follow)
     a.update(models=list(args.models), data=list(args.data), criteria=list(CRITERIA),
-             model_macs={m: list(arm_levels(arm)[m]) for m in args.models}, checkpoint=checkpoints,
+             model_macs=model_macs(arm, list(args.data), list(args.models)), checkpoint=checkpoints,
              cached_only=args.cached_only, runtimes=args.runtimes, retime=False, recompute_stale=False,
              out=args.out)
     return argparse.Namespace(**a)
@@ -103,21 +127,28 @@ def _relative(path: Path) -> str:
 
 def add_sections(doc: dict, runs: list[dict], earlier: dict, baseline_path: Path, arm: str = "design") -> None:
     """The design's own figures in ``doc`` (``doc["design"]``, ``models[*]["selection"]``); for the long arm every
-    one of its levels is a headline level, and ``earlier`` is the 2-epoch arm's results."""
+    one of a dataset x model's levels is a headline level (counted stage by stage, ``_selection_arms``), and
+    ``earlier`` is the 2-epoch arm's results."""
+    from . import _selection_arms as arms
     from . import _selection_report as sel
 
-    levels = arm_levels(arm)
-    need = HEADLINE_LEVELS if arm == "design" else max(len(ts) for ts in levels.values())
     doc["design"] = {"preregistration": _relative(PREREGISTRATION), "split": SPLIT, "criteria": list(CRITERIA),
-                     "levels": {m: list(ts) for m, ts in levels.items() if m in doc["args"]["models"]},
-                     "headline_levels": need, "earlier": _relative(baseline_path), "arm": arm}
+                     "earlier": _relative(baseline_path), "arm": arm}
     if arm == "long":
-        doc["design"]["arm_preregistration"] = _relative(LONG_PREREGISTRATION)
+        pairs = [f"{r['dataset']}/{r['model']}" for r in runs]
+        doc["design"].update(levels={p: list(arm_levels(arm, *p.split("/"))) for p in pairs},
+                             stages={p: [list(st) for st in arms.LONG_STAGES.get(p, ())] for p in pairs},
+                             arm_preregistration=_relative(LONG_PREREGISTRATION))
+    else:
+        doc["design"].update(levels={m: list(LEVELS[m]) for m in doc["args"]["models"] if m in LEVELS},
+                             headline_levels=HEADLINE_LEVELS)
     for run in runs:
         label = f"{run['dataset']}:{run['model']}"
+        levels = list(arm_levels(arm, run["dataset"], run["model"]))
+        need = HEADLINE_LEVELS if arm == "design" else len(levels)
         doc["models"][label]["selection"] = sel.section(
-            doc["models"][label], run["labels"]["val"], list(CRITERIA), list(levels[run["model"]]),
-            need, SPLIT[run["dataset"]], earlier.get("models", {}).get(label))
+            doc["models"][label], run["labels"]["val"], list(CRITERIA), levels, need, SPLIT[run["dataset"]],
+            earlier.get("models", {}).get(label))
 
 
 def update_headline(entries: dict[str, dict], path: Path) -> None:
@@ -160,10 +191,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="write the headline keys of the complete dataset x model pairs into headline.json")
     p.add_out()
     args = p.parse_args(argv)
-    levels = arm_levels(args.arm)
-    args.models = args.models or list(levels)
-    if set(args.models) - set(levels):
-        p.error(f"--arm {args.arm} has levels for {', '.join(levels)} only, not {', '.join(args.models)}")
+    models = arm_models(args.arm)
+    args.models = args.models or models
+    if set(args.models) - set(models):
+        p.error(f"--arm {args.arm} has levels for {', '.join(models)} only, not {', '.join(args.models)}")
+    bare = [f"{d}/{m}" for d in args.data for m in args.models if not arm_levels(args.arm, d, m)]
+    if bare:
+        p.error(f"--arm {args.arm} has no MACs levels for {', '.join(bare)}")
     if not args.baseline.is_file():
         p.error(f"--baseline {args.baseline} not found (run `medprune study recovery` first)")
     if args.arm == "long" and not args.design.is_file():

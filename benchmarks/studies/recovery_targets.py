@@ -32,6 +32,7 @@ from typing import Any
 from toolchain.errors import ConfigError
 
 from ._selection_arms import DESIGN, LONG
+from ._selection_arms import pooled_rows as _pooled
 from ._selection_arms import state_rows as _rows
 from .registry import RESULTS, StudyParser, command_line, study
 
@@ -47,14 +48,18 @@ def _load(path: Path) -> dict:
 
 def _missing_cells(doc: dict, m: dict, state: str) -> list[str]:
     """Grid cells (criterion x MACs level of the run's arguments) without a recovered row."""
+    from .recovery_grid import macs_targets
+
     a = doc["args"]
-    levels = (a.get("model_macs") or {}).get(m["model"]) or a.get("macs") or []
+    levels = macs_targets(a.get("model_macs"), m.get("dataset"), m["model"], a.get("macs"))
     have = {(r["criterion"], float(r["target_macs_div"])) for r in _rows(m, state)}
     return [f"{c} ÷{t:g}" for t in levels for c in a.get("criteria", []) if (c, float(t)) not in have]
 
 
 def behind(entry: dict, results: Path) -> dict[str, Any]:
     """The rows, val choice and recovery budget behind one ``speedup_lossless`` headline entry."""
+    from .recovery_grid import macs_targets
+
     source = results / Path(entry["source"]).name
     doc = _load(source)
     parts = entry.get("path", "").split("/")
@@ -70,18 +75,23 @@ def behind(entry: dict, results: Path) -> dict[str, Any]:
                           f"{source.name} holds ({h['deploy_ships']['speedup_ort']:.4g}): re-assemble it first")
     state = h.get("state", "kd")
     epochs = [doc["args"].get("recover_epochs")]
-    if part == "arms":  # the pooled long-arm choice: both arms' recovered rows
+    pending = None
+    if part == "arms":  # the pooled long-arm choice: both arms' recovered rows at the long levels it counts
         design_doc = _load(results / doc["design"]["earlier"])
         d = design_doc["models"][label]
-        rows = _rows(d, state, DESIGN) + _rows(m, state, LONG)
+        counted = h.get("levels")  # absent before the long arm had stages: every long row counted
+        rows = (_pooled(d, m, state, counted) if counted is not None
+                else _rows(d, state, DESIGN) + _rows(m, state, LONG))
         missing = _missing_cells(design_doc, d, state) + _missing_cells(doc, m, state)
         epochs = [design_doc["args"].get("recover_epochs")] + epochs
         levels = sorted({float(r["target_macs_div"]) for r in rows})
+        if counted and h.get("missing"):  # a later stage incomplete: its rows do not count yet
+            pending = {"missing": h["missing"], "epochs": doc["args"].get("recover_epochs"),
+                       "rows": [r for r in _rows(m, state, LONG) if float(r["target_macs_div"]) not in counted]}
     else:
         rows, missing = _rows(m, state), _missing_cells(doc, m, state)
-        levels = sorted({float(t) for t in (doc["args"].get("model_macs") or {}).get(m["model"], [])}
+        levels = sorted({float(t) for t in macs_targets(doc["args"].get("model_macs"), m.get("dataset"), m["model"], [])}
                         or {float(r["target_macs_div"]) for r in rows})
-    pending = None
     long_path = results / LONG_DOC
     if part != "arms" and long_path.is_file() and source.name != LONG_DOC:
         long_doc = _load(long_path)

@@ -122,3 +122,23 @@ def test_stale_or_unknown_headline_entries_are_one_line_errors(tmp_path):
         rt.behind(entry("recovery.json", "nope:vgg19", 2.4), tmp_path)
     with pytest.raises(ConfigError, match="no headline.json"):
         rt.main(["--results", str(tmp_path / "missing")])
+
+
+def test_a_pooled_headline_counts_only_its_complete_long_levels_and_names_the_pending_stage(tmp_path):
+    two = [row("tp-taylor", 3.0, 3.1, 3.0, True)]
+    counted, later = row("lrp", 5.0, 5.1, 4.0, True), row("lrp", 7.0, 7.1, 6.0, True)  # ÷7: a stage not complete
+    write(tmp_path, "recovery_selection.json", doc({"tiny:vgg19": section(two, chosen(two[0], True))}))
+    m = section([counted, later], None)
+    m["dataset"] = "tiny"
+    m["arms"] = {"state": "kd", "speedup_lossless": {**chosen(counted, True), "arm": "long", "test_n": 624},
+                 "deploy_ships": {"speedup_ort": 4.0}, "complete": False, "levels": [5.0], "missing": ["tp-taylor ÷7"]}
+    ld = doc({"tiny:vgg19": m}, epochs=6, levels=(5.0,))
+    ld["args"]["model_macs"] = {"tiny/vgg19": [5.0, 7.0], "vgg19": [5.0]}  # the pair's own levels win
+    ld["design"] = {"earlier": "recovery_selection.json"}
+    write(tmp_path, rt.LONG_DOC, ld)
+    b = rt.behind(entry(rt.LONG_DOC, "tiny:vgg19", 4.0, "arms"), tmp_path)
+    assert [(r["arm"], r["target_macs_div"]) for r in b["rows"]] == [("2-epoch", 3.0), ("long", 5.0)]
+    assert b["levels"] == [3.0, 5.0] and "tp-taylor ÷7" in b["missing"] and "tp-taylor ÷5" in b["missing"]
+    assert b["pending"]["missing"] == ["tp-taylor ÷7"] and [r["target_macs_div"] for r in b["pending"]["rows"]] == [7.0]
+    text = "; ".join(rt.limits(5, 4.0, b, None))
+    assert "the pre-registered 6-epoch arm is incomplete (1 cells missing)" in text and "1 of its 1 models" in text
