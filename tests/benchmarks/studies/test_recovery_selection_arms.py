@@ -189,6 +189,10 @@ def test_long_levels_are_per_dataset_and_the_grid_gets_them_per_pair():
     macs = rs.model_macs("long", [PNEU, CHEST], ["vgg19"])
     assert macs == {f"{PNEU}/vgg19": [5.0, 6.5, 7.0, 8.0], f"{CHEST}/vgg19": [5.0, 8.0]}
     assert rs.model_macs("long", [CHEST], ["vgg19"]) == {"vgg19": [5.0, 8.0]}  # one dataset: per model, as before
+    run = argparse.Namespace(arm="long", models=["vgg19"], data=[PNEU, CHEST], cached_only=False, runtimes=False,
+                             out="o")
+    grid_args = rs.grid_args({"recover_epochs": 2, "macs": [2.0]}, run, [])
+    assert grid_args.model_macs == macs and grid_args.recover_epochs == arms.LONG_EPOCHS and not grid_args.cached_only
     assert rs.model_macs("design", [PNEU, CHEST], ["vgg19"]) == {"vgg19": [5.0, 3.0, 8.0]}
     from benchmarks.studies import recovery_grid as grid
 
