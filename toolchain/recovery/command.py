@@ -97,8 +97,14 @@ def _print(result: dict, budget: Budget, out) -> None:
                       f"{a['val']['accuracy']:.4f}", f"{g['accuracy_drop_pts']:.2f}",
                       f"{g['worst_sensitivity_drop_pts']:.2f}", "PASS" if g["passes"] else "FAIL")
     out.print(table)
+    search = result["search"]
+    if not search["met"]:  # say it here too: the search's own log line is hidden by --quiet
+        out.print(f"budget NOT met ({budget.describe()}): the most compressed ratio tried, {search['ratio']:.2f}, "
+                  f"gives {budget.kind} dense/pruned {search['cost']['ratio']:.2f}x")
     if result["passes_at_budget"]:
         out.print(f"budget met and gates pass on val at ratio {result['attempts'][0]['ratio']:.2f}")
+    elif result["attempts"][0]["gates"]["passes"]:  # the budget, not the gates, failed (said above)
+        out.print(f"gates pass on val at ratio {result['attempts'][0]['ratio']:.2f}")
     elif result["best_passing_ratio"] is not None:
         out.print(f"gates FAIL at the budget; best passing on val: ratio {result['best_passing_ratio']:.2f} "
                   f"({budget.kind} {result['best_passing_cost']['ratio']:.2f}x)")
