@@ -142,3 +142,15 @@ def test_bad_input_is_a_medprune_error(tmp_path):
         measure_cells(RUN, Opener(), cache_root=tmp_path, repeats=1)
     with pytest.raises(MedpruneError, match="sha256"):
         measure_cells({"cells": {}}, Opener(), cache_root=tmp_path)
+
+
+def test_recovery_md_shows_the_section_of_a_pair_that_has_it(measured):
+    from benchmarks.studies import _recovery_report as rep
+    from tests.benchmarks.studies.recovery_fixtures import fake_cell, fake_run
+
+    first, *_ = measured
+    doc = rep.build([fake_run([fake_cell("lrp", 3.0, 2.0, 0)])], {"criteria": ["lrp"], "macs": [3.0], "threads": 1},
+                    "cmd", "now")
+    assert "INT8 per criterion" not in rep.markdown(doc)
+    next(iter(doc["models"].values()))["quant_cells"] = first
+    assert "\n".join(markdown(first)) in rep.markdown(doc)
