@@ -24,6 +24,7 @@ results file. Writes benchmarks/results/res224.{json,md,png}.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -166,16 +167,22 @@ def interleaved_latency(paths: dict[str, Path], runtime: str, runs: int, threads
     return out
 
 
-def measure_model(arch: str, x: torch.Tensor, y: torch.Tensor, args, parts: set[str]) -> dict:
+def measure_model(arch: str, x: torch.Tensor, y: torch.Tensor, args, parts: set[str], command: str) -> dict:
     from .lrp_cost import measure
 
     row: dict = {"model": arch}
     if "cost" in parts:
         _log(f"{arch}: LRP cost vs frozen forward+backward ({len(x)} images, {args.repeats} pairs)")
-        cost = measure(arch, x, y, SIZE, args.repeats, args.composite, ig_steps=0)
-        row["cost"] = {k: cost[k] for k in ("params", "unit_layers", "units", "frozen_fwd_bwd_s", "lrp_s",
-                                            "ratio_per_pair", "ratio_median")}
-        _log(f"{arch}: LRP / fwd+bwd {cost['ratio_median']:.2f}")
+        # lrp_cost's own settings object: its LRP part only, on the canonical 224 px build
+        settings = argparse.Namespace(img_size=SIZE, repeats=args.repeats, composite=args.composite, ig_steps=0)
+        cost = measure(arch, x, y, settings, ["lrp"], command)
+        run = cost["lrp_run"]
+        row["cost"] = {**{k: cost[k] for k in ("params", "unit_layers", "units", "frozen_fwd_bwd_s", "lrp_s",
+                                               "ratio_per_pair", "ratio_median")},
+                       "threads": torch.get_num_threads(), "load_average": run["load_average"],
+                       **{k: run[k] for k in ("cpu_s", "cpu_ratio_per_pair", "cpu_ratio_median")}}
+        _log(f"{arch}: LRP / fwd+bwd {cost['ratio_median']:.2f} (CPU time {run['cpu_ratio_median']:.2f}, "
+             f"load {run['load_average']})")
     if not parts & {"removal", "export", "latency"}:
         return row
     model = untrained(arch, x)
@@ -243,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "latency": {"runs": args.runs, "threads": args.threads}}
     finished: dict[str, dict] = {}
     for arch in args.models:
-        row = measure_model(arch, x, y, args, parts)
+        row = measure_model(arch, x, y, args, parts, command)
         for part in parts & set(row):  # each part says how and when it was measured
             row[part].update(settings_of[part], command=command, measured=time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                          time.gmtime()))

@@ -63,11 +63,36 @@ def _conv_input_grad(module: nn.Module, x: Tensor, weight: Tensor, grad: Tensor)
     )[0]
 
 
-def _zplus(stabilizer: float) -> Rule:
+class _Scratch:
+    """One buffer that every ZPlus rule of a model writes its clamped weight into, in turn.
+
+    A rule needs ``w.clamp(min=0)`` only while it runs, and the rules run one after another in the
+    backward pass. A fresh tensor per conv is, while glibc's mmap threshold is below the weights' size
+    (a fresh process, as ``prune``'s one scoring call), a fresh mapping: a page fault per page
+    (ResNet50: 94 MB, ~20k faults, ~40 ms against ~12 ms for the clamps into memory already mapped; its
+    frozen forward+backward on 20 images at 32 px is ~0.2 s). Here only the largest weight's pages are
+    new. Sized when the rules are attached; freed with them.
+    """
+
+    def __init__(self, model: nn.Module):
+        convs = [m.weight for m in model.modules() if isinstance(m, _CONVS)]
+        self.numel = max((w.numel() for w in convs), default=0)
+        self.buffer: Tensor | None = None
+
+    def positive(self, w: Tensor) -> Tensor:
+        """``w.clamp(min=0)`` in the buffer (valid until the next call)."""
+        if self.buffer is None or self.buffer.dtype != w.dtype or self.buffer.device != w.device:
+            self.buffer = torch.empty(max(self.numel, w.numel()), dtype=w.dtype, device=w.device)
+        if self.buffer.numel() < w.numel():  # a weight that grew after attaching: its own tensor
+            return w.clamp(min=0)
+        return torch.clamp(w, min=0, out=self.buffer[: w.numel()].view(w.shape))
+
+
+def _zplus(stabilizer: float, scratch: _Scratch) -> Rule:
     def rule(module, forward, x, rel, nonneg):
         w, b = module.weight, module.bias
         bp = None if b is None else b.clamp(min=0)
-        wp = w.clamp(min=0)
+        wp = scratch.positive(w)
         if nonneg or x.min() >= 0:
             # no negative input: zennit's negative term is exactly zero, and z >= 0 so the
             # stabilizer is z + eps (the same floats as zennit's sign-based formula)
@@ -183,12 +208,13 @@ def supports(model: nn.Module) -> bool:
 
 def rules_for(model: nn.Module, epsilon: float, stabilizer: float) -> dict[str, Rule]:
     """``{module name: rule}`` in zennit's assignment order for ``epsilon_plus_flat`` (first match wins)."""
+    scratch = _Scratch(model)
     table: list[tuple[tuple[type, ...], Rule]] = [
         (_mean_pool_types(), _norm(stabilizer)),
         ((Activation,), _pass),
         ((Sum, AvgPool), _norm(stabilizer)),
         ((BatchNorm,), _pass),
-        (_CONVS, _zplus(stabilizer)),
+        (_CONVS, _zplus(stabilizer, scratch)),
         ((nn.Linear,), _epsilon(epsilon)),
     ]
     chosen: dict[str, Rule] = {}

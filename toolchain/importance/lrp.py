@@ -30,7 +30,7 @@ from ..errors import ConfigError, ModelError
 from ..units import UnitLayer, get_module, reduce_to_units
 from . import _lrp_rules
 from ._hooks import batches, model_device
-from ._lrp_canonizers import COMPOSITES, canonizers_for, find_conv_bn_pairs, make_composite
+from ._lrp_canonizers import COMPOSITES, canonizers_for, make_composite, trace_conv_bn_pairs
 from ._lrp_vit import has_attention, patch
 from .base import Criterion, register
 
@@ -39,7 +39,9 @@ class LRPExplainer:
     """``model`` prepared for LRP; use as a context manager (``with LRPExplainer(...)``).
 
     ``example`` (one or a few inputs) is used to trace which BatchNorm reads which conv, and to
-    check (at the first ``relevance`` call) that merging them left the logits unchanged. ``low``/``high``
+    check that merging them left the logits unchanged: images larger than ``TRACE_SIDE`` px are
+    traced and checked on a crop of that size when the model takes it (``trace_conv_bn_pairs``),
+    others at the first ``relevance`` call, on the batch's logits. ``low``/``high``
     bound the input values for the ZBox rule of ``epsilon_gamma_box``. ``zennit_hooks=True`` runs
     ``epsilon_plus_flat`` through zennit's hooks instead of ``_lrp_rules`` (what the fast rules are
     tested against).
@@ -71,6 +73,7 @@ class LRPExplainer:
         self.composite = None
         self._undo: list = []  # callables that restore the caller's model, run in reverse by close()
         net = _copy.deepcopy(model) if copy else model
+        probe = example  # what the canonized model's logits are checked on
         try:
             self._prepare(net)
             if self.transformer:
@@ -81,7 +84,7 @@ class LRPExplainer:
                 # merging BatchNorms is what can go wrong (a conv output that also feeds another
                 # layer); a model without any skips the tracing pass and the logit check
                 has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
-                pairs, reference = find_conv_bn_pairs(net, example) if has_bn else ([], None)
+                pairs, reference, probe = trace_conv_bn_pairs(net, example) if has_bn else ([], None, example)
                 for canonizer in canonizers_for(pairs):
                     instances = canonizer.apply(net)
                     self._undo += [inst.remove for inst in instances]
@@ -99,14 +102,16 @@ class LRPExplainer:
                         high=example.max().detach() if high is None else torch.as_tensor(high),
                     )
                     self.composite.register(net)
+            self.model = net
+            self._model_name = type(model).__name__
+            # checked against the first batch that starts with ``example`` (no extra forward pass), else by a
+            # forward pass of its own: now for a trace's small crop, in the first ``relevance`` call otherwise
+            self._unchecked: tuple[torch.Tensor, torch.Tensor] | None = None if reference is None else (probe, reference)
+            if reference is not None and probe is not example:
+                self._check_logits()
         except BaseException:
             self.close()
             raise
-        self.model = net
-        # checked against the first batch that starts with ``example`` (no extra forward pass),
-        # else by a forward pass of its own in the first ``relevance`` call
-        self._unchecked: tuple[torch.Tensor, torch.Tensor] | None = None if reference is None else (example, reference)
-        self._model_name = type(model).__name__
 
     def _prepare(self, net: nn.Module) -> None:
         """Eval mode, frozen parameters, no in-place activations (hooks need the tensors the forward made)."""
@@ -123,11 +128,13 @@ class LRPExplainer:
             m.inplace = False
         self._undo.append(lambda: [setattr(m, "inplace", True) for m in inplace])
 
-    def _check_logits(self, x: torch.Tensor, logits: torch.Tensor) -> None:
+    def _check_logits(self, x: torch.Tensor | None = None, logits: torch.Tensor | None = None) -> None:
+        """Canonized vs original logits on the traced input: ``logits`` of a batch ``x`` that starts with it, or
+        a pass of its own."""
         example, reference = self._unchecked
         self._unchecked = None
         n = len(example)
-        if len(x) >= n and torch.equal(x[:n], example):
+        if x is not None and len(x) >= n and torch.equal(x[:n], example):
             canonical = logits[:n].detach()
         else:
             with torch.no_grad():
