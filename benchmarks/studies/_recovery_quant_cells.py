@@ -106,6 +106,9 @@ def markdown(qc: dict | None) -> list[str]:
     if not qc:
         return []
     cells = qc.get("cells") or {}
+    if not cells:  # nothing measured for this pair: say so in one line instead of a caption with no table
+        return [f"**INT8 per criterion and MACs target**: not measured for this pair ({len(qc.get('missing') or {})} "
+                "recovered cells not cached; `--runtimes-per-cell` measures them).", ""]
     any_rt = next(iter(cells.values()), {}).get("runtime", {})
     lines = ["**INT8 per criterion and MACs target** (recovered models, KD): "
              f"ORT static QDQ and OpenVINO NNCF INT8, calibrated on {qc.get('n_calib')} train images; batch 1, "

@@ -154,3 +154,10 @@ def test_recovery_md_shows_the_section_of_a_pair_that_has_it(measured):
     assert "INT8 per criterion" not in rep.markdown(doc)
     next(iter(doc["models"].values()))["quant_cells"] = first
     assert "\n".join(markdown(first)) in rep.markdown(doc)
+
+
+def test_markdown_of_a_pair_with_no_measured_cell_is_one_line_saying_so():
+    lines = markdown({"state": "kd", "cells": {}, "missing": {"lrp/2": "not cached", "dlb/2": "not cached"}})
+    assert len([ln for ln in lines if ln]) == 1
+    assert "not measured for this pair (2 recovered cells not cached" in lines[0]
+    assert "n = ?" not in lines[0]
