@@ -107,7 +107,7 @@ def train_command(train_config: dict | None, fallback: str) -> str:
     keys = [k for k in ("model", "epochs", "lr", "patience", "data", "load_size", "train_subset")
             if train_config.get(k) is not None]
     # the selection split, when it is not today's default (toolchain.data.splits)
-    keys += [k for k, default in (("val_fraction", 0.1), ("val_from_train", 0.0))
+    keys += [k for k, default in (("warmup_epochs", 1.0), ("val_fraction", 0.1), ("val_from_train", 0.0))
              if train_config.get(k, default) != default]
     build = [f"--build-arg {k}={v}" for k, v in (train_config.get("build_args") or {}).items()]  # e.g. ViT patch 16
     return "medprune train " + " ".join([f"--{k.replace('_', '-')} {train_config[k]}" for k in keys] + build)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import time
 
 import pytest
@@ -27,7 +28,19 @@ def test_every_checkpoint_the_committed_results_cite_has_a_train_command():
     recovery = json.loads((RESULTS / "recovery.json").read_text())["models"]
     retrain = {c.sha256: c.command for c in cc.to_retrain(cited)}
     for m in recovery.values():  # the recovery study's dense checkpoints, with their own commands
-        assert retrain[m["checkpoint_sha256"]] == m["train_command"]
+        assert _flags(retrain[m["checkpoint_sha256"]]) == _flags(m["train_command"]), m["train_command"]
+
+
+def _flags(command: str) -> list[tuple[str, str]]:
+    """A ``medprune train`` line as its sorted (flag, value) pairs: two renderings may order flags differently."""
+    words = shlex.split(command)
+    assert words[:2] == ["medprune", "train"], command
+    pairs, rest = [], words[2:]
+    while rest:
+        flag = rest.pop(0)
+        value = rest.pop(0) if rest and not rest[0].startswith("--") else ""
+        pairs.append((flag, value.strip('"')))
+    return sorted(pairs)
 
 
 def _write(folder, name, doc):
