@@ -363,7 +363,9 @@ def write(doc: dict, runs: list[dict], out: Path, stem: str = "recovery", prefac
 
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / f"{stem}.json", "w") as fh:
-        json.dump(doc, fh, indent=1, default=str)
+        # compact: the per-row bootstrap intervals and per-cell runtime columns make an indented file > 2 MiB;
+        # recovery.md is the human-readable view
+        json.dump(doc, fh, separators=(",", ":"), default=str)
     title, _, body = markdown(doc).partition("\n")
     text = "\n".join([title, "", *preface, body]) if preface else f"{title}\n{body}"
     if doc.get("cell_versions"):  # the reused cells computed by other code (``_recovery_versions``)
