@@ -9,7 +9,7 @@ policy and grid runs, so they need no command here.
 
 The training time each checkpoint recorded when it was trained is looked up (its sidecar in the local
 cache, else ``baselines.json``'s ``train_wall_s``), so a command that does not retrain them can still
-say what retraining them took, and on which device. A checkpoint trained on another device than this
+say what retraining them took, on which device and with how many threads. A checkpoint trained on another device than this
 machine's is not retrained by ``--cited train`` (CPU and CUDA kernels give different weights, so the
 retrain could not match; naming it in ``--cited-subset`` retrains it anyway).
 
@@ -18,10 +18,11 @@ A retrain is proved a retrain, not a cache hit: its checkpoint must be another f
 or found it in that folder's cache, with the thread count, torch build and cache key it was trained
 with, beside the cited checkpoint's (what to suspect when the sha256 differs).
 
-The retrain runs the ``medprune`` console script beside the interpreter, so it trains (and keys the training
-cache, whose key holds the training-code version) with the installed package's code, not necessarily the tree
-the calling command runs from: to reuse retrains cached by an older training-code version, put that version's
-tree first on ``PYTHONPATH`` for both.
+The retrain runs ``medprune train`` as a subprocess (the console script beside the interpreter), which keys
+the training cache by the training code it runs: a retrain of a checkpoint made by older training code (or
+found in a cache that code filled) must run that code, ``PYTHONPATH`` = an export of the old commit, for both
+this command and the subprocess. The thread count is part of the bits: set ``MEDPRUNE_THREADS`` to the one
+the checkpoint recorded (stop 17: ``70b56255``/``0d21c92d`` differ at 1 thread, match at their recorded 2).
 """
 
 from __future__ import annotations
@@ -121,8 +122,9 @@ def recorded_training(c: Cited, results: Path) -> dict:
         return {**_how_trained(side), "source": "checkpoint sidecar"}
     for r in _baselines_runs(results / "baselines.json"):
         if c.checkpoint and r.get("checkpoint") == c.checkpoint:
-            return {"wall_s": r.get("train_wall_s"), "device": r.get("train_device"), "source": "baselines.json"}
-    return {"wall_s": None, "device": None, "source": None}
+            return {"wall_s": r.get("train_wall_s"), "device": r.get("train_device"),
+                    "threads": r.get("train_threads"), "source": "baselines.json"}
+    return {"wall_s": None, "device": None, "threads": None, "source": None}
 
 
 def _sidecar(path: str | Path | None) -> dict | None:
@@ -333,6 +335,8 @@ def markdown_lines(rows: list[dict]) -> list[str]:
     for r in rows:
         rec = r["recorded"]
         took = f"{rec['wall_s']:.0f} s on {rec['device']}" if rec["wall_s"] is not None else "n/a"
+        if rec.get("threads"):  # a retrain matches only at this thread count (MEDPRUNE_THREADS)
+            took += f", {rec['threads']} thread{'s' if rec['threads'] != 1 else ''}"
         lines.append(f"| `{r['sha256'][:16]}` | {', '.join(r['files'])} | {status(r)} | {took} | "
                      f"{'`' + r['command'] + '`' if r['command'] else 'made by the policy / grid runs'} |")
     earlier: dict[str, list[str]] = {}

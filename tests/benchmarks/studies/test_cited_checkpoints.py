@@ -193,8 +193,6 @@ def test_section_keeps_the_retrains_an_earlier_run_recorded(tmp_path, monkeypatc
     assert cc.status(rows[b]).startswith("retrained, DIFFERENT sha256")
     counts = cc.summary(list(rows.values()))
     assert (counts["cited"], counts["reproduced"], counts["different"], counts["retrained"]) == (2, 1, 1, 2)
-    counts = cc.summary(list(rows.values()))
-    assert (counts["cited"], counts["reproduced"], counts["different"], counts["retrained"]) == (2, 1, 1, 2)
 
 
 def test_a_config_field_an_older_checkpoint_does_not_record_counts_as_its_default():
@@ -203,3 +201,35 @@ def test_a_config_field_an_older_checkpoint_does_not_record_counts_as_its_defaul
     assert cc._config_differs(newer, older) == []
     assert cc._config_differs({"meta": {"train_config": {"lr": 3e-3, "val_from_train": 0.2}}}, older) == [
         "lr", "val_from_train"]
+
+
+def test_a_checkpoint_no_results_file_cites_any_more_drops_out_of_a_finished_runs_count(tmp_path, monkeypatch):
+    """Stop 18 stopped citing two earlier recovery checkpoints: ``--finished ... --cited list`` recounts today's
+    citations (the earlier retrain of one still cited is carried; the stale one is neither row nor count)."""
+    from benchmarks.studies import baselines_cpu as bc
+
+    kept, stale = "a" * 64, "c" * 64
+    results, finished, out = tmp_path / "results", tmp_path / "finished", tmp_path / "out"
+    results.mkdir(), finished.mkdir()
+    _write(results, "recovery.json", {"m": {"checkpoint": "/a", "checkpoint_sha256": kept,
+                                             "train_command": "medprune train --model resnet50"}})
+    _write(results, "baselines.json", {"runs": [{"checkpoint": "/a", "train_wall_s": 711.1, "train_device": "cpu",
+                                                 "train_threads": 2}]})
+    earlier = [{"sha256": s, "checkpoint": f"/{s[0]}", "command": "medprune train", "files": ["recovery.json"],
+                "made_by": None, "retrained": {"checkpoint": f"/r/{s[0]}", "sha256": s}} for s in (kept, stale)]
+    doc = {"command": "medprune study baselines_cpu", "created": "then", "schedule": "s", "chosen_lr": {}, "runs": [],
+           "machine": {"cpu": "x", "cores_usable": 2, "nice": 0}, "trained": {"checkpoints": 0, "minutes": 0,
+           "with_time": 0}, "timing": {"wall_min": 1, "cpu_min": 1, "load": {"mean": 1, "max": 1, "samples": 1}},
+           "cited": earlier, "cited_summary": {"cited": 2, "reproduced": 2}, "cited_added_by": "medprune study x"}
+    _write(finished, "baselines_cpu.json", doc)
+    _write(finished, "hparam_policy.json", {"command": "medprune study hparam_policy", "policy": "p", "models": []})
+    monkeypatch.setattr(bc, "RESULTS", results)
+    assert bc.main(["--finished", str(finished), "--cited", "list", "--out", str(out)]) == 0
+    again = json.loads((out / "baselines_cpu.json").read_text())
+    assert [r["sha256"] for r in again["cited"]] == [kept]
+    assert (again["cited_summary"]["cited"], again["cited_summary"]["reproduced"]) == (1, 1)
+    assert again["cited"][0]["retrained"]["by"] == "medprune study x"  # carried, not retrained
+    text = (out / "baselines_cpu.md").read_text()
+    assert "1 checkpoints are cited" in text and "**1 reproduced bit-identically**" in text
+    assert "`cccccccc" not in text and "Retrained by an earlier run, `medprune study x`: `aaaaaaaa`." in text
+    assert "| 711 s on cpu, 2 threads |" in text  # the thread count a retrain must pin, from baselines.json
