@@ -92,6 +92,10 @@ def deploy_cmd(
     ship_best_passing: bool = typer.Option(False, "--ship-best-passing",
                                            help="budget: when no recovered model at the budget passes on val, package "
                                                 "the best smaller budget that does (labelled; else exit 3, test unread)"),
+    search_aware: bool = typer.Option(False, "--search-aware",
+                                      help="judge the val search's candidates with simultaneous bounds (Bonferroni "
+                                           "over the k ratios or budget back-offs it may try: each at 1 - 0.05/k) "
+                                           "instead of 95 % each; off: the rule committed results used"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
 ) -> None:
     """Train (cached) → sample → score → ratio (val) → remove → calibrate (val) → export → test report +
@@ -111,7 +115,8 @@ def deploy_cmd(
                        allow_missing_class=allow_missing_class, speedup=speedup, macs_budget=macs_budget,
                        params_budget=params_budget, latency_ms=latency_ms, recover_epochs=recover_epochs,
                        kd_weight=kd_weight, ce_weight=ce_weight, kd_temperature=kd_temperature,
-                       recover_augment=recover_augment, ship_best_passing=ship_best_passing)
+                       recover_augment=recover_augment, ship_best_passing=ship_best_passing,
+                       search_aware=search_aware)
     try:
         summary = deploy(cfg)
     except KeyboardInterrupt:

@@ -17,16 +17,77 @@ one that loses a few images of a small class fails even when the point drop is w
 When that exceeds ``--sens-tolerance`` (``n < 100 / sens_tolerance``) the rule can only accept ratios
 that lose no image of that class on val; likewise accuracy when the whole val split has fewer than
 ``100 / tolerance`` images. :func:`resolution_warnings` says so and what the user can do.
+
+**Search-aware variant** (``SEARCH_AWARE_RULE``, opt-in: ``--search-aware``). The rule bounds one candidate at
+95 %; a search that judges ``k`` candidates on the same val split and keeps the most compressed passer selects for
+lucky val draws (stop 18: PneumoniaMNIST VGG19's pooled choice over 49 recovered candidates passed on val and failed
+on test). The variant makes the bounds simultaneous over the ``k`` candidates (Bonferroni): every candidate's
+interval is taken at confidence ``1 - 0.05 / k`` (:func:`search_confidence`) from the same paired bootstrap, with
+``k`` times the replicates (:func:`search_n_boot`) so that each upper tail keeps the 50 replicates the 95 % rule's
+has and the bound is never the sample maximum. ``k = 1`` is the 95 % rule exactly (same level, same replicates,
+same numbers). ``k`` must be fixed before val is read: deploy's budget back-off counts every (ratio, recipe) pair it
+may try; the adaptive ratio search (``prune_eval.find_lossless``) counts the most judgments its scan and bisection
+can make (:func:`grid_search_k`), which is not a union over every ratio it could reach.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .errors import ConfigError
+from .intervals import CONFIDENCE
+
 RULE = ("lossless on val: the upper end of the 95 % paired class-stratified bootstrap interval of the accuracy "
         "drop <= tolerance and of every class's sensitivity drop <= sens-tolerance (points)")
+SEARCH_AWARE_RULE = ("search-aware lossless on val (Bonferroni over the k candidates judged on val): the upper end of "
+                     "each candidate's (1 - 0.05/k) paired class-stratified bootstrap interval of the accuracy drop <= "
+                     "tolerance and of every class's sensitivity drop <= sens-tolerance (points); k = 1 is the 95 % "
+                     "rule")
+
+
+def search_confidence(k: int) -> float:
+    """Each candidate's interval level when ``k`` candidates are judged on one split: ``1 - 0.05 / k``
+    (Bonferroni); ``k = 1`` returns ``CONFIDENCE`` itself, so the 95 % rule is unchanged bit for bit."""
+    k = _check_k(k)
+    return CONFIDENCE if k == 1 else 1.0 - (1.0 - CONFIDENCE) / k
+
+
+def search_n_boot(k: int) -> int:
+    """Paired bootstrap replicates for ``k`` candidates: ``k x PAIRED_N_BOOT``, so the upper tail of a
+    ``search_confidence(k)`` interval holds as many replicates (50) as the 95 % rule's does."""
+    from .metrics import PAIRED_N_BOOT
+
+    return PAIRED_N_BOOT * _check_k(k)
+
+
+def rule_line(k: int) -> str:
+    """The rule a search with ``k`` candidates judged on val applies, for printing and records."""
+    k = _check_k(k)
+    return f"{SEARCH_AWARE_RULE}; here k = {k} (each bound at {100 * search_confidence(k):.4g} %)"
+
+
+def grid_search_k(grid: Sequence[int], top: int) -> int:
+    """The most candidates ``prune_eval.find_lossless`` can judge: the coarse scan's ``grid`` points (grid steps,
+    ascending; empty: no scan) plus a bisection of the widest bracket between neighbours of 0, ``grid`` and
+    ``top + 1``.
+
+    >>> grid_search_k(list(range(10, 91, 10)) + [99], 99)   # 10 scanned + 4 bisection steps in a 10-step bracket
+    14
+    """
+    edges = [0, *grid, int(top) + 1]
+    gaps = [b - a for a, b in zip(edges, edges[1:], strict=False)]
+    if min(gaps) < 1:
+        raise ConfigError(f"the scan grid must ascend strictly inside [1, {top}], got {list(grid)}")
+    return len(grid) + math.ceil(math.log2(max(gaps)))
+
+
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError(f"k (candidates judged on the same split) must be an integer >= 1, got {k!r}")
+    return int(k)
 
 
 def resolution_warnings(labels: np.ndarray, class_names: Sequence[str], tolerance: float,
@@ -52,12 +113,20 @@ def resolution_warnings(labels: np.ndarray, class_names: Sequence[str], toleranc
     return out
 
 
-def drops(y, p_dense, p_pruned, class_names: Sequence[str], *, n_boot: int | None = None, seed: int = 0) -> dict:
-    """Accuracy and per-class sensitivity drops (points, dense − pruned) with 95 % paired bootstrap intervals and n."""
+def drops(y, p_dense, p_pruned, class_names: Sequence[str], *, n_boot: int | None = None, seed: int = 0,
+          confidence: float = CONFIDENCE) -> dict:
+    """Accuracy and per-class sensitivity drops (points, dense − pruned) with paired bootstrap intervals (95 %, or
+    ``confidence``) and n. ValueError when ``n_boot`` leaves no replicate beyond the interval's upper end."""
     from .metrics import PAIRED_N_BOOT, paired_bootstrap_diff
 
     y = np.asarray(y)
     boot = dict(n_boot=n_boot or PAIRED_N_BOOT, seed=seed)
+    if confidence != CONFIDENCE:  # the default's call stays as it was (same arguments, same numbers)
+        tail = (1.0 - confidence) / 2
+        if (boot["n_boot"] - 1) * tail < 1:  # np.quantile would return (nearly) the sample maximum
+            raise ValueError(f"n_boot={boot['n_boot']} is too few for a {confidence:.6g} interval: its upper end "
+                             f"would be the largest replicate; use n_boot >= {math.ceil(1 / tail) + 1}")
+        boot["confidence"] = confidence
     acc = paired_bootstrap_diff(y, p_dense, p_pruned, "accuracy", **boot)
     sens, sens_ci, support = {}, {}, {}
     for c, name in enumerate(class_names):
@@ -105,7 +174,8 @@ def worst_sensitivity_drop(y, p_dense, p_pruned, *, n_boot: int | None = None, s
 
 
 def passes_bound(d: Mapping, tolerance: float, sens_tolerance: float) -> bool:
-    """The rule (module docstring): upper 95 % bounds of the drops within the tolerances."""
+    """The rule (module docstring): upper bounds of the drops within the tolerances (95 %, or the level ``d``'s
+    intervals were drawn at: :func:`judge` with ``k``)."""
     return bool(d["accuracy_drop_ci_pts"][1] <= tolerance + 1e-9
                 and all(ci[1] <= sens_tolerance + 1e-9 for ci in d["sensitivity_drop_ci_pts"].values()))
 
@@ -117,18 +187,34 @@ def passes_point(d: Mapping, tolerance: float, sens_tolerance: float) -> bool:
 
 
 def judge(y: np.ndarray, p_dense: np.ndarray, p_pruned: np.ndarray, class_names: Sequence[str], *,
-          tolerance: float, sens_tolerance: float, seed: int = 0, split: str = "val") -> dict:
-    """:func:`drops`, whether the rule passes (with a line per failed figure) and the point check beside it."""
-    d = drops(y, p_dense, p_pruned, class_names, seed=seed)
+          tolerance: float, sens_tolerance: float, seed: int = 0, split: str = "val", k: int = 1) -> dict:
+    """:func:`drops`, whether the rule passes (with a line per failed figure) and the point check beside it.
+
+    ``k``: candidates judged on ``split`` by the search this verdict belongs to; ``k > 1`` applies the
+    search-aware rule (``SEARCH_AWARE_RULE``: bounds at :func:`search_confidence`, recorded as ``search_k``);
+    ``k = 1`` (default) is the 95 % rule, with the same output as before the variant existed.
+
+    >>> y = np.array([0, 0, 1, 1]); p = np.eye(2)[y]
+    >>> judge(y, p, p, ["a", "b"], tolerance=1.0, sens_tolerance=2.0, k=3)["passes"]
+    True
+    """
+    k = _check_k(k)
+    if k == 1:
+        d = drops(y, p_dense, p_pruned, class_names, seed=seed)
+    else:
+        d = drops(y, p_dense, p_pruned, class_names, seed=seed, n_boot=search_n_boot(k),
+                  confidence=search_confidence(k))
+    at = "" if k == 1 else f" at {100 * d['confidence']:.4g} %, k = {k}"
     failed = []
     if d["accuracy_drop_ci_pts"][1] > tolerance + 1e-9:
-        failed.append(f"accuracy drop up to {d['accuracy_drop_ci_pts'][1]:.2f} pts (allowed {tolerance})")
-    failed += [f"{name} sensitivity drop up to {ci[1]:.2f} pts (allowed {sens_tolerance})"
+        failed.append(f"accuracy drop up to {d['accuracy_drop_ci_pts'][1]:.2f} pts{at} (allowed {tolerance})")
+    failed += [f"{name} sensitivity drop up to {ci[1]:.2f} pts{at} (allowed {sens_tolerance})"
                for name, ci in d["sensitivity_drop_ci_pts"].items() if ci[1] > sens_tolerance + 1e-9]
     sens = d["sensitivity_drop_pts"]
     return {"split": split, **d, "worst_sensitivity_drop_pts": max(sens.values()) if sens else 0.0,
             "passes": not failed, "failed": failed, "passes_point": passes_point(d, tolerance, sens_tolerance),
-            "tolerance_pts": tolerance, "sens_tolerance_pts": sens_tolerance, "seed": seed}
+            "tolerance_pts": tolerance, "sens_tolerance_pts": sens_tolerance, "seed": seed,
+            **({} if k == 1 else {"search_k": k, "rule": rule_line(k)})}
 
 
 def _pts(ci) -> list[float]:

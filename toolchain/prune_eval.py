@@ -41,7 +41,7 @@ from torch import nn
 from .atomic import atomic_file, atomic_path
 from .errors import ConfigError
 from .lossless import RULE as LOSSLESS_RULE
-from .lossless import judge
+from .lossless import grid_search_k, judge, rule_line
 from .masking import MaskSet, apply_masks, build_masks, check_ratio, mask_report
 from .units import UnitLayer
 
@@ -262,12 +262,16 @@ class BoundEvaluator(RatioEvaluator):
                                        self.ctx.device)
         return self._probs[key]
 
-    def passes(self, ratio: float, split: str, tolerance: float, sens_tolerance: float) -> dict:
-        """The lossless rule at ``ratio`` on ``split`` (what ``find_lossless`` probes)."""
+    def passes(self, ratio: float, split: str, tolerance: float, sens_tolerance: float, k: int = 1) -> dict:
+        """The lossless rule at ``ratio`` on ``split`` (what ``find_lossless`` probes); ``k`` > 1: the search-aware
+        rule for ``k`` candidates judged on ``split`` (``toolchain.lossless.judge``)."""
+        if k != 1 and self.qwk_tolerance is not None:
+            raise ConfigError("the search-aware lossless rule does not bound the QWK drop of graded classes yet; "
+                              "leave --search-aware off with --ordinal")
         p_dense, y = self.probs(0.0, split)
         p_pruned, _ = self.probs(ratio, split)
         verdict = judge(y, p_dense, p_pruned, self.ctx.ds.class_names, tolerance=tolerance,
-                        sens_tolerance=sens_tolerance, seed=self.seed, split=split)
+                        sens_tolerance=sens_tolerance, seed=self.seed, split=split, k=k)
         if self.qwk_tolerance is not None:
             from .ordinal import with_qwk_bound
 
@@ -318,9 +322,12 @@ def find_lossless(
     coarse_step: float | None = 0.1,
     coarse_patience: int | None = 2,
     max_ratio: float = 0.99,
+    search_aware: bool = False,
 ) -> dict:
     """The largest ratio (on a ``resolution`` grid) that passes ``ev``'s rule (``ev.passes``, recorded as
-    ``rule``) with both tolerances on ``search_split``.
+    ``rule``) with both tolerances on ``search_split``. ``search_aware`` (bound rule only): every ratio is judged by
+    the search-aware rule with ``k`` = the most ratios this search can judge (``lossless.grid_search_k``, recorded as
+    ``search_k``), fixed before the first judgment.
 
     See the module docstring for the monotonicity assumption. ``coarse_step=None`` bisects the whole
     range ``[0, max_ratio]`` directly (fewer evaluations, more trust in monotonicity). The coarse scan
@@ -333,18 +340,24 @@ def find_lossless(
     steps = int(round(1 / resolution))
     top = min(int(math.floor(max_ratio * steps + 1e-9)), steps - 1)
     trace: list[dict] = []
-
-    def ok(k: int) -> bool:
-        res = ev.passes(k / steps, search_split, tolerance, sens_tolerance)
-        trace.append(res)
-        return res["passes"]
-
-    lo, hi = 0, top + 1  # invariant: lo passes (0 is the dense model), hi fails or is out of range
+    grid: list[int] = []
     if coarse_step:
         stride = max(1, int(round(coarse_step * steps)))
         grid = list(range(stride, top + 1, stride))
         if not grid or grid[-1] != top:
             grid.append(top)
+    if search_aware and not isinstance(ev, BoundEvaluator):
+        raise ConfigError("the search-aware rule bounds paired bootstrap intervals: it needs the bound rule "
+                          "(--lossless-rule bound), not the point rule")
+    search_k = grid_search_k(grid, top) if search_aware else 1
+
+    def ok(k: int) -> bool:
+        res = ev.passes(k / steps, search_split, tolerance, sens_tolerance, **({"k": search_k} if search_aware else {}))
+        trace.append(res)
+        return res["passes"]
+
+    lo, hi = 0, top + 1  # invariant: lo passes (0 is the dense model), hi fails or is out of range
+    if coarse_step:
         results: list[tuple[int, bool]] = []
         fails = 0
         for k in grid:
@@ -365,7 +378,8 @@ def find_lossless(
     monotone = all(a["passes"] or not b["passes"] for a, b in zip(trace, trace[1:], strict=False))
     return {
         "ratio": ratio,
-        "rule": getattr(ev, "rule", None),
+        "rule": rule_line(search_k) if search_aware else getattr(ev, "rule", None),
+        **({"search_k": search_k} if search_aware else {}),
         "search_split": search_split,
         "tolerance_pts": tolerance,
         "sens_tolerance_pts": sens_tolerance,

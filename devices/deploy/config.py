@@ -76,6 +76,8 @@ class DeployConfig:
     recover_augment: bool | None = None
     # a budget whose recovered model fails on val: package the best smaller budget passing on val (else exit 3)
     ship_best_passing: bool = False
+    # val bounds simultaneous over the candidates the search judges (toolchain.lossless.SEARCH_AWARE_RULE)
+    search_aware: bool = False
 
     def budget(self) -> dict | None:
         """``{"kind", "value"}`` of the one budget given, or None (ConfigError for two or a bad value)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolchain.lossless import RULE, resolution_warnings
+from toolchain.lossless import RULE, resolution_warnings, rule_line
 from toolchain.prune_eval import BoundEvaluator
 
 from .stage import Stage, added, live
@@ -66,6 +66,7 @@ class RatioChoice(Stage):
     round_to: int
     seed: int  # bootstrap seed
     qwk_tolerance: float | None = added(None)  # graded classes: the evaluator's QWK bound (margin applied)
+    search_aware: bool = added(False)  # Bonferroni over the ratios the search may judge (toolchain.lossless)
     evaluator: Any = live()
 
     def run(self, workdir: Path) -> dict:
@@ -76,16 +77,19 @@ class RatioChoice(Stage):
         warnings = resolution_warnings(y, self.evaluator.ctx.ds.class_names, tol, sens_tol)
         search = None
         if self.ratio == "auto":
-            search = find_lossless(self.evaluator, tol, sens_tol, search_split="val", max_ratio=self.max_ratio)
+            search = find_lossless(self.evaluator, tol, sens_tol, search_split="val", max_ratio=self.max_ratio,
+                                   search_aware=self.search_aware)
             ratio = float(search["ratio"])
         else:
             ratio = float(self.ratio)
-        val = self.evaluator.passes(ratio, "val", tol, sens_tol)
+        k = search.get("search_k", 1) if search else 1  # a fixed ratio is one candidate: the 95 % rule
+        val = self.evaluator.passes(ratio, "val", tol, sens_tol, **({"k": k} if k > 1 else {}))
         if self.ratio != "auto" and not val["passes"]:
             warnings.append(f"the fixed ratio {ratio:.2f} fails the lossless rule on val ({'; '.join(val['failed'])})"
                             "; the test gates still judge it")
-        rule = RULE + ("; graded classes: also the QWK drop's upper bound <= qwk-tolerance (points)"
-                       if self.qwk_tolerance is not None else "")
+        rule = (rule_line(k) if self.search_aware else RULE) + (
+            "; graded classes: also the QWK drop's upper bound <= qwk-tolerance (points)"
+            if self.qwk_tolerance is not None else "")
         return {"ratio": ratio, "mode": "auto" if self.ratio == "auto" else "fixed", "rule": rule,
                 "split": "val", "val": val, "search": search, "warnings": warnings}
 
@@ -95,12 +99,15 @@ def choose_ratio(cfg, pipe, imp, evaluator) -> tuple[Any, float, dict]:
     chosen = RatioChoice(importance=imp.key_digest, ratio=cfg.ratio, granularity=cfg.granularity,
                          tolerance=cfg.tolerance, sens_tolerance=cfg.sens_tolerance,
                          search_margin=cfg.search_margin, max_ratio=cfg.max_ratio, round_to=cfg.round_to,
-                         seed=cfg.seed, qwk_tolerance=evaluator.qwk_tolerance, evaluator=evaluator)(pipe)
+                         seed=cfg.seed, qwk_tolerance=evaluator.qwk_tolerance, search_aware=cfg.search_aware,
+                         evaluator=evaluator)(pipe)
     d = chosen.data
     v = d["val"]
     ci = v["accuracy_drop_ci_pts"]
+    if cfg.search_aware:
+        pipe.console.print(f"    rule: {d['rule']}")
     pipe.console.print(f"    pruning ratio {d['ratio']:.2f} ({d['mode']}; on val n={v['n']}: accuracy drop "
-                       f"{v['accuracy_drop_pts']:.2f} pts [95% CI {ci[0]:.2f}, {ci[1]:.2f}], worst sensitivity "
+                       f"{v['accuracy_drop_pts']:.2f} pts [{100 * v['confidence']:.4g}% CI {ci[0]:.2f}, {ci[1]:.2f}], worst sensitivity "
                        f"drop {v['worst_sensitivity_drop_pts']:.2f} pts)")
     for line in d["warnings"]:
         pipe.console.print(f"[yellow]    warning: {line}[/]")

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolchain.lossless import RULE, judge
+from toolchain.lossless import RULE, judge, rule_line
 
 from .budget_latency import latency_for, latency_source
-from .stage import Stage, live
+from .stage import Stage, added, live
 
 BACKOFF = (0.75, 0.5, 0.25)  # fractions of the budget's ratio tried when its recovered model fails on val
 # recovery recipes tried in order on val (overrides of toolchain.recovery.finetune.RECIPE): pure distillation,
@@ -72,6 +72,7 @@ class Recover(Stage):
     tolerance: float
     sens_tolerance: float
     seed: int
+    search_k: int = added(1)  # --search-aware: candidates the back-off may judge on val (toolchain.lossless)
     ctx: Any = live()
     pruned: Any = live()  # the prune StageResult
     device: str = live("cpu")
@@ -91,7 +92,7 @@ class Recover(Stage):
         p_dense, y = predict(ctx.model, ctx.ds, "val", ctx.preprocess)
         p_rec, _ = predict(recovered, ctx.ds, "val", ctx.preprocess)
         judged = judge(y, p_dense, p_rec, ctx.ds.class_names, tolerance=self.tolerance,
-                       sens_tolerance=self.sens_tolerance, seed=self.seed)
+                       sens_tolerance=self.sens_tolerance, seed=self.seed, k=self.search_k)
         return {**d, "recipe": {**d["recipe"], "budget": self.budget, "recovery": record},
                 "val": {"dense": d["val"]["dense"], "pruned": evaluate(recovered, ctx.ds, "val", ctx.preprocess)},
                 "val_before_recovery": d["val"]["pruned"], "judge_val": judged,
@@ -161,6 +162,11 @@ def recover_pruned(cfg, pipe, ctx, pr, budget_stage, prune_at, example, profile)
     b = budget_stage.data
     ratios = [b["ratio"]] + [r for r in dict.fromkeys(round(b["ratio"] * f, 2) for f in BACKOFF) if 0 < r < b["ratio"]]
     attempts, found = [], None
+    # --search-aware: every (ratio, recipe) pair the back-off may judge on val counts, fixed before the first
+    search_k = len(ratios) * len(recovery_candidates(cfg)) if cfg.search_aware else 1
+    rule = rule_line(search_k) if cfg.search_aware else RULE
+    if cfg.search_aware:
+        pipe.console.print(f"    rule: {rule}")
     for i, ratio in enumerate(ratios):
         pruned = pr if i == 0 else prune_at(ratio)
         cost = ({k: b[k] for k in ("cost", "latency_label", "latency_quantity")} if i == 0 else
@@ -169,7 +175,7 @@ def recover_pruned(cfg, pipe, ctx, pr, budget_stage, prune_at, example, profile)
                            example=example)(pipe).data)
         for name, rcfg in recovery_candidates(cfg):
             rec = Recover(prune=pruned.key_digest, recovery=rcfg.recipe(), budget=cfg.budget(), tolerance=cfg.tolerance,
-                          sens_tolerance=cfg.sens_tolerance, seed=cfg.seed, ctx=ctx, pruned=pruned,
+                          sens_tolerance=cfg.sens_tolerance, seed=cfg.seed, search_k=search_k, ctx=ctx, pruned=pruned,
                           device=resolve_device(cfg.device))(pipe)
             v = rec.data["judge_val"]
             attempts.append({"ratio": ratio, "recipe": name, "cost": cost["cost"], "latency_label": cost["latency_label"],
@@ -203,7 +209,7 @@ def recover_pruned(cfg, pipe, ctx, pr, budget_stage, prune_at, example, profile)
     elif len(attempts) > 1:
         warnings.append(f"recovery recipe chosen on val: {chosen['recipe']} (the first candidate of "
                         f"{', '.join(CANDIDATES)} that passes the rule; {fails})")
-    selection = {"ratio": chosen["ratio"], "mode": "budget", "rule": RULE, "split": "val", "val": rec.data["judge_val"],
+    selection = {"ratio": chosen["ratio"], "mode": "budget", "rule": rule, "split": "val", "val": rec.data["judge_val"],
                  "warnings": warnings, "attempts": attempts, "recovery_recipe": chosen["recipe"],
                  "budget": {**cfg.budget(), "met": bool(b["met"] and met_here),
                             "budget_ratio_met": b["met"], "passes_at_budget": met_here,

@@ -71,6 +71,9 @@ def register(app: typer.Typer) -> None:
                                                    help="bound: deploy's rule, the upper ends of the 95 % paired "
                                                         "bootstrap intervals of the drops within the tolerances; "
                                                         "point: the point drops (no interval; the paper grid's rule)"),
+        search_aware: bool = typer.Option(False, "--search-aware",
+                                          help="--find-lossless: bounds simultaneous over the k ratios the search "
+                                               "may judge (Bonferroni: each at 1 - 0.05/k) instead of 95 % each"),
         split: str = typer.Option("test", "--split", help="split the table reports (test or val)"),
         save_masks: Path = typer.Option(None, "--save-masks", help="folder for masks (one per ratio) and scores"),
         json_out: Path = typer.Option(None, "--json", help="also write everything as JSON here"),
@@ -154,6 +157,8 @@ def register(app: typer.Typer) -> None:
                               "nothing, it only reports the ratio chosen on val (--split test)")
         if n_per_class < 1:
             raise ConfigError(f"--n-per-class must be a positive integer, got {n_per_class}")
+        if search_aware and (not find_lossless or budget is not None or lossless_rule != "bound"):
+            raise ConfigError("--search-aware applies to --find-lossless with --lossless-rule bound (no budget)")
         if min(tolerance, sens_tolerance, qwk_tolerance) < 0:
             raise ConfigError("--tolerance, --sens-tolerance and --qwk-tolerance must be >= 0 points")
         if save_masks is not None:  # never replace a user's file or folder with masks
@@ -201,7 +206,7 @@ def register(app: typer.Typer) -> None:
                                 qwk_tolerance=qwk_tolerance if graded else None)
         # the search (on val) runs before any ratio is evaluated on --split: test is read only to report
         lossless = (_search_lossless(ev, search_split, tolerance, sens_tolerance, qwk_tolerance if graded else None,
-                                     say, console) if find_lossless else None)
+                                     say, console, search_aware) if find_lossless else None)
         columns = evaluate_ratios(ev, ratio_list, split)
         if lossless:
             lossless["metrics"] = ev.metrics(lossless["ratio"], split)
@@ -238,14 +243,14 @@ def register(app: typer.Typer) -> None:
 
 
 def _search_lossless(ev, split: str, tolerance: float, sens_tolerance: float, qwk_tolerance: float | None, say,
-                     console) -> dict:
+                     console, search_aware: bool = False) -> dict:
     """``find_lossless`` on ``split`` with ``ev``'s rule, the verdict at the ratio found and the resolution warnings."""
     from ..lossless import resolution_warnings
     from ..prune_eval import find_lossless
 
     say(f"searching the lossless ratio on {split} (accuracy drop <= {tolerance} pts, sensitivity drop <= "
         f"{sens_tolerance} pts{f', QWK drop <= {qwk_tolerance} pts' if qwk_tolerance is not None else ''})")
-    found = find_lossless(ev, tolerance, sens_tolerance, search_split=split)
+    found = find_lossless(ev, tolerance, sens_tolerance, search_split=split, search_aware=search_aware)
     if qwk_tolerance is not None:
         found["qwk_tolerance_pts"] = qwk_tolerance
         found["rule"] += "; graded classes: the QWK drop as well, <= qwk-tolerance (points)"
@@ -267,7 +272,8 @@ def _print_lossless(found: dict, out) -> None:
     if "accuracy_drop_ci_pts" in v:
         ci = v["accuracy_drop_ci_pts"]
         worst = max(v["sensitivity_drop_ci_pts"].items(), key=lambda kv: kv[1][1], default=None)
-        drops = (f"accuracy drop {v['accuracy_drop_pts']:.2f} pts [95% CI {ci[0]:.2f}, {ci[1]:.2f}]"
+        drops = (f"accuracy drop {v['accuracy_drop_pts']:.2f} pts [{100 * v['confidence']:.4g}% CI {ci[0]:.2f}, "
+                 f"{ci[1]:.2f}]"
                  + (f", largest sensitivity-drop bound {worst[1][1]:.2f} pts ({worst[0]})" if worst else "")
                  + f", n={v['n']}")
     elif v:
