@@ -152,6 +152,7 @@ def measure_cells(run: dict, open_reference: Callable[[], Any], *, cache_root: P
     from toolchain.errors import ConfigError
 
     from ._recovery_quant_cells import summary
+    from ._recovery_quant_record import setup, slim
 
     if int(threads) < 1 or int(repeats) < 2:
         raise ConfigError(f"threads must be >= 1 and repeats >= 2, got {threads} and {repeats}")
@@ -162,11 +163,13 @@ def measure_cells(run: dict, open_reference: Callable[[], Any], *, cache_root: P
     kd = {k: c for k, c in run["cells"].items() if f"{CELLS_STATE}/val" in (c.get("probs") or {})}
     out: dict[str, Any] = {"state": CELLS_STATE, "threads": int(threads), "repeats": int(repeats),
                            "n_calib": CALIB_SIZE, "cells": {}, "missing": {}}
-    pending = []
+    # the cache files keep every measured field; the report keeps each cell slim (``_recovery_quant_record``)
+    measured, pending = [], []
     for key, cell in kd.items():
         path = _cell_path(run, key, cell, Path(cache_root), int(threads), int(repeats))
         if path.is_file():
-            out["cells"][key] = {**json.loads(path.read_text()), "cached": True}
+            measured.append(json.loads(path.read_text()))
+            out["cells"][key] = slim({**measured[-1], "cached": True})
         else:
             pending.append((key, cell, path))
     say(f"{name}: INT8 per cell: {len(out['cells'])} of {len(kd)} recovered cells cached, {len(pending)} to measure"
@@ -190,12 +193,14 @@ def measure_cells(run: dict, open_reference: Callable[[], Any], *, cache_root: P
                       "seconds": round(time.perf_counter() - t0, 1)}
             with atomic_file(path, "w") as fh:  # whole or not at all: an interrupted run resumes from here
                 json.dump(record, fh, default=str)
-            out["cells"][key] = {**record, "cached": False}
+            measured.append(record)
+            out["cells"][key] = slim({**record, "cached": False})
             cols = record["runtime"]["columns"]
             said = ", ".join(f"{c} ×{cols[c]['speedup']['vs_dense_same_runtime']:.2f}" for c in ("ort_int8", "ov_int8")
                              if "speedup" in cols.get(c, {}))
             say(f"{name} · {key}: INT8 cell {i}/{len(pending)} measured in {record['seconds']:.0f}s "
                 f"(vs the dense model in the same runtime/precision: {said or 'no INT8 column'})")
+    out["setup"] = setup(measured)  # what every cell shares (versions, input shape, column labels, ...)
     out["summary"] = summary(out)
     return out
 

@@ -24,6 +24,8 @@ from typing import Any
 
 # INT8 column -> (label, the FP32 column of the same runtime). One entry per runtime with an INT8 path.
 INT8: dict[str, tuple[str, str]] = {"ort_int8": ("ORT", "ort_fp32"), "ov_int8": ("OpenVINO", "ov_fp32")}
+# how the tables print drops (points) and ratios; ``_recovery_quant_record`` keeps the digits these need
+PTS, RATIO = ".1f", ".2f"
 
 
 def cell_speedups(record: dict) -> dict[str, dict[str, float]]:
@@ -86,7 +88,7 @@ def sentence(qc: dict) -> str:
 
 def _ci(d: dict, value: str, ci: str) -> str:
     lo, hi = d[ci]
-    return f"{d[value]:.1f} [{lo:.1f}, {hi:.1f}]"
+    return f"{d[value]:{PTS}} [{lo:{PTS}}, {hi:{PTS}}]"
 
 
 def _runtime_cells(record: dict, col: str, speed: dict | None) -> list[str]:
@@ -128,12 +130,44 @@ def markdown(qc: dict | None) -> list[str]:
         for r in sorted(cells.values(), key=lambda r: (r["target"], r["criterion"])):
             speed = cell_speedups(r)
             f32 = r["runtime"]["columns"].get("ort_fp32") or {}
-            row = [r["criterion"], f"{r['macs_ratio']:.2f} ({r['target']:g})",
-                   f"{f32['speedup']['vs_dense_same_runtime']:.2f}" if "speedup" in f32 else "not measured"]
+            row = [r["criterion"], f"{r['macs_ratio']:{RATIO}} ({r['target']:g})",
+                   f"{f32['speedup']['vs_dense_same_runtime']:{RATIO}}" if "speedup" in f32 else "not measured"]
             for col in INT8:
                 row += _runtime_cells(r, col, speed.get(col))
             lines.append("| " + " | ".join(row) + " |")
     missing = qc.get("missing") or {}
     if missing:
         lines += ["", "Not measured: " + ", ".join(f"{k} ({why})" for k, why in sorted(missing.items())) + "."]
+    return lines + [""]
+
+
+def overview(models: dict[str, dict]) -> list[str]:
+    """The cross-pair table at the top of recovery.md's INT8 part: one row per dataset x model of the report,
+    read from each pair's :func:`summary` (nothing recomputed); a pair without measured cells says so.
+    Empty when no pair has the per-cell section (``--runtimes-per-cell`` not asked)."""
+    if not any("quant_cells" in m for m in models.values()):
+        return []
+    labels = [label for label, _ in INT8.values()]
+    head = (["dataset", "model", "cells measured"] + [f"{lb}: pruned INT8 × vs dense INT8, by MACs target" for lb in labels]
+            + [f"{lb}: dense INT8 × vs dense FP32" for lb in labels])
+    lines = ["## INT8 per recovered cell: all pairs", "",
+             "What pruning adds on top of INT8, per dataset x model: the median over criteria of the recovered (KD) "
+             "model's INT8 speedup over the dense model's INT8 in the same runtime, per MACs target (÷target ×median "
+             "(number of criteria)); beside it, the dense model's INT8 speedup over its FP32 (median over the cells' "
+             "interleaved timings). Batch 1, ratios of median latencies; each pair's section below has the table per "
+             "criterion with accuracy drops and their 95 % intervals.", "",
+             "| " + " | ".join(head) + " |", "|---|---|---:|" + "---|" * len(labels) + "---:|" * len(labels)]
+    for m in models.values():
+        qc = m.get("quant_cells") or {}
+        n_cells, n_missing = len(qc.get("cells") or {}), len(qc.get("missing") or {})
+        row = [str(m.get("dataset")), str(m.get("model"))]
+        if not n_cells:
+            why = f"{n_missing} recovered cells not cached" if "quant_cells" in m else "`--runtimes-per-cell` not run"
+            lines.append("| " + " | ".join(row + [f"not measured ({why})"] + [""] * 2 * len(labels)) + " |")
+            continue
+        s = qc.get("summary") or {}
+        by = [", ".join(f"÷{t} ×{v['median']:{RATIO}} ({v['n']})" for t, v in s[col]["by_target"].items())
+              if col in s else "not measured" for col in INT8]
+        alone = [f"×{s[col]['dense_int8_only']['median']:{RATIO}}" if col in s else "" for col in INT8]
+        lines.append("| " + " | ".join(row + [f"{n_cells} of {n_cells + n_missing}"] + by + alone) + " |")
     return lines + [""]

@@ -290,6 +290,9 @@ def markdown(doc: dict) -> str:
         if doc["args"].get("skipped_pairs"):
             lines += ["Not assembled (no dense checkpoint given, so no cell of them exists): "
                       + ", ".join(doc["args"]["skipped_pairs"]) + ".", ""]
+    from ._recovery_quant_cells import overview as quant_cells_overview
+
+    lines += quant_cells_overview(doc["models"])  # INT8 per cell, all pairs (each pair's table is in its section)
     for label, m in doc["models"].items():
         model = m.get("model", label)
         h = m["headline"]
@@ -361,11 +364,18 @@ def write(doc: dict, runs: list[dict], out: Path, stem: str = "recovery", prefac
     """``out/<stem>.{json,md,png}``; ``preface``: Markdown lines put right under the title (a design's own)."""
     from toolchain.atomic import atomic_file, atomic_path
 
+    from ._recovery_quant_record import split
+
     out.mkdir(parents=True, exist_ok=True)
+    # the per-cell INT8 section (--runtimes-per-cell) goes to <stem>_int8.json, which is written first: with it,
+    # <stem>.json would pass the 2 MiB limit on tracked files; <stem>.json keeps a pointer and the summary
+    saved, int8 = split(doc, f"{stem}_int8.json")
+    if int8 is not None:
+        with atomic_file(out / f"{stem}_int8.json", "w") as fh:
+            json.dump(int8, fh, separators=(",", ":"), default=str)
     with atomic_file(out / f"{stem}.json", "w") as fh:
-        # compact: the per-row bootstrap intervals and per-cell runtime columns make an indented file > 2 MiB;
-        # recovery.md is the human-readable view
-        json.dump(doc, fh, separators=(",", ":"), default=str)
+        # compact: the per-row bootstrap intervals make an indented file > 2 MiB; recovery.md is the readable view
+        json.dump(saved, fh, separators=(",", ":"), default=str)
     title, _, body = markdown(doc).partition("\n")
     text = "\n".join([title, "", *preface, body]) if preface else f"{title}\n{body}"
     if doc.get("cell_versions"):  # the reused cells computed by other code (``_recovery_versions``)

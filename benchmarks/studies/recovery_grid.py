@@ -315,7 +315,7 @@ def targets_for(model: str, args, data: str | None = None) -> list[float]:
     return macs_targets(getattr(args, "model_macs", {}), data, model, args.macs)
 
 
-@study("recovery", outputs=("recovery.json", "recovery.md", "recovery.png"))
+@study("recovery", outputs=("recovery.json", "recovery.md", "recovery.png", "recovery_int8.json"))
 def main(argv: list[str] | None = None) -> int:
     from toolchain.train import configure_threads
 
