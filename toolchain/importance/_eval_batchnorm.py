@@ -12,11 +12,12 @@ Not a criterion (the leading underscore keeps it out of discovery).
 from __future__ import annotations
 
 import contextlib
-import types
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
+
+from ._patched_forward import patched_forwards
 
 # exact types only: subclasses (timm's BatchNormAct2d) may fold more than the affine map into forward
 _PLAIN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -44,24 +45,15 @@ def affine_backward(model: nn.Module) -> Iterator[nn.Module]:
 
     Modules in train mode or with trainable weights keep torch's backward (their gradient is not this).
     """
-    patched = []
+    patches = []
     for module in model.modules():
         if not _eligible(module):
             continue
         scale = module.weight.detach() * (1 / torch.sqrt(module.running_var + module.eps))
-        own = module.__dict__.get("forward")  # an instance-level forward someone else set: put back on exit
-        forward = module.forward
 
-        def affine(self, x, forward=forward, scale=scale):
+        def affine(self, x, forward=module.forward, scale=scale):
             return _AffineBackward.apply(x, forward, scale) if x.requires_grad else forward(x)
 
-        module.forward = types.MethodType(affine, module)
-        patched.append((module, own))
-    try:
+        patches.append((module, affine))
+    with patched_forwards(patches):
         yield model
-    finally:
-        for module, own in patched:
-            if own is None:
-                del module.forward  # the class's forward shows through again
-            else:
-                module.forward = own

@@ -29,6 +29,7 @@ from ..errors import ConfigError
 from ..units import UnitLayer, get_module, reduce_to_units
 from ._eval_batchnorm import affine_backward
 from ._hooks import batches, frozen_params, model_device, no_inplace, resolve_targets
+from ._whole_input_conv import matmul_backward
 from .base import Criterion, register
 
 METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right")
@@ -126,8 +127,9 @@ class IntegratedGradients(Criterion):
         acc = _Conductance(n)
         # eval BatchNorms: one multiply for their input gradient (``_eval_batchnorm``); each layer's step
         # differences are taken as its tensor is made, before an in-place op after it (timm's residual
-        # x += shortcut after bn3, an in-place ReLU) can change it (``_Conductance``)
-        with frozen_params(model), affine_backward(model), acc.hooked(model, layers):
+        # x += shortcut after bn3, an in-place ReLU) can change it (``_Conductance``); a conv whose kernel
+        # covers its input (VGG's ConvMlp.fc1): one matrix product for its input gradient (``_whole_input_conv``)
+        with frozen_params(model), affine_backward(model), matmul_backward(model), acc.hooked(model, layers):
             lead = b  # rows of the baseline in front of the first chunk's steps
             if targets is None:
                 acc.lead = b  # the no-grad pass records the baseline's rows as step 0
