@@ -165,3 +165,12 @@ def headline_entries(doc: dict, source: str, part: str = "headline",
             "path": f"models/{label}/{part}/deploy_ships/speedup_ort",
             "label": f"{design}: measured ORT batch-1 speedup, {what}", "note": note}
     return out
+
+
+def search_aware_lines(doc: dict, design: dict | None = None) -> list[str]:
+    """The post-hoc section on what the search-aware rule would choose on val (``_selection_search_aware``; it reads
+    val probabilities from the cell cache, never test), for the report being assembled; ``design``: the 2-epoch
+    arm's results when ``doc`` is the long arm's (its pools are pooled over both arms)."""
+    from . import _selection_search_aware as sa
+
+    return sa.markdown(sa.post_hoc(doc, design))

@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         add_sections(doc, runs, design, args.design, arm="long")
         arms.add_arms(doc, design)
         preface = arms.preface(doc, design, doc["design"]["arm_preregistration"], list(CRITERIA))
+    preface += sel.search_aware_lines(doc, design)  # post hoc (issue 15): the search-aware rule's val choice
     report.write(doc, runs, Path(args.out), stem=stem, preface=preface)
     log(f"wrote {Path(args.out) / f'{stem}.json'}")
     if args.update_headline:
