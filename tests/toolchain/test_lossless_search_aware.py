@@ -162,3 +162,47 @@ def test_prune_search_aware_without_a_bound_search_is_one_line(tiny, capsys, ext
     weights, npz = tiny
     code, _, err = _run(["prune", "-c", str(weights), "--data", str(npz), "--search-aware", *extra], capsys)
     assert code == 2 and "--search-aware applies to --find-lossless" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("search_aware", [False, True])
+def test_deploy_budget_back_off_counts_every_ratio_and_recipe_it_may_judge(monkeypatch, search_aware):
+    """Deploy's budget path: k = back-off ratios x recovery recipes, fixed before the first judgment; the recovered
+    model at the budget passes at k = 1 but not at k = 8 (made-up verdicts), so the flag changes what ships."""
+    import devices.deploy.recover as rec
+
+    seen = []
+
+    @dataclass
+    class FakeRecover:  # the stage, without recovery: its verdict depends on the ratio and on k only
+        prune: str
+        recovery: dict
+        budget: dict
+        tolerance: float
+        sens_tolerance: float
+        seed: int
+        search_k: int = 1
+        ctx: object = None
+        pruned: object = None
+        device: str = "cpu"
+
+        def __call__(self, pipe):
+            seen.append((self.pruned.ratio, self.search_k))
+            ok = self.pruned.ratio < 0.5 or self.search_k == 1
+            return SimpleNamespace(data={"judge_val": {"passes": ok, "failed": [] if ok else ["accuracy"],
+                                                       "accuracy_drop_pts": 0.0, "worst_sensitivity_drop_pts": 0.0}})
+
+    monkeypatch.setattr(rec, "Recover", FakeRecover)
+    monkeypatch.setattr(rec, "BudgetCost", lambda **kw: (lambda pipe: SimpleNamespace(data={
+        "cost": {"ratio": 1.5}, "latency_label": "counted", "latency_quantity": "macs"})))
+    cfg = SimpleNamespace(search_aware=search_aware, budget=lambda: {"kind": "macs", "value": 0.5}, tolerance=1.0,
+                          sens_tolerance=2.0, seed=0, device="cpu", ship_best_passing=True, precision="fp32",
+                          kd_temperature=None, kd_weight=None, ce_weight=None, recover_augment=None, recover_epochs=1)
+    budget = SimpleNamespace(data={"ratio": 0.6, "met": True, "cost": {"ratio": 2.0}, "latency_label": "counted",
+                                   "latency_quantity": "macs"})
+    pipe = SimpleNamespace(console=SimpleNamespace(print=lambda *a, **k: None))
+    _, selection, pruned = rec.recover_pruned(cfg, pipe, None, SimpleNamespace(ratio=0.6, key_digest="p"), budget,
+                                              lambda r: SimpleNamespace(ratio=r, key_digest=f"p{r}"), None, None)
+    k = 4 * len(rec.CANDIDATES) if search_aware else 1  # ratios 0.6, 0.45, 0.3, 0.15 x recipes
+    assert {s[1] for s in seen} == {k}
+    assert selection["rule"] == (rule_line(k) if search_aware else RULE)
+    assert selection["ratio"] == (0.45 if search_aware else 0.6) and pruned.ratio == selection["ratio"]
