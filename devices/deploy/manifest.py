@@ -194,7 +194,8 @@ def _selection_line(selection: dict) -> str:
     qwk = (v.get("ordinal") or {}).get("qwk_drop_ci_pts")
     sens += f"; QWK drop bound {qwk[1]:.2f} pts" if qwk else ""
     return (f"Rule — {selection['rule']}. Ratio {selection['ratio']:.2f} is {how}: on val (n={v['n']}) the accuracy "
-            f"drop is {v['accuracy_drop_pts']:.2f} pts [95% CI {ci[0]:.2f}, {ci[1]:.2f}]{sens}; it "
+            f"drop is {v['accuracy_drop_pts']:.2f} pts [{100 * v.get('confidence', 0.95):.4g}% CI {ci[0]:.2f}, "
+            f"{ci[1]:.2f}]{sens}; it "
             f"{'passes' if v['passes'] else 'does not pass'} the rule.{_budget_line(selection.get('budget'))}")
 
 
