@@ -10,7 +10,8 @@ pre-registered choice (``_selection_search_aware``). Post hoc: the test result o
 the chosen model's test figures are the committed report's, and no headline key changes. The same section is put
 under the selection reports when they are next assembled (``_selection_report.search_aware_lines``).
 The bootstrap at 1 - 0.05/k draws k x 2000 replicates per candidate: a pool of 49 on 1466 val images is minutes of
-one core, so ``--pair`` and ``--arm`` restrict the run (the report names what it covers).
+one core (PneumoniaMNIST VGG19's pooled pool: ~3 CPU-minutes), so ``--pair`` and ``--arm`` restrict the run (the
+report names what it covers).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Search-aware lossless rule on the selection-split pools (post hoc)", "",
              f"`{doc['command']}` — {sa.POST_HOC}. The pre-registered rule and every headline stay as "
              "recovery_selection.md / recovery_selection_long.md state them. Covers: "
-             f"{', '.join(args.pair) or 'every pair'}, {args.arm} ({doc['seconds']} s of one core).", ""]
+             f"{', '.join(args.pair) or 'every pair'}, {args.arm} ({doc['seconds']} s wall-clock, one thread).", ""]
     for part, records in parts.items():
         lines += sa.markdown(records, title=f"## {part}:")
     with atomic_file(out / "recovery_search_aware.md", "w") as fh:
