@@ -17,7 +17,12 @@ whichever carries the pair's headline) and ``split_shift.json``. Columns:
   (the dense checkpoint's sensitivity of the failing class is lower on test than on val beyond the 95 % interval,
   ``split_shift.json``), *latency not following MACs* (models at MACs ÷target or more measured slower than the
   target), *time* (grid cells not computed, or a pre-registered arm still incomplete);
-* recovery budget: the KD epochs and MACs levels the rows behind the headline had.
+* recovery budget: the KD epochs and MACs levels the rows behind the headline had;
+* post hoc, when ``recovery_search_aware.json`` is present and covers the pool behind a pair's headline (same
+  source report, checkpoint and pre-registered choice): one clause after what limits it, what the search-aware
+  rule (Bonferroni over the pool's k candidates) would choose and whether that model's committed test row holds,
+  read from that file and labelled post hoc; it changes no headline and no verdict. Pairs it does not cover say
+  nothing new (the study registry tracks outputs only, so this input is named here and in the report's header).
 
 Run it after the recovery assemblies (``make recovery-selection`` does): it reads what they wrote.
 """
@@ -37,6 +42,7 @@ from ._selection_arms import state_rows as _rows
 from .registry import RESULTS, StudyParser, command_line, study
 
 LONG_DOC = "recovery_selection_long.json"  # the pre-registered long arm: it may hold a pair's pending rows
+SEARCH_AWARE_DOC = "recovery_search_aware.json"  # post hoc (study recovery_search_aware): read when present
 
 
 def _load(path: Path) -> dict:
@@ -191,8 +197,60 @@ def _best(b: dict) -> str:
             + ("holds" if sl["holds_on_test"] else "FAILS") + " on test")
 
 
-def table(headline: dict[str, dict], results: Path, shift_doc: dict | None) -> list[dict[str, Any]]:
-    """One row per ``recovery/<dataset>/<model>/speedup_lossless`` key of ``headline``."""
+def _search_aware_record(b: dict, doc: dict | None) -> dict | None:
+    """The search-aware study's record for the pool behind ``b``: the part judging ``b``'s source report (pooled
+    over both arms exactly when the headline is the pooled choice), same dataset x model; None when not covered."""
+    if doc is None or b["source"] not in doc.get("sources", []):
+        return None
+    report, pooled = f"({Path(b['source']).stem}.md)", b["part"] == "arms"
+    for key, records in doc.get("parts", {}).items():
+        rec = records.get(b["label"])
+        if rec is not None and key.endswith(report) and key.startswith("pooled") == pooled:
+            return rec
+    return None
+
+
+def _identity(choice: dict | None) -> tuple | None:
+    """A val choice as (criterion, arm, MACs ratio): what ties a search-aware record to the report's pool."""
+    return None if not choice else (choice["criterion"], choice.get("arm"), round(float(choice["macs_ratio"]), 6))
+
+
+def _test_text(t: dict) -> str:
+    a, w = t["accuracy_drop_pts"], t["worst_sensitivity_drop_pts"]
+    return (f"acc drop {a['value']:.1f} [{a['ci'][0]:.1f}, {a['ci'][1]:.1f}], worst class {w['value']:.1f} "
+            f"[{w['ci'][0]:.1f}, {w['ci'][1]:.1f}] pts, n {t['n']}")
+
+
+def search_aware(b: dict, doc: dict | None) -> str | None:
+    """One post-hoc clause on what the search-aware rule would choose from the pool behind ``b``, read from
+    ``recovery_search_aware.json`` (``doc``); None when that file does not cover the pool. A record computed on
+    another checkpoint or pool (its pre-registered choice is not the one behind the headline) is named as stale."""
+    rec = _search_aware_record(b, doc)
+    if rec is None:
+        return None
+    k, src = rec["k"], SEARCH_AWARE_DOC.replace(".json", ".md")
+    sha = b["section"]["checkpoint_sha256"]
+    if rec.get("checkpoint_sha256", sha) != sha or \
+            ("pre_registered" in rec and _identity(rec["pre_registered"]) != _identity(b["chosen"])):
+        return (f"post hoc search-aware result not shown: {SEARCH_AWARE_DOC} judged another pool or checkpoint "
+                "(rerun `medprune study recovery_search_aware`)")
+    head = f"selection over {k} candidates at 95 % each; post hoc, the search-aware rule"
+    if rec.get("undetermined"):
+        return f"{head}'s choice is undetermined ({rec['undetermined']}) — not a headline ({src})"
+    head += f" (each bound at {100 * rec['confidence']:.4g} %)"
+    c = rec["chosen"]
+    if c is None:
+        return f"{head} would choose none (the dense model stays, ×1.00) — not a headline ({src})"
+    t = c["test"]
+    return (f"{head} would choose {c['criterion']}" + (f" ({c['arm']} arm)" if c.get("arm") else "")
+            + f" ÷{c['macs_ratio']:.2f} (×{c['speedup_ort']:.2f}), test {'holds' if t['holds_on_test'] else 'fails'}"
+            f" ({_test_text(t)}, committed row) — not a headline ({src})")
+
+
+def table(headline: dict[str, dict], results: Path, shift_doc: dict | None,
+          search_doc: dict | None = None) -> list[dict[str, Any]]:
+    """One row per ``recovery/<dataset>/<model>/speedup_lossless`` key of ``headline`` (``search_doc``: the
+    post-hoc ``recovery_search_aware.json``, when present)."""
     from ._recovery_report import TARGETS
 
     out = []
@@ -205,7 +263,7 @@ def table(headline: dict[str, dict], results: Path, shift_doc: dict | None) -> l
         target, value = TARGETS.get((ds, model)), float(entry["value"])
         out.append({"dataset": ds, "model": model, "target": target, "headline": value, "source": b["source"],
                     "met": None if target is None else value >= target, "best_reached": _best(b),
-                    "limits": limits(target, value, b, shift_doc),
+                    "limits": limits(target, value, b, shift_doc), "post_hoc_search_aware": search_aware(b, search_doc),
                     "budget": {"kd_epochs": b["epochs"], "macs_levels": b["levels"], "missing_cells": b["missing"],
                                "pending_arm": b["pending"]}})
     order = list(TARGETS)
@@ -215,8 +273,8 @@ def table(headline: dict[str, dict], results: Path, shift_doc: dict | None) -> l
 
 def markdown(rows: list[dict], command: str) -> str:
     lines = ["# Issue 15's speedup targets: what the headline reaches, and what limits it", "",
-             f"Command: `{command}` (reads headline.json, the results file each key cites, and split_shift.json; "
-             "chooses nothing, reads no image).", "",
+             f"Command: `{command}` (reads headline.json, the results file each key cites, split_shift.json and, "
+             f"when present, the post-hoc {SEARCH_AWARE_DOC}; chooses nothing, reads no image).", "",
              "Target: `speedup_lossless`, the measured ONNX Runtime batch-1 speedup of the most compressed recovered "
              "model passing deploy's rule on val (upper 95 % bounds: accuracy drop <= 1 pt, every class's sensitivity "
              "drop <= 2 pts), judged once on test; x1.00 when nothing passes on val or the val choice fails on test. "
@@ -233,7 +291,9 @@ def markdown(rows: list[dict], command: str) -> str:
         budget += "; MACs ÷" + "/÷".join(f"{t:g}" for t in b["macs_levels"])
         if b["missing_cells"]:
             budget += f"; {len(b['missing_cells'])} grid cell(s) not computed"
-        why = "; ".join(r["limits"]) or ("—" if r["met"] is not False else "not determined")
+        limited = "; ".join(r["limits"]) or ("not determined" if r["met"] is False else "")
+        # the post-hoc reading goes after the limits: it is not one of them, and it changes no verdict
+        why = "; ".join(w for w in (limited, r.get("post_hoc_search_aware")) if w) or "—"
         lines.append(f"| {r['dataset']} · {r['model']} | {target} | ×{r['headline']:.2f}{verdict} "
                      f"(`{r['source']}`) | {r['best_reached']} | {why} | {budget} |")
     return "\n".join(lines) + "\n"
@@ -256,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     except hl.HeadlineError as exc:
         p.error(str(exc))
     shift_path = args.results / "split_shift.json"
-    rows = table(headline, args.results, _load(shift_path) if shift_path.is_file() else None)
+    search_path = args.results / SEARCH_AWARE_DOC
+    rows = table(headline, args.results, _load(shift_path) if shift_path.is_file() else None,
+                 _load(search_path) if search_path.is_file() else None)
     if not rows:
         p.error("headline.json has no recovery/<dataset>/<model>/speedup_lossless key")
     command = command_line("recovery_targets", argv)

@@ -86,20 +86,27 @@ def test_val_choice_failing_on_test_names_its_class_and_the_dense_models_shift(t
     assert "FAILS on test" in rt._best(b) and "×10.90 measured" in rt._best(b)
 
 
-def test_pooled_headline_reads_both_arms_and_the_main_writes_one_row_per_pair(tmp_path):
+def pooled_results(folder, long_speed=5.5, holds=True):
+    """A pooled-arms headline (tiny:vgg19 as pneumoniamnist · vgg19) and a 2-epoch one (as other · vgg19)."""
     two = [row("lrp", 5.0, 5.1, 4.0, False), row("tp-taylor", 3.0, 3.1, 3.0, True)]
-    long = [row("lrp", 5.0, 5.1, 5.5, True)]
-    write(tmp_path, "recovery_selection.json", doc({"tiny:vgg19": section(two, chosen(two[1], True))}))
-    sl = {**chosen(long[0], True), "arm": "long", "test_n": 624}
+    long = [row("lrp", 5.0, 5.1, long_speed, True)]
+    write(folder, "recovery_selection.json", doc({"tiny:vgg19": section(two, chosen(two[1], True))}))
+    sl = {**chosen(long[0], holds), "arm": "long", "test_n": 624}
     m = section(long, None)
-    m["arms"] = {"state": "kd", "speedup_lossless": sl, "deploy_ships": {"speedup_ort": 5.5}, "complete": True}
+    ships = long_speed if holds else 1.0
+    m["arms"] = {"state": "kd", "speedup_lossless": sl, "deploy_ships": {"speedup_ort": ships}, "complete": True}
     ld = doc({"tiny:vgg19": m}, epochs=6, levels=(5.0,))
     ld["design"] = {"earlier": "recovery_selection.json"}
-    write(tmp_path, rt.LONG_DOC, ld)
-    write(tmp_path, "headline.json", {
-        "recovery/pneumoniamnist/vgg19/speedup_lossless": entry(rt.LONG_DOC, "tiny:vgg19", 5.5, "arms"),
+    write(folder, rt.LONG_DOC, ld)
+    write(folder, "headline.json", {
+        "recovery/pneumoniamnist/vgg19/speedup_lossless": entry(rt.LONG_DOC, "tiny:vgg19", ships, "arms"),
         "recovery/other/vgg19/speedup_lossless": entry("recovery_selection.json", "tiny:vgg19", 3.0),
         "baseline/x/acc": {"value": 0.9, "unit": "proportion", "source": "x", "command": "c"}})
+    return sl
+
+
+def test_pooled_headline_reads_both_arms_and_the_main_writes_one_row_per_pair(tmp_path):
+    pooled_results(tmp_path)
     out = tmp_path / "out"
     assert rt.main(["--results", str(tmp_path), "--out", str(out)]) == 0
     rows = json.loads((out / "recovery_targets.json").read_text())["rows"]
@@ -142,3 +149,51 @@ def test_a_pooled_headline_counts_only_its_complete_long_levels_and_names_the_pe
     assert b["pending"]["missing"] == ["tp-taylor ÷7"] and [r["target_macs_div"] for r in b["pending"]["rows"]] == [7.0]
     text = "; ".join(rt.limits(5, 4.0, b, None))
     assert "the pre-registered 6-epoch arm is incomplete (1 cells missing)" in text and "1 of its 1 models" in text
+
+
+def search_aware_doc(prereg, k=7, chosen_row=None, sha=SHA):
+    """A recovery_search_aware.json covering the pooled part of tiny:vgg19 (made-up figures)."""
+    rec = {"checkpoint_sha256": sha, "pool": "pooled over both arms", "k": k, "confidence": 1 - 0.05 / k,
+           "pre_registered": {key: prereg.get(key) for key in ("criterion", "arm", "target", "macs_ratio")},
+           "val_n": 100, "chosen": chosen_row, "skipped": [], "undetermined": None}
+    return {"status": "post hoc, ...", "sources": ["recovery_selection.json", rt.LONG_DOC],
+            "parts": {"pooled over both arms (recovery_selection_long.md)": {"tiny:vgg19": rec}}}
+
+
+def sa_choice(crit="dlb", macs=3.21, speed=2.87, acc=(0.31, -0.52, 1.13), worst=(1.26, 0.12, 2.41), n=77):
+    return {"criterion": crit, "arm": "long", "target_macs_div": 3.0, "macs_ratio": macs, "speedup_ort": speed,
+            "test": {"accuracy_drop_pts": {"value": acc[0], "ci": list(acc[1:])}, "n": n,
+                     "worst_sensitivity_drop_pts": {"value": worst[0], "ci": list(worst[1:])},
+                     "holds_on_test": worst[0] <= 2.0 and acc[0] <= 1.0}}
+
+
+def test_the_post_hoc_search_aware_clause_comes_from_the_file_and_only_for_the_pairs_it_covers(tmp_path):
+    sl = pooled_results(tmp_path, long_speed=4.4, holds=False)  # pooled choice fails on test: target missed
+    out = tmp_path / "out"
+    assert rt.main(["--results", str(tmp_path), "--out", str(out)]) == 0  # no search-aware file: nothing new
+    plain = json.loads((out / "recovery_targets.json").read_text())["rows"]
+    assert [r["post_hoc_search_aware"] for r in plain] == [None, None]
+    assert "post hoc" not in (out / "recovery_targets.md").read_text().split("|---|")[-1]
+
+    write(tmp_path, rt.SEARCH_AWARE_DOC, search_aware_doc(sl, chosen_row=sa_choice()))
+    assert rt.main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    rows = json.loads((out / "recovery_targets.json").read_text())["rows"]
+    clause = rows[0]["post_hoc_search_aware"]
+    assert clause == ("selection over 7 candidates at 95 % each; post hoc, the search-aware rule (each bound at "
+                      "99.29 %) would choose dlb (long arm) ÷3.21 (×2.87), test holds (acc drop 0.3 [-0.5, 1.1], "
+                      "worst class 1.3 [0.1, 2.4] pts, n 77, committed row) — not a headline "
+                      "(recovery_search_aware.md)")
+    assert rows[0]["limits"] == plain[0]["limits"] and rows[0]["met"] is False  # a post-hoc reading changes no verdict
+    assert rows[1]["post_hoc_search_aware"] is None  # the 2-epoch headline's pool is not in the file
+    table_rows = (out / "recovery_targets.md").read_text().split("|---|")[-1]
+    assert table_rows.count("post hoc, the search-aware rule") == 1
+    assert "(gate 2); " in table_rows and table_rows.index("(gate 2)") < table_rows.index("post hoc")
+
+    b = rt.behind(entry(rt.LONG_DOC, "tiny:vgg19", 1.0, "arms"), tmp_path)
+    fails = rt.search_aware(b, search_aware_doc(sl, chosen_row=sa_choice(worst=(2.6, 0.4, 5.0))))
+    assert "test fails (acc drop 0.3 [-0.5, 1.1], worst class 2.6 [0.4, 5.0] pts, n 77" in fails
+    none = rt.search_aware(b, search_aware_doc(sl, k=49))
+    assert "post hoc" in none and "would choose none (the dense model stays, ×1.00)" in none
+    stale = rt.search_aware(b, search_aware_doc({**sl, "macs_ratio": 9.9}, chosen_row=sa_choice()))
+    assert stale.startswith("post hoc search-aware result not shown") and "dlb" not in stale
+    assert "not shown" in rt.search_aware(b, search_aware_doc(sl, chosen_row=sa_choice(), sha="cd" * 32))
