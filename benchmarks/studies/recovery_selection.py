@@ -117,7 +117,7 @@ def grid_args(baseline: dict, args: argparse.Namespace, checkpoints: list[str]) 
     a.update(models=list(args.models), data=list(args.data), criteria=list(CRITERIA),
              model_macs=model_macs(arm, list(args.data), list(args.models)), checkpoint=checkpoints,
              cached_only=args.cached_only, runtimes=args.runtimes, retime=False, recompute_stale=False,
-             out=args.out)
+             out=args.out, runtimes_per_cell=None)  # per-cell INT8 is the recovery study's; not inherited
     return argparse.Namespace(**a)
 
 

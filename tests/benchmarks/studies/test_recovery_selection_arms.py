@@ -265,3 +265,11 @@ def test_the_report_body_lists_missing_cells_per_dataset():
     chest = md[md.index(f"## vgg19 ({CHEST})"):]
     pneu = md[md.index(f"## vgg19 ({PNEU})"):md.index(f"## vgg19 ({CHEST})")]
     assert "Missing cells (not computed): tp-magnitude ÷7" in pneu and "Missing cells" not in chest
+
+
+def test_grid_args_do_not_inherit_the_recovery_studys_per_cell_int8_flag():
+    # recovery.json records --runtimes-per-cell cached; inherited, the selection reports grew an empty per-cell
+    # INT8 section and a recovery_selection_int8.json no study declares (stop 19)
+    run = argparse.Namespace(arm="design", models=["vgg19"], data=[PNEU], cached_only=True, runtimes=True, out="o")
+    baseline = {"recover_epochs": 2, "macs": [2.0], "runtimes_per_cell": "cached"}
+    assert rs.grid_args(baseline, run, []).runtimes_per_cell is None
