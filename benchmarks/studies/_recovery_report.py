@@ -119,8 +119,13 @@ def _chosen(rows: list[dict], flag: str) -> dict[str, Any] | None:
             "val_worst_sensitivity_drop_pts": c["val"]["worst_sensitivity_drop_pts"],
             "test_accuracy_drop_pts": t["accuracy_drop_pts"],
             "test_worst_sensitivity_drop_pts": t["worst_sensitivity_drop_pts"],
-            "holds_on_test": bool(t["accuracy_drop_pts"]["value"] <= GATE_ACC + 1e-9
-                                  and t["worst_sensitivity_drop_pts"]["value"] <= GATE_SENS + 1e-9)}
+            "holds_on_test": holds_on_test(t)}
+
+
+def holds_on_test(t: dict) -> bool:
+    """Deploy's test gate on a row's test figures: the point drops within the gates (accuracy, worst class)."""
+    return bool(t["accuracy_drop_pts"]["value"] <= GATE_ACC + 1e-9
+                and t["worst_sensitivity_drop_pts"]["value"] <= GATE_SENS + 1e-9)
 
 
 def headline(rows: list[dict], state: str | None = None) -> dict[str, Any]:

@@ -25,8 +25,10 @@ import numpy as np
 
 from toolchain.lossless import judge, rule_line, search_confidence, search_n_boot
 
+from ._recovery_report import GATE_ACC, GATE_SENS, holds_on_test
+
 POST_HOC = "post hoc, read after the test result of the pre-registered rule was known; changes no headline"
-GATES = (1.0, 2.0)  # points: deploy's --tolerance / --sens-tolerance, the report's val gates (_recovery_report)
+GATES = (GATE_ACC, GATE_SENS)  # points: deploy's --tolerance / --sens-tolerance, the report's gates
 
 
 def pool(m: dict, design: dict | None = None) -> tuple[list[dict], dict | None]:
@@ -146,7 +148,9 @@ def _cache_root() -> Path:
 
 
 def _dense_val(root: Path, sha256: str, fingerprint: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-    path = root / f"dense-{sha256[:16]}-{fingerprint[:12]}.json"  # recovery_grid._dense_probs' file
+    from .recovery_grid import dense_probs_path
+
+    path = dense_probs_path(root, sha256, fingerprint)
     if not path.is_file():
         return None, None
     d = json.loads(path.read_text())
@@ -190,7 +194,7 @@ def _committed_test(r: dict) -> dict[str, Any]:
     t = r["test"]
     a, w = t["accuracy_drop_pts"], t["worst_sensitivity_drop_pts"]
     return {"accuracy_drop_pts": a, "worst_sensitivity_drop_pts": w, "n": t["n"], "source": "committed report row",
-            "holds_on_test": bool(a["value"] <= GATES[0] + 1e-9 and w["value"] <= GATES[1] + 1e-9)}
+            "holds_on_test": holds_on_test(t)}
 
 
 def _prereg(sl: dict | None) -> dict | None:

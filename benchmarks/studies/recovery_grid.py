@@ -113,9 +113,14 @@ def train_command(train_config: dict | None, fallback: str) -> str:
     return "medprune train " + " ".join([f"--{k.replace('_', '-')} {train_config[k]}" for k in keys] + build)
 
 
+def dense_probs_path(root: Path, sha256: str, fingerprint: str) -> Path:
+    """Where :func:`_dense_probs` caches a dense checkpoint's val/test probabilities on one dataset."""
+    return root / f"dense-{sha256[:16]}-{fingerprint[:12]}.json"
+
+
 def _dense_probs(ctx) -> dict[str, dict]:
     """Dense val/test probabilities and labels, cached per checkpoint (parallel runs share them)."""
-    path = _cache_root() / f"dense-{ctx.sha256[:16]}-{ctx.ds.fingerprint[:12]}.json"
+    path = dense_probs_path(_cache_root(), ctx.sha256, ctx.ds.fingerprint)
     if path.is_file():
         return json.loads(path.read_text())
     pairs = {s: _probs(ctx.model, ctx, s) for s in ("val", "test")}
